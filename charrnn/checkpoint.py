@@ -1,0 +1,147 @@
+"""Checkpoints: one self-contained file per save, atomic and checksummed.
+
+Layout inside a run directory::
+
+    checkpoints/step-00001000.pt          torch.save payload
+    checkpoints/step-00001000.pt.sha256   "<hex>  step-00001000.pt" (sha256sum -c compatible)
+    best.pt (+ .sha256)                   hard link to the best-by-validation checkpoint
+
+The payload is written to a temp file, fsynced and renamed; the checksum file
+is written after it, so a checkpoint without a matching checksum is treated as
+incomplete or corrupt, reported, and skipped in favour of the previous one.
+Loading always uses ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError
+from .fsutil import atomic_path, atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
+
+log = logging.getLogger("charrnn")
+STEP_FILE = re.compile(r"^step-(\d{8})\.pt$")
+CHECKPOINT_FORMAT = 1
+
+
+def checkpoint_dir(run_dir: str | os.PathLike[str]) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def _write_checksum(path: Path, digest: str) -> None:
+    atomic_write_text(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n")
+
+
+def save_checkpoint(run_dir: str | os.PathLike[str], payload: dict[str, Any], *, step: int, is_best: bool, keep_last: int) -> Path:
+    """Write ``payload`` as the checkpoint of ``step``; keep the last ``keep_last`` plus the best."""
+    payload = {"format": CHECKPOINT_FORMAT, **payload}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    digest = sha256_bytes(data)
+    path = checkpoint_dir(run_dir) / f"step-{step:08d}.pt"
+    atomic_write_bytes(path, data)
+    _write_checksum(path, digest)
+    if is_best:
+        best = Path(run_dir) / "best.pt"
+        with atomic_path(best) as tmp:  # a hard link: no second copy of the bytes
+            tmp.unlink()
+            os.link(path, tmp)
+        _write_checksum(best, digest)
+    _prune(run_dir, keep_last)
+    return path
+
+
+def _prune(run_dir: str | os.PathLike[str], keep_last: int) -> None:
+    steps = list_checkpoints(run_dir)
+    for old in steps[: max(0, len(steps) - max(1, keep_last))]:
+        old.unlink(missing_ok=True)  # best.pt is a separate link and survives
+        old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+
+
+def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Step checkpoints of a run, oldest first."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if STEP_FILE.match(p.name))
+
+
+def verify_checkpoint(path: str | os.PathLike[str]) -> None:
+    """Raise CheckpointError unless ``path`` matches its recorded sha256."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("checkpoint not found", where=str(path), fix="check the path (a run directory works too)")
+    sums = path.with_name(path.name + ".sha256")
+    if not sums.is_file():
+        raise CheckpointError(
+            "no checksum file beside the checkpoint (the save did not finish)",
+            where=str(path),
+            fix="use an earlier checkpoint",
+        )
+    expected = sums.read_text().split()[0]
+    actual = sha256_file(path)
+    if actual != expected:
+        raise CheckpointError(
+            f"checksum mismatch: file is corrupt (sha256 {actual[:12]}..., expected {expected[:12]}...)",
+            where=str(path),
+            fix="use an earlier checkpoint; `charrnn train --resume` skips corrupt ones automatically",
+        )
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    verify_checkpoint(path)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # a valid checksum over an unreadable file: written by something else
+        raise CheckpointError(f"cannot load: {exc}", where=str(path)) from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError("not a charrnn checkpoint (unknown format)", where=str(path))
+    return payload
+
+
+def load_latest_valid(run_dir: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path] | None:
+    """The newest checkpoint that passes its checksum; corrupt ones are reported and skipped."""
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return load_checkpoint(path, map_location), path
+        except CheckpointError as exc:
+            log.warning("skipping checkpoint: %s", exc)
+    return None
+
+
+def resolve_checkpoint(target: str | os.PathLike[str]) -> Path:
+    """A checkpoint file, or a run directory (its best.pt, else its newest valid checkpoint)."""
+    path = Path(target)
+    if path.is_dir():
+        if (path / "best.pt").is_file():
+            return path / "best.pt"
+        for candidate in reversed(list_checkpoints(path)):
+            try:
+                verify_checkpoint(candidate)
+                return candidate
+            except CheckpointError as exc:
+                log.warning("skipping checkpoint: %s", exc)
+        raise CheckpointError("no valid checkpoint in this directory", where=str(path), fix="train first, or pass a .pt file")
+    return path
+
+
+def load_model(target: str | os.PathLike[str], device: str | torch.device = "cpu"):
+    """(model in eval mode, vocab, payload) from a checkpoint file or run directory."""
+    from .model import CharLSTM, ModelShape
+    from .vocab import Vocab
+
+    path = resolve_checkpoint(target)
+    payload = load_checkpoint(path, map_location=device)
+    model = CharLSTM(ModelShape(**payload["model_shape"])).to(device)
+    model.load_state_dict(payload["model"])
+    model.lstm.flatten_parameters()
+    model.eval()
+    return model, Vocab(tuple(payload["vocab"])), payload

@@ -1,0 +1,297 @@
+"""The ``charrnn`` command line: prepare | train | evaluate | sample | run | config.
+
+Every subcommand takes ``--config FILE.yaml`` and trailing ``key=value``
+overrides (``train.lr=3e-3`` or just ``lr=3e-3``); ``charrnn config`` prints
+every key with its current value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from .config import Config, dump_config, load_config
+from .errors import CharRNNError
+
+log = logging.getLogger("charrnn")
+
+
+def _setup_logging(rank: int = 0) -> None:
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format="%(asctime)s %(message)s" if rank == 0 else f"%(asctime)s [rank {rank}] %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML config with data/model/train sections")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=3e-3 hidden_size=256")
+
+
+def _config(args: argparse.Namespace, extra: list[str] | None = None) -> Config:
+    return load_config(args.config, [*args.overrides, *(extra or [])])
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .prepare import prepare
+
+    corpus, tokens = prepare(_config(args))
+    print(json.dumps({"corpus": corpus.to_dict(), "tokens": tokens.to_dict()}, indent=2))
+    return 0
+
+
+def _tokens_for_training(args: argparse.Namespace, cfg: Config):
+    from .prepare import prepare
+    from .tokens import open_token_set
+
+    if args.tokens:
+        return open_token_set(args.tokens)
+    return prepare(cfg)[1]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import DistEnv, destroy_process_group
+    from .train import train
+
+    extra = [f"train.out_dir={args.out_dir}"] if args.out_dir else []
+    if args.resume:
+        extra.append("train.resume=true")
+    cfg = _config(args, extra)
+    env = DistEnv.from_env()
+    try:
+        result = train(cfg, _tokens_for_training(args, cfg), env)
+    finally:
+        destroy_process_group()
+    if env.is_main:
+        print(json.dumps(result.to_dict(), indent=2))
+    return 130 if result.interrupted else 0
+
+
+def _split_tokens(target: str, split: str, tokens_dir: str | None, payload: dict, vocab):
+    """Token ids for ``--split val|test|PATH`` of a checkpoint."""
+    import numpy as np
+
+    from .corpus import cache_root, normalise_and_validate
+    from .errors import CorpusError
+    from .tokens import load_split, open_token_set
+
+    if split in ("train", "val", "test"):
+        folder = tokens_dir or str(cache_root(payload["config"]["data"]["cache_dir"] or None) / "tokens" / payload["tokens"]["key"])
+        tokens = open_token_set(folder)
+        ids = load_split(tokens, split)
+        if len(ids) < 2:
+            raise CorpusError(f"the {split} split is empty", where=folder, fix="evaluate another split")
+        return ids, f"{split} split of {folder}"
+    path = Path(split)
+    if not path.is_file():
+        raise CorpusError("no such split or file", where=split, fix="use --split val, --split test or a path to a UTF-8 text file")
+    text = normalise_and_validate(path.read_bytes(), split)
+    return vocab.encode(text, dtype=np.int64), str(path)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model, resolve_checkpoint
+    from .distributed import DistEnv, destroy_process_group, init_process_group, pick_device
+    from .evaluate import evaluate_tokens
+
+    env = DistEnv.from_env()
+    device = pick_device(args.device, env)
+    init_process_group(env, device)
+    try:
+        model, vocab, payload = load_model(args.checkpoint, device)
+        ids, described = _split_tokens(args.checkpoint, args.split, args.tokens, payload, vocab)
+        result = evaluate_tokens(model, ids, num_streams=args.streams, device=device, env=env)
+    finally:
+        destroy_process_group()
+    if env.is_main:
+        if args.json:
+            print(json.dumps({"checkpoint": str(resolve_checkpoint(args.checkpoint)), "split": args.split, "step": payload["step"], **result.to_dict()}))
+        else:
+            print(f"{described} ({result.chars:,} chars) at step {payload['step']}:")
+            print(f"  {result.loss_nats:.4f} nats/char | {result.bpc:.4f} bits/char | perplexity {result.perplexity:.3f}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import load_model
+    from .sample import SampleSettings, generate
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    model, vocab, _ = load_model(args.checkpoint, device)
+    settings = SampleSettings(
+        length=args.length,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        argmax=args.argmax,
+        num_samples=args.num_samples,
+        seed=args.seed,
+    )
+    stream = args.num_samples == 1 and not args.json
+    if stream:
+        sys.stdout.write(args.prime)
+    samples = generate(
+        model,
+        vocab,
+        args.prime,
+        settings,
+        device=device,
+        on_chars=(lambda chars: (sys.stdout.write(chars[0]), sys.stdout.flush())) if stream else None,
+    )
+    if args.json:
+        print(json.dumps({"prime": args.prime, "samples": samples}))
+    elif stream:
+        sys.stdout.write("\n")
+    else:
+        for i, text in enumerate(samples):
+            print(f"----- sample {i + 1}/{len(samples)} -----\n{args.prime}{text}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The whole job in one process: prepare -> train -> evaluate (val, test) -> sample."""
+    from .checkpoint import load_model
+    from .evaluate import evaluate_tokens
+    from .prepare import prepare
+    from .sample import SampleSettings, generate
+    from .tokens import load_split
+    from .train import train
+
+    cfg = _config(args, [f"train.out_dir={args.out_dir}"] if args.out_dir else [])
+    _, tokens = prepare(cfg)
+    result = train(cfg, tokens)
+    model, vocab, payload = load_model(result.best_checkpoint or result.checkpoint)
+    scores = {split: evaluate_tokens(model, load_split(tokens, split), num_streams=cfg.train.eval_batch_size) for split in ("val", "test") if tokens.num_tokens[split] > 1}
+    sample = generate(model, vocab, args.prime, SampleSettings(length=args.length, temperature=0.8, seed=cfg.train.seed))[0]
+    run_dir = Path(result.run_dir)
+    (run_dir / "sample.txt").write_text(args.prime + sample + "\n", encoding="utf-8")
+    print()
+    print(f"=== charrnn run finished: step {result.step}, {result.train_seconds:.0f}s of training, {result.chars_per_s:,.0f} chars/s")
+    for split, score in scores.items():
+        print(f"{split:>5}: {score.loss_nats:.4f} nats/char | {score.bpc:.4f} bits/char | perplexity {score.perplexity:.3f}")
+    print(f"--- sample (temperature 0.8, model from step {payload['step']}) ---\n{args.prime}{sample}\n---")
+    print(f"checkpoint: {result.best_checkpoint or result.checkpoint}")
+    print(f"sample:     {run_dir / 'sample.txt'}")
+    print(f"metrics:    {run_dir / 'metrics.jsonl'}")
+    return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from .launch import LaunchSpec, run_torchrun
+
+    train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
+    spec = LaunchSpec(
+        nproc_per_node=args.nproc_per_node,
+        nnodes=args.nnodes,
+        rdzv_endpoint=args.rdzv_endpoint,
+        rdzv_id=args.rdzv_id,
+        max_restarts=args.max_restarts,
+        local_addr=args.local_addr,
+    )
+    return run_torchrun(spec, train_args)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(dump_config(_config(args)), end="")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="charrnn", description="Character-level stacked-LSTM language models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("prepare", help="fetch a corpus and tokenise it (cached by content)", description="Fetch data.corpus, validate it, and write vocab + train/val/test token files to the cache.")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train or resume a model (runs under torchrun unchanged)", description="Train a CharLSTM. Under torchrun every rank runs this same command.")
+    p.add_argument("--out-dir", help="run directory (train.out_dir)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in the run directory")
+    p.add_argument("--tokens", metavar="DIR", help="a prepared token directory (skips prepare; use it under torchrun)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="bits/char of a checkpoint on a split or a text file", description="Exact mean loss over a whole split, in nats/char, bits/char and perplexity.")
+    p.add_argument("checkpoint", help="a .pt checkpoint or a run directory (uses its best.pt)")
+    p.add_argument("--split", default="val", help="val, test, train, or a path to a UTF-8 text file (default: val)")
+    p.add_argument("--tokens", metavar="DIR", help="token directory (default: the one the checkpoint was trained on)")
+    p.add_argument("--streams", type=int, default=128, help="parallel evaluation streams (default: 128)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("sample", help="generate text from a checkpoint", description="Generate text with the step-wise (LSTMCell) view of a trained model.")
+    p.add_argument("checkpoint", help="a .pt checkpoint or a run directory (uses its best.pt)")
+    p.add_argument("--prime", default="\n", help="text to start from (default: a newline)")
+    p.add_argument("--length", type=int, default=500, help="characters to generate per sample (default: 500)")
+    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely characters (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0: off)")
+    p.add_argument("--num-samples", type=int, default=1, help="independent samples, generated as one batch")
+    p.add_argument("--seed", type=int, default=None, help="random seed for reproducible samples")
+    p.add_argument("--argmax", action="store_true", help="greedy decoding (deterministic; ignores temperature/top-k/top-p)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--json", action="store_true", help="print JSON instead of streaming text")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("run", help="prepare -> train -> evaluate -> sample in one go", description="The whole job in one process, ending with val/test bits/char, a sample and the paths.")
+    p.add_argument("--out-dir", help="run directory (train.out_dir)")
+    p.add_argument("--prime", default="ROMEO:\n", help="prime for the final sample")
+    p.add_argument("--length", type=int, default=400, help="length of the final sample")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "launch",
+        help="run `charrnn train` under torchrun (many processes, many machines)",
+        description="Build and run the torchrun command for `charrnn train`, streaming its output; Ctrl-C stops every worker.",
+        epilog="example: charrnn launch --nproc-per-node 2 --max-restarts 1 -- --out-dir runs/ddp max_steps=2000",
+    )
+    p.add_argument("--nproc-per-node", type=int, default=1, help="worker processes on this machine (one per GPU; on CPU, cores are shared out)")
+    p.add_argument("--nnodes", type=int, default=1, help="machines in the job (each runs this same command)")
+    p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="c10d rendezvous endpoint (required with --nnodes > 1)")
+    p.add_argument("--rdzv-id", metavar="ID", help="job id shared by all nodes")
+    p.add_argument("--max-restarts", type=int, default=0, help="restart the worker group this many times after a failure (resumes from the newest checkpoint)")
+    p.add_argument("--local-addr", metavar="ADDR", help="this node's address for rendezvous (multi-homed hosts)")
+    p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the arguments of `charrnn train`")
+    p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser("config", help="print the effective configuration as YAML")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+@record  # under torchrun: a failing worker's traceback is written where the agent reports it
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    args = build_parser().parse_args(argv)
+    _setup_logging(int(os.environ.get("RANK", 0)))
+    try:
+        return args.func(args)
+    except CharRNNError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

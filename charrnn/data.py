@@ -1,0 +1,89 @@
+"""Batching for truncated BPTT, char-rnn style, with a global data cursor.
+
+The training split is cut into ``batch_size`` contiguous streams (the *global*
+batch). Step ``s`` reads window ``s mod windows_per_epoch`` of every stream, so
+the hidden state carried from one window to the next has really seen the text
+before it. Rank ``r`` of ``W`` owns streams ``[r*B/W, (r+1)*B/W)``: the
+layout, and so the data a step sees, depends only on the global batch size
+and the step, never on the number of processes. That is what lets a
+checkpoint written by W processes resume on a different W.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+from .tokens import check_trainable
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Batch:
+    inputs: torch.Tensor  # [local_batch, seq_len] int64
+    targets: torch.Tensor  # [local_batch, seq_len] int64
+    epoch: int
+    window: int  # index within the epoch; 0 -> hidden state must be reset
+
+
+def rank_slice(n: int, rank: int, world_size: int) -> slice:
+    """Contiguous, balanced share of ``n`` items for ``rank`` (sizes differ by at most 1)."""
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
+
+
+class StreamBatcher:
+    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, *, rank: int = 0, world_size: int = 1, source: str = "train split"):
+        if batch_size % world_size:
+            raise ConfigError(
+                f"train.batch_size={batch_size} (global streams) is not divisible by {world_size} processes",
+                fix=f"use a multiple of {world_size}, e.g. {batch_size - batch_size % world_size or world_size}",
+            )
+        check_trainable(len(tokens), batch_size, seq_len, source)
+        self.batch_size, self.seq_len = batch_size, seq_len
+        self.stream_len = len(tokens) // batch_size
+        self.windows_per_epoch = (self.stream_len - 1) // seq_len
+        streams = np.asarray(tokens[: batch_size * self.stream_len]).reshape(batch_size, self.stream_len)
+        self.local = streams[rank_slice(batch_size, rank, world_size)]
+
+    @property
+    def chars_per_step(self) -> int:
+        """Characters consumed per optimisation step, over all ranks."""
+        return self.batch_size * self.seq_len
+
+    def batch(self, step: int) -> Batch:
+        epoch, window = divmod(step, self.windows_per_epoch)
+        start = window * self.seq_len
+        chunk = torch.from_numpy(self.local[:, start : start + self.seq_len + 1].astype(np.int64))
+        return Batch(chunk[:, :-1], chunk[:, 1:], epoch, window)
+
+
+def eval_streams(tokens: np.ndarray, num_streams: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut a split into ``num_streams`` rows covering every next-character target once.
+
+    Returns ``inputs`` and ``targets`` of shape [streams, length]; short rows are
+    padded with targets of ``IGNORE_INDEX``. Target ``t+1`` is predicted from
+    tokens ``<= t`` of its own row, so the sum of losses over all rows is the
+    loss of every character from the second on.
+    """
+    n_targets = len(tokens) - 1
+    if n_targets < 1:
+        return torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, 0, dtype=torch.long)
+    num_streams = max(1, min(num_streams, n_targets))
+    length = -(-n_targets // num_streams)
+    inputs = torch.zeros(num_streams, length, dtype=torch.long)
+    targets = torch.full((num_streams, length), IGNORE_INDEX, dtype=torch.long)
+    data = torch.from_numpy(np.asarray(tokens).astype(np.int64))
+    for row in range(num_streams):
+        lo = row * length
+        hi = min(lo + length, n_targets)
+        if lo >= hi:
+            break
+        inputs[row, : hi - lo] = data[lo:hi]
+        targets[row, : hi - lo] = data[lo + 1 : hi + 1]
+    return inputs, targets

@@ -1,0 +1,113 @@
+"""Launch ``charrnn train`` under ``torchrun`` (torch.distributed.run): one machine or many.
+
+We only build the torchrun command line and supervise it: torchrun does the
+rendezvous, spawns one worker per GPU/slot, and restarts the worker group on
+failure (``--max-restarts``), after which training resumes from the newest
+valid checkpoint. The launcher runs torchrun in its own process group, streams
+its output line by line, and kills the whole group on Ctrl-C, error or
+cancellation, so no worker outlives it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+
+@dataclass
+class LaunchSpec:
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    rdzv_endpoint: str | None = None  # HOST:PORT of the c10d rendezvous (multi-node)
+    rdzv_id: str | None = None  # shared by every node of one job
+    max_restarts: int = 0
+    local_addr: str | None = None
+    monitor_interval_s: float = 1.0
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def torchrun_command(spec: LaunchSpec, train_args: Sequence[str]) -> list[str]:
+    if spec.nproc_per_node < 1 or spec.nnodes < 1:
+        raise ConfigError("nproc_per_node and nnodes must be at least 1", where="launch")
+    cmd = [sys.executable, "-m", "torch.distributed.run"]
+    if spec.nnodes == 1 and spec.rdzv_endpoint is None:
+        cmd.append("--standalone")  # local c10d rendezvous on a free port
+    else:
+        if not spec.rdzv_endpoint:
+            raise ConfigError(
+                f"--nnodes {spec.nnodes} needs a rendezvous endpoint",
+                where="launch",
+                fix="pass --rdzv-endpoint HOST:PORT (a host every node can reach) and the same --rdzv-id on every node",
+            )
+        cmd += [
+            "--nnodes", str(spec.nnodes),
+            "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", spec.rdzv_endpoint,
+            "--rdzv-id", spec.rdzv_id or "charrnn",
+        ]  # fmt: skip
+        if spec.local_addr:
+            cmd += ["--local-addr", spec.local_addr]
+    cmd += [
+        "--nproc-per-node", str(spec.nproc_per_node),
+        "--max-restarts", str(spec.max_restarts),
+        "--monitor-interval", str(spec.monitor_interval_s),
+        "-m", "charrnn", "train", *train_args,
+    ]  # fmt: skip
+    return cmd
+
+
+def launch_env(spec: LaunchSpec) -> dict[str, str]:
+    env = {**os.environ, **spec.env}
+    if "OMP_NUM_THREADS" not in env:  # torchrun would default every worker to 1 thread
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        env["OMP_NUM_THREADS"] = str(max(1, cores // spec.nproc_per_node))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def kill_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM the whole process group, then SIGKILL whatever is left after ``grace_s``."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def run_torchrun(spec: LaunchSpec, train_args: Sequence[str], on_line: Callable[[str], None] | None = None, on_start: Callable[[subprocess.Popen], None] | None = None) -> int:
+    """Run torchrun to completion, streaming its merged output; return its exit code."""
+    on_line = on_line or (lambda line: print(line, flush=True))
+    proc = subprocess.Popen(
+        torchrun_command(spec, train_args),
+        env=launch_env(spec),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,  # its own process group: we can kill every worker at once
+    )
+    if on_start:
+        on_start(proc)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            on_line(line.rstrip("\n"))
+        return proc.wait()
+    finally:  # Ctrl-C, an exception in on_line, or cancellation of the caller
+        kill_group(proc)
+
+
+def new_rdzv_id() -> str:
+    return uuid.uuid4().hex[:12]

@@ -1,0 +1,232 @@
+"""Tokenisation: corpus text -> vocabulary + contiguous train/val/test token files.
+
+The corpus is read through HF ``datasets`` (the ``text`` builder in line mode
+with ``keep_linebreaks=True``: its default drops the newlines a character model
+must see). Its Arrow string buffers are already the concatenated UTF-8 text,
+so we take them zero-copy and encode with NumPy rather than row by row.
+
+Output, content-addressed by (corpus sha256, split fractions, dtype, format)::
+
+    <cache>/tokens/<key>/vocab.json  train.bin  val.bin  test.bin  meta.json
+
+``*.bin`` are raw arrays of ``meta["dtype"]``, read with :func:`load_split` as
+read-only memmaps, so any number of training ranks share one copy in the page
+cache. The directory is built under a temporary name and renamed into place
+under a lock: concurrent prepares do the work once, and a crash leaves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .corpus import CorpusRef, cache_root
+from .errors import CorpusError
+from .fsutil import atomic_write_json, file_lock, fsync_dir, sha256_bytes
+from .vocab import MAX_CODEPOINT, Vocab, token_dtype_for
+
+TOKENS_FORMAT = 1
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    """A prepared dataset on disk (small, JSON-able)."""
+
+    dir: str
+    key: str
+    corpus_sha256: str
+    vocab_size: int
+    dtype: str
+    num_tokens: dict[str, int]
+    cache_hit: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def vocab(self) -> Vocab:
+        return Vocab.load(Path(self.dir) / "vocab.json")
+
+
+def tokens_key(corpus_sha256: str, val_fraction: float, test_fraction: float, token_dtype: str) -> str:
+    settings = {
+        "corpus_sha256": corpus_sha256,
+        "val_fraction": round(val_fraction, 12),
+        "test_fraction": round(test_fraction, 12),
+        "token_dtype": token_dtype,
+        "format": TOKENS_FORMAT,
+    }
+    return sha256_bytes(json.dumps(settings, sort_keys=True).encode())[:24]
+
+
+def split_sizes(n: int, val_fraction: float, test_fraction: float, source: str) -> dict[str, int]:
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise CorpusError(
+            f"bad split fractions val={val_fraction} test={test_fraction}",
+            where="data.val_fraction / data.test_fraction",
+            fix="use fractions in [0, 1) that sum to less than 1",
+        )
+    n_val, n_test = int(n * val_fraction), int(n * test_fraction)
+    sizes = {"train": n - n_val - n_test, "val": n_val, "test": n_test}
+    for split, fraction in (("val", val_fraction), ("test", test_fraction)):
+        if fraction > 0 and sizes[split] < 2:
+            raise CorpusError(
+                f"corpus of {n} characters is too short for a {split} split of {fraction:g}",
+                where=source,
+                fix=f"use a longer corpus or a larger data.{split}_fraction",
+            )
+    return sizes
+
+
+def check_trainable(num_train: int, batch_size: int, seq_len: int, source: str) -> None:
+    """Training needs at least one (seq_len + 1)-character window per stream."""
+    need = batch_size * (seq_len + 1)
+    if num_train < need:
+        raise CorpusError(
+            f"training split has {num_train} characters; batch_size={batch_size} streams x "
+            f"(seq_len={seq_len} + 1) needs at least {need}",
+            where=source,
+            fix="use a longer corpus, or lower train.batch_size / train.seq_len",
+        )
+
+
+def _read_codepoint_chunks(corpus_path: str, scratch: str) -> list[np.ndarray]:
+    """Load the corpus with ``datasets`` and return its code points, chunk by chunk."""
+    import datasets  # slow import: only when tokenising
+
+    datasets.disable_progress_bars()
+    ds = datasets.load_dataset(
+        "text",
+        data_files=corpus_path,
+        keep_linebreaks=True,  # the default strips "\n"; a char model must keep it
+        split="train",
+        cache_dir=scratch,  # private cache: no races with other processes' datasets cache
+    )
+    chunks = []
+    for arr in ds.data.column("text").chunks:
+        offsets_type = np.int64 if str(arr.type) == "large_string" else np.int32
+        offsets = np.frombuffer(arr.buffers()[1], dtype=offsets_type)[arr.offset : arr.offset + len(arr) + 1]
+        utf8 = memoryview(arr.buffers()[2])[offsets[0] : offsets[-1]]
+        raw = np.frombuffer(utf8, dtype=np.uint8)
+        if raw.size and raw.max() < 0x80:  # ASCII: bytes are code points, zero copy
+            chunks.append(raw)
+        else:
+            chunks.append(np.frombuffer(bytes(utf8).decode("utf-8").encode("utf-32-le"), dtype=np.uint32))
+    return chunks
+
+
+def _concat_range(chunks: list[np.ndarray], start: int, stop: int):
+    """Yield the parts of the concatenated chunks that fall in ``[start, stop)``."""
+    pos = 0
+    for chunk in chunks:
+        lo, hi = max(start - pos, 0), min(stop - pos, chunk.size)
+        if lo < hi:
+            yield chunk[lo:hi]
+        pos += chunk.size
+
+
+def prepare_tokens(
+    corpus: CorpusRef,
+    *,
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    token_dtype: str = "auto",
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> TokenSet:
+    """Tokenise ``corpus`` into the cache, or return the existing entry (a cache hit)."""
+    root = cache_root(cache_dir) / "tokens"
+    key = tokens_key(corpus.sha256, val_fraction, test_fraction, token_dtype)
+    final = root / key
+    with file_lock(root / f".{key}.lock"):
+        if (final / "meta.json").exists():
+            return _token_set(final, cache_hit=True)
+        started = time.perf_counter()
+        root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+        try:
+            _build(corpus, work, val_fraction, test_fraction, token_dtype, key, started)
+            if final.exists():  # a stale, incomplete entry (no meta.json): replace it
+                shutil.rmtree(final)
+            os.rename(work, final)
+            fsync_dir(root)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return _token_set(final, cache_hit=False)
+
+
+def _build(corpus: CorpusRef, out: Path, val_fraction: float, test_fraction: float, token_dtype: str, key: str, started: float) -> None:
+    with tempfile.TemporaryDirectory(prefix="charrnn-datasets-") as scratch:
+        chunks = _read_codepoint_chunks(corpus.path, scratch)
+        total = sum(c.size for c in chunks)
+        sizes = split_sizes(total, val_fraction, test_fraction, corpus.uri)
+
+        # Vocabulary from the training split only: val/test characters it lacks become <unk>.
+        counts = np.zeros(MAX_CODEPOINT, dtype=np.int64)
+        for part in _concat_range(chunks, 0, sizes["train"]):
+            counts += np.bincount(part, minlength=MAX_CODEPOINT)
+        vocab = Vocab.from_counts(counts)
+        dtype = token_dtype_for(vocab.size, token_dtype, source=f"{corpus.uri} (data.token_dtype)")
+
+        meta = {
+            "format": TOKENS_FORMAT,
+            "key": key,
+            "corpus_uri": corpus.uri,
+            "corpus_sha256": corpus.sha256,
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
+            "vocab_size": vocab.size,
+            "dtype": dtype.name,
+            "num_tokens": sizes,
+            "num_unk": {},
+        }
+        start = 0
+        for split in SPLITS:
+            stop = start + sizes[split]
+            with open(out / f"{split}.bin", "wb") as fh:
+                unk = 0
+                for part in _concat_range(chunks, start, stop):
+                    ids = vocab.encode_codepoints(part, dtype=dtype)
+                    unk += int(np.count_nonzero(ids == 0))
+                    ids.tofile(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            meta["num_unk"][split] = unk
+            start = stop
+    vocab.save(out / "vocab.json")
+    meta["seconds"] = round(time.perf_counter() - started, 3)
+    atomic_write_json(out / "meta.json", meta)  # written last: its presence marks a complete entry
+
+
+def _token_set(path: Path, *, cache_hit: bool) -> TokenSet:
+    meta = json.loads((path / "meta.json").read_text())
+    return TokenSet(
+        dir=str(path),
+        key=meta["key"],
+        corpus_sha256=meta["corpus_sha256"],
+        vocab_size=meta["vocab_size"],
+        dtype=meta["dtype"],
+        num_tokens=meta["num_tokens"],
+        cache_hit=cache_hit,
+    )
+
+
+def open_token_set(path: str | os.PathLike[str]) -> TokenSet:
+    path = Path(path)
+    if not (path / "meta.json").exists():
+        raise CorpusError("not a prepared token directory (no meta.json)", where=str(path), fix="run `charrnn prepare`")
+    return _token_set(path, cache_hit=True)
+
+
+def load_split(tokens: TokenSet, split: str) -> np.ndarray:
+    """A read-only memmap of one split (an empty array for an empty split)."""
+    if tokens.num_tokens[split] == 0:
+        return np.zeros(0, dtype=tokens.dtype)
+    return np.memmap(Path(tokens.dir) / f"{split}.bin", dtype=tokens.dtype, mode="r")

@@ -1,0 +1,117 @@
+"""Character vocabulary over Unicode code points.
+
+Id 0 is reserved for ``<unk>``: characters never seen in the training split
+map there (policy ``unk``) or raise (policy ``error``), never silently to a
+real character. Real characters follow in code-point order, so the vocabulary
+is a pure function of the set of training characters.
+
+Encoding is vectorised through a code-point lookup table, which is what makes
+tokenising a 100 MB corpus take seconds rather than minutes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CorpusError
+from .fsutil import atomic_write_json
+
+UNK_TOKEN = "<unk>"
+UNK_ID = 0
+UNK_DISPLAY = "\ufffd"  # how <unk> is shown when decoding
+MAX_CODEPOINT = 0x110000
+VOCAB_FORMAT = 1
+
+
+def codepoints(text: str) -> np.ndarray:
+    """Unicode code points of ``text`` as a NumPy array (uint8 for ASCII, else uint32)."""
+    if text.isascii():
+        return np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
+@dataclass(frozen=True)
+class Vocab:
+    chars: tuple[str, ...]  # real characters in code-point order; id = index + 1
+
+    @classmethod
+    def from_counts(cls, counts: np.ndarray) -> Vocab:
+        """Build from a histogram indexed by code point."""
+        return cls(tuple(chr(cp) for cp in np.flatnonzero(counts)))
+
+    @classmethod
+    def from_text(cls, text: str) -> Vocab:
+        return cls(tuple(sorted(set(text))))
+
+    @property
+    def size(self) -> int:
+        return len(self.chars) + 1
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _lookup_table(self) -> np.ndarray:
+        lut = np.zeros(MAX_CODEPOINT, dtype=np.uint32)  # default: UNK_ID
+        lut[[ord(c) for c in self.chars]] = np.arange(1, self.size, dtype=np.uint32)
+        return lut
+
+    def encode_codepoints(self, cps: np.ndarray, *, dtype=np.int64, unk_policy: str = "unk", source: str = "text") -> np.ndarray:
+        lut = self.__dict__.get("_lut")
+        if lut is None:
+            lut = self._lookup_table()
+            object.__setattr__(self, "_lut", lut)  # cached on the frozen instance
+        ids = lut[cps]
+        if unk_policy == "error" and self.size > 1:
+            bad = np.flatnonzero(ids == UNK_ID)
+            if bad.size:
+                ch = chr(int(cps[bad[0]]))
+                raise CorpusError(
+                    f"character {ch!r} (U+{ord(ch):04X}) at position {bad[0]} is not in the vocabulary",
+                    where=source,
+                    fix="use data.unk_policy=unk to map unseen characters to <unk>",
+                )
+        return ids.astype(dtype, copy=False)
+
+    def encode(self, text: str, **kwargs) -> np.ndarray:
+        return self.encode_codepoints(codepoints(text), **kwargs)
+
+    def decode(self, ids) -> str:
+        table = (UNK_DISPLAY, *self.chars)
+        return "".join(table[int(i)] for i in ids)
+
+    def to_json(self) -> dict:
+        return {"format": VOCAB_FORMAT, "unk_token": UNK_TOKEN, "unk_id": UNK_ID, "chars": list(self.chars)}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> Vocab:
+        if obj.get("format") != VOCAB_FORMAT or obj.get("unk_id") != UNK_ID:
+            raise CorpusError("unsupported vocabulary format", fix="re-run `charrnn prepare`")
+        return cls(tuple(obj["chars"]))
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vocab:
+        return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def token_dtype_for(vocab_size: int, requested: str = "auto", *, source: str = "data.token_dtype") -> np.dtype:
+    """The smallest unsigned dtype holding every id, or the requested one if it fits."""
+    options = {"uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32}
+    if requested == "auto":
+        return np.dtype(next(t for t in options.values() if vocab_size <= np.iinfo(t).max + 1))
+    if requested not in options:
+        raise CorpusError(f"unknown token dtype {requested!r}", where=source, fix="use auto, uint8, uint16 or uint32")
+    dtype = np.dtype(options[requested])
+    if vocab_size > np.iinfo(dtype).max + 1:
+        raise CorpusError(
+            f"vocabulary of {vocab_size} symbols does not fit {requested} (at most {np.iinfo(dtype).max + 1})",
+            where=source,
+            fix="set data.token_dtype=auto (or a wider dtype such as uint16)",
+        )
+    return dtype

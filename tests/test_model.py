@@ -1,0 +1,63 @@
+"""The fused nn.LSTM path and the step-wise LSTMCell path are the same model."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from charrnn.model import CharLSTM, ModelShape
+
+
+def _model(num_layers=3) -> CharLSTM:
+    torch.manual_seed(0)
+    model = CharLSTM(ModelShape(vocab_size=50, embedding_dim=24, hidden_size=40, num_layers=num_layers, dropout=0.3))
+    return model.eval()
+
+
+def test_fused_matches_an_explicit_lstmcell_stack_over_200_steps():
+    model = _model()
+    cells = nn.ModuleList()
+    for layer in range(model.shape.num_layers):
+        w_ih, w_hh, b_ih, b_hh = model.layer_weights(layer)
+        cell = nn.LSTMCell(w_ih.shape[1], model.shape.hidden_size)
+        cell.load_state_dict({"weight_ih": w_ih, "weight_hh": w_hh, "bias_ih": b_ih, "bias_hh": b_hh})
+        cells.append(cell)
+    tokens = torch.randint(0, 50, (4, 200))
+    with torch.no_grad():
+        fused, (h_n, c_n) = model(tokens)
+        h = [torch.zeros(4, 40) for _ in cells]
+        c = [torch.zeros(4, 40) for _ in cells]
+        stepwise = []
+        for t in range(tokens.shape[1]):
+            x = model.embed(tokens[:, t])
+            for i, cell in enumerate(cells):
+                h[i], c[i] = cell(x, (h[i], c[i]))
+                x = h[i]
+            stepwise.append(model.head(x))
+    torch.testing.assert_close(torch.stack(stepwise, 1), fused, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.stack(h), h_n, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.stack(c), c_n, atol=1e-5, rtol=0)
+
+
+def test_model_step_matches_forward_from_a_carried_state():
+    model = _model()
+    tokens = torch.randint(0, 50, (3, 120))
+    with torch.no_grad():
+        _, state = model(tokens[:, :60])  # a state carried in from an earlier window
+        fused, _ = model(tokens[:, 60:], state)
+        outs = []
+        for t in range(60, 120):
+            logits, state = model.step(tokens[:, t], state)
+            outs.append(logits)
+    torch.testing.assert_close(torch.stack(outs, 1), fused, atol=1e-5, rtol=0)
+
+
+def test_shapes_and_dropout_only_in_training():
+    model = _model(num_layers=2)
+    tokens = torch.randint(0, 50, (2, 7))
+    logits, (h, c) = model(tokens)
+    assert logits.shape == (2, 7, 50) and h.shape == c.shape == (2, 2, 40)
+    model.train()
+    a, _ = model(tokens)
+    b, _ = model(tokens)
+    assert not torch.equal(a, b)  # dropout active

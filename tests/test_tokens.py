@@ -1,0 +1,117 @@
+"""Vocabulary and token files: round trips, <unk>, splits, dtypes, content-addressed cache."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_text
+
+from charrnn.corpus import fetch_corpus
+from charrnn.errors import CorpusError
+from charrnn.tokens import load_split, prepare_tokens
+from charrnn.vocab import UNK_ID, Vocab, token_dtype_for
+
+
+def _prepare(tmp_path, text: str, **kwargs):
+    path = tmp_path / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    return prepare_tokens(fetch_corpus(str(path)), **kwargs)
+
+
+def test_vocab_round_trip_with_newlines_and_non_ascii():
+    text = "Ça va?\n\nNaïve — ok.\n日本語\n🎭\n"
+    vocab = Vocab.from_text(text)
+    ids = vocab.encode(text)
+    assert vocab.decode(ids) == text
+    assert list(vocab.chars) == sorted(set(text))  # code-point order: deterministic
+    assert UNK_ID not in ids
+
+
+def test_unseen_characters_map_to_unk_or_raise():
+    vocab = Vocab.from_text("abc\n")
+    ids = vocab.encode("abz")
+    assert ids.tolist() == [1, 2, UNK_ID]
+    with pytest.raises(CorpusError, match=r"'z' \(U\+007A\) at position 2"):
+        vocab.encode("abz", unk_policy="error")
+
+
+def test_vocab_json_round_trip(tmp_path):
+    vocab = Vocab.from_text("hello\nworld é")
+    vocab.save(tmp_path / "vocab.json")
+    assert Vocab.load(tmp_path / "vocab.json") == vocab
+
+
+def test_token_files_reassemble_the_corpus_with_newlines(tmp_path):
+    text = make_text(20_000)
+    tokens = _prepare(tmp_path, text, val_fraction=0.1, test_fraction=0.1)
+    vocab = tokens.vocab
+    parts = {s: load_split(tokens, s) for s in ("train", "val", "test")}
+    assert {s: len(p) for s, p in parts.items()} == {"train": 16_000, "val": 2_000, "test": 2_000}
+    assert vocab.decode(np.concatenate(list(parts.values()))) == text
+    assert parts["train"].dtype == np.uint8 and isinstance(parts["train"], np.memmap)
+    assert "\n" in vocab.chars and "é" in vocab.chars
+
+
+def test_vocabulary_comes_from_the_training_split(tmp_path):
+    text = "abcab" * 100 + "xyz" * 10  # x, y, z only in the held-out tail
+    tokens = _prepare(tmp_path, text, val_fraction=0.05, test_fraction=0.0)
+    assert set(tokens.vocab.chars) == {"a", "b", "c"}
+    assert (load_split(tokens, "val") == UNK_ID).all()
+
+
+def test_empty_test_split(tmp_path):
+    tokens = _prepare(tmp_path, make_text(5_000), val_fraction=0.1, test_fraction=0.0)
+    assert tokens.num_tokens["test"] == 0 and len(load_split(tokens, "test")) == 0
+
+
+def test_second_prepare_is_a_cache_hit(tmp_path):
+    text = make_text(10_000)
+    first = _prepare(tmp_path, text)
+    second = _prepare(tmp_path, text)
+    assert not first.cache_hit and second.cache_hit and first.dir == second.dir
+    changed = _prepare(tmp_path, text + "more")
+    assert not changed.cache_hit and changed.dir != first.dir
+
+
+def test_too_short_for_split(tmp_path, cache_dir):
+    with pytest.raises(CorpusError, match="too short for a val split"):
+        _prepare(tmp_path, "abcdefghij", val_fraction=0.1)
+    assert not (cache_dir / "tokens").exists() or not [p for p in (cache_dir / "tokens").iterdir() if not p.name.endswith(".lock")]
+
+
+def test_vocab_too_large_for_dtype(tmp_path, cache_dir):
+    text = "".join(chr(0x4E00 + i) for i in range(300)) * 10  # 300 distinct characters
+    with pytest.raises(CorpusError, match="300 symbols does not fit uint8") as info:
+        _prepare(tmp_path, text, token_dtype="uint8")
+    assert "token_dtype=auto" in str(info.value)
+    assert not [p for p in (cache_dir / "tokens").iterdir() if not p.name.endswith(".lock")]
+    assert _prepare(tmp_path, text).dtype == "uint16"
+
+
+def test_dtype_choice():
+    assert token_dtype_for(256) == np.uint8
+    assert token_dtype_for(257) == np.uint16
+    assert token_dtype_for(70_000) == np.uint32
+
+
+def _prepare_in_process(args):
+    path, cache = args
+    import os
+
+    os.environ["CHARRNN_CACHE"] = cache
+    tokens = prepare_tokens(fetch_corpus(path))
+    return tokens.dir, tokens.cache_hit
+
+
+def test_two_concurrent_prepares(tmp_path, cache_dir):
+    path = tmp_path / "corpus.txt"
+    path.write_text(make_text(400_000))
+    with mp.get_context("spawn").Pool(2) as pool:
+        results = pool.map(_prepare_in_process, [(str(path), str(cache_dir))] * 2)
+    assert results[0][0] == results[1][0]
+    assert sorted(hit for _, hit in results) == [False, True]  # built once, found once
+    entries = [p.name for p in (cache_dir / "tokens").iterdir() if not p.name.endswith(".lock")]
+    assert entries == [Path(results[0][0]).name]  # no temp directories left behind
