@@ -158,7 +158,7 @@ def _http_get(url: str, dest: Path, *, timeout_s: float, retries: int, backoff_s
 def _read_hf_dataset(uri: str) -> bytes:
     """``hf://datasets/NAME?config=C&split=S&column=text``: rows joined with newlines."""
     parsed = urllib.parse.urlparse(uri)
-    name = (parsed.netloc + parsed.path).removeprefix("datasets/").strip("/")
+    name = (parsed.netloc + parsed.path).removeprefix("datasets/").rstrip("/")  # a local path keeps its leading /
     query = dict(urllib.parse.parse_qsl(parsed.query))
     if not name:
         raise CorpusError("no dataset name", where=uri, fix="write hf://datasets/NAME")

@@ -60,13 +60,33 @@ def configure_threads(env: DistEnv) -> int:
     return threads
 
 
+def _attempt_store(env: DistEnv, timeout: datetime.timedelta) -> dist.Store | None:
+    """The torchrun agent's store, with keys private to this restart attempt.
+
+    After ``--max-restarts`` restarts the worker group, the agent's store still
+    holds the previous attempt's gloo/NCCL addresses under the same keys, and a
+    new worker can read a dead peer's address (connectFullMesh: connection
+    refused). A prefix per attempt keeps each group's rendezvous keys apart.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    client = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), env.world_size, is_master=False, timeout=timeout
+    )
+    return dist.PrefixStore(f"charrnn/attempt-{attempt}", client)
+
+
 def init_process_group(env: DistEnv, device: torch.device, timeout_s: float = 600.0) -> None:
     if env.distributed and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store = _attempt_store(env, timeout)
         dist.init_process_group(
             backend,
-            timeout=datetime.timedelta(seconds=timeout_s),
+            timeout=timeout,
             device_id=device if device.type == "cuda" else None,
+            **({"store": store, "rank": env.rank, "world_size": env.world_size} if store is not None else {}),
         )
 
 

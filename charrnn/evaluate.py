@@ -37,7 +37,7 @@ def result_from_sums(loss_sum: float, chars: int) -> EvalResult:
     if chars == 0:
         return EvalResult(float("nan"), float("nan"), float("nan"), 0)
     mean = loss_sum / chars
-    return EvalResult(mean, mean / LN2, math.exp(mean), chars)
+    return EvalResult(mean, mean / LN2, math.exp(mean) if mean < 700 else math.inf, chars)
 
 
 @torch.no_grad()

@@ -33,7 +33,8 @@ class LaunchSpec:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def torchrun_command(spec: LaunchSpec, train_args: Sequence[str]) -> list[str]:
+def torchrun_command(spec: LaunchSpec, train_args: Sequence[str], command: str = "train") -> list[str]:
+    """``python -m torch.distributed.run ... -m charrnn COMMAND ARGS`` (COMMAND: train or evaluate)."""
     if spec.nproc_per_node < 1 or spec.nnodes < 1:
         raise ConfigError("nproc_per_node and nnodes must be at least 1", where="launch")
     cmd = [sys.executable, "-m", "torch.distributed.run"]
@@ -58,7 +59,7 @@ def torchrun_command(spec: LaunchSpec, train_args: Sequence[str]) -> list[str]:
         "--nproc-per-node", str(spec.nproc_per_node),
         "--max-restarts", str(spec.max_restarts),
         "--monitor-interval", str(spec.monitor_interval_s),
-        "-m", "charrnn", "train", *train_args,
+        "-m", "charrnn", command, *train_args,
     ]  # fmt: skip
     return cmd
 

@@ -219,6 +219,8 @@ def train(cfg: Config, tokens: TokenSet, env: DistEnv | None = None) -> TrainRes
             else:  # RNG streams are per rank; a new world size gets fresh, seeded ones
                 _seed_everything(t.seed + env.rank + 7919 * step)
             if env.is_main:
+                if restarted:
+                    log.warning("worker group restarted by torchrun (restart %s)", os.environ["TORCHELASTIC_RESTART_COUNT"])
                 log.info("resumed from %s (step %d, data cursor epoch %d window %d)", path, step, *divmod(step, batcher.windows_per_epoch))
     elif existing:  # every rank sees the run directory, so every rank stops here
         raise ConfigError(
@@ -339,9 +341,10 @@ def train(cfg: Config, tokens: TokenSet, env: DistEnv | None = None) -> TrainRes
             if step % t.log_interval == 0 or is_last:
                 stats = dist_utils.all_reduce_sum(torch.stack([loss_sum, grad_norm.float()])) / env.world_size
                 mean_loss, norm = stats[0].item() / window_steps, stats[1].item()
-                if not (math.isfinite(mean_loss) and math.isfinite(norm)):
+                # Uniform guessing scores ln(vocab); ten times worse than that is divergence.
+                if not (math.isfinite(mean_loss) and math.isfinite(norm)) or mean_loss > 10 * math.log(vocab.size):
                     raise DivergenceError(
-                        f"loss became {mean_loss} (grad norm {norm}) by step {step}",
+                        f"training diverged: loss {mean_loss:.4g} nats/char (grad norm {norm:.4g}) by step {step}",
                         where=str(run_dir),
                         fix=f"lower train.lr (now {t.lr:g}) or train.grad_clip, then resume from the last checkpoint with --resume",
                     )

@@ -110,7 +110,7 @@ def token_dtype_for(vocab_size: int, requested: str = "auto", *, source: str = "
     dtype = np.dtype(options[requested])
     if vocab_size > np.iinfo(dtype).max + 1:
         raise CorpusError(
-            f"vocabulary of {vocab_size} symbols does not fit {requested} (at most {np.iinfo(dtype).max + 1})",
+            f"vocabulary of {vocab_size} symbols ({vocab_size - 1} characters + <unk>) does not fit {requested} (at most {np.iinfo(dtype).max + 1})",
             where=source,
             fix="set data.token_dtype=auto (or a wider dtype such as uint16)",
         )

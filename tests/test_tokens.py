@@ -31,7 +31,7 @@ def test_vocab_round_trip_with_newlines_and_non_ascii():
 
 
 def test_unseen_characters_map_to_unk_or_raise():
-    vocab = Vocab.from_text("abc\n")
+    vocab = Vocab.from_text("abc")
     ids = vocab.encode("abz")
     assert ids.tolist() == [1, 2, UNK_ID]
     with pytest.raises(CorpusError, match=r"'z' \(U\+007A\) at position 2"):
@@ -56,10 +56,12 @@ def test_token_files_reassemble_the_corpus_with_newlines(tmp_path):
 
 
 def test_vocabulary_comes_from_the_training_split(tmp_path):
-    text = "abcab" * 100 + "xyz" * 10  # x, y, z only in the held-out tail
+    text = "abcab" * 100 + "xyz" * 5  # x, y, z only in the held-out tail
     tokens = _prepare(tmp_path, text, val_fraction=0.05, test_fraction=0.0)
     assert set(tokens.vocab.chars) == {"a", "b", "c"}
-    assert (load_split(tokens, "val") == UNK_ID).all()
+    val = load_split(tokens, "val")
+    assert (val[-15:] == UNK_ID).all() and (val[:-15] != UNK_ID).all()
+    assert tokens.vocab.decode(val[-3:]) == "\ufffd" * 3
 
 
 def test_empty_test_split(tmp_path):
@@ -84,7 +86,7 @@ def test_too_short_for_split(tmp_path, cache_dir):
 
 def test_vocab_too_large_for_dtype(tmp_path, cache_dir):
     text = "".join(chr(0x4E00 + i) for i in range(300)) * 10  # 300 distinct characters
-    with pytest.raises(CorpusError, match="300 symbols does not fit uint8") as info:
+    with pytest.raises(CorpusError, match="301 symbols .300 characters \\+ <unk>. does not fit uint8") as info:
         _prepare(tmp_path, text, token_dtype="uint8")
     assert "token_dtype=auto" in str(info.value)
     assert not [p for p in (cache_dir / "tokens").iterdir() if not p.name.endswith(".lock")]

@@ -13,7 +13,12 @@ import pytest
 import torch
 from conftest import run_env, tiny_config
 
-from charrnn.checkpoint import list_checkpoints, load_checkpoint, load_latest_valid, verify_checkpoint
+from charrnn.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    load_latest_valid,
+    verify_checkpoint,
+)
 from charrnn.errors import CheckpointError, ConfigError, DivergenceError
 from charrnn.prepare import prepare
 from charrnn.train import lr_factor, train
@@ -100,7 +105,7 @@ def test_stopping_rules(small_corpus, tmp_path):
 
 
 def test_divergence_stops_with_a_clear_message(small_corpus, tmp_path):
-    cfg = tiny_config(small_corpus, tmp_path / "run", max_steps=30, lr=1e30, grad_clip=0.0, warmup_steps=0)
+    cfg = tiny_config(small_corpus, tmp_path / "run", max_steps=30, lr=1e30, grad_clip=0.0, warmup_steps=0, eval_interval=0)
     with pytest.raises(DivergenceError, match="lower train.lr"):
         train(cfg, prepare(cfg)[1])
 
