@@ -68,10 +68,29 @@ class TrainConfig:
 
 
 @dataclass
+class TrackConfig:
+    mode: str = "auto"  # auto (online if W&B credentials exist, else offline) | online | offline | disabled
+    project: str = "charrnn"
+    entity: str = ""
+    group: str = ""
+    tags: str = ""  # comma-separated
+    name: str = ""  # display name; "" -> W&B's default
+    run_id: str = ""  # "" -> derived from the run directory, so a resume continues the same W&B run
+    dir: str = ""  # where W&B writes its files; "" -> the run directory
+    init_timeout_s: float = 60.0  # a W&B that cannot start within this is skipped with a warning
+    sample_prompts: str = "ROMEO:\n|JULIET:\n"  # |-separated prompts for the samples table
+    sample_temperatures: str = "0.5,0.8,1.0"
+    sample_length: int = 200
+    log_checkpoints: bool = True  # upload checkpoints as `model` artefacts
+    dataset_max_mb: float = 64.0  # token files above this are logged by reference, not uploaded
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -15,7 +15,7 @@ import os
 import random
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from .fsutil import atomic_write_json, atomic_write_text
 from .model import CharLSTM, ModelShape
 from .progress import format_duration, format_rate
 from .tokens import TokenSet, load_split
+from .tracking import Tracker, make_tracker, memory_metrics, sample_rows
 
 log = logging.getLogger("charrnn")
 
@@ -50,6 +51,7 @@ class TrainResult:
     chars_per_s: float
     train_seconds: float
     interrupted: bool = False
+    tracking: dict = field(default_factory=dict)  # W&B run id, mode, URL or offline dir + sync command
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -177,8 +179,21 @@ def _seed_everything(seed: int) -> None:
 def train(cfg: Config, tokens: TokenSet, env: DistEnv | None = None) -> TrainResult:
     """Train (or resume) the run in ``cfg.train.out_dir`` on a prepared token set."""
     env = env or DistEnv.from_env()
+    device = dist_utils.pick_device(cfg.train.device, env)
+    # W&B starts on rank 0 before the process group exists, with its own timeout, so
+    # a slow or broken W&B delays nobody's collectives and cannot hang other ranks.
+    tracker = make_tracker(cfg.track, is_main=env.is_main, run_dir=Path(cfg.train.out_dir), config=cfg.to_dict())
+    try:
+        result = _train(cfg, tokens, env, device, tracker)
+    except BaseException:
+        tracker.finish(exit_code=1)
+        raise
+    tracker.finish()
+    return result
+
+
+def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tracker: Tracker) -> TrainResult:
     t = cfg.train
-    device = dist_utils.pick_device(t.device, env)
     threads = dist_utils.configure_threads(env) if device.type == "cpu" else None
     dist_utils.init_process_group(env, device)
     run_dir = Path(t.out_dir)
@@ -238,6 +253,25 @@ def train(cfg: Config, tokens: TokenSet, env: DistEnv | None = None) -> TrainRes
         atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
         vocab.save(run_dir / "vocab.json")
         _truncate_metrics(run_dir / "metrics.jsonl", step)
+        tracker.update_config(
+            {
+                "corpus_sha256": tokens.corpus_sha256,
+                "corpus_uri": cfg.data.corpus,
+                "tokens_key": tokens.key,
+                "vocab_size": vocab.size,
+                "world_size": env.world_size,
+                "device": str(device),
+                "torch_version": torch.__version__,
+                "parameters": model.num_parameters(),
+            }
+        )
+        if resumed_from == 0:
+            tracker.log_dataset(
+                f"dataset-{tokens.corpus_sha256[:12]}-{tokens.key[:8]}",
+                {name: Path(tokens.dir) / name for name in ("vocab.json", "meta.json", "train.bin", "val.bin", "test.bin") if (Path(tokens.dir) / name).exists()},
+                {"corpus_uri": cfg.data.corpus, "corpus_sha256": tokens.corpus_sha256, "tokens_key": tokens.key, "vocab_size": vocab.size, "num_tokens": tokens.num_tokens},
+                cfg.track.dataset_max_mb,
+            )
         log.info(
             "model %s: %.2fM parameters | vocab %d | world size %d | device %s%s | precision %s | %s chars/step | %d windows/epoch",
             f"{shape.num_layers}x{shape.hidden_size}",
@@ -280,6 +314,9 @@ def train(cfg: Config, tokens: TokenSet, env: DistEnv | None = None) -> TrainRes
         path = None
         if env.is_main:
             path = save_checkpoint(run_dir, payload, step=current_step, is_best=is_best, keep_last=t.keep_last)
+            if cfg.track.log_checkpoints:
+                metadata = {"val_bpc": val.bpc if val else None, "val_loss_nats": val.loss_nats if val else None, "corpus_sha256": tokens.corpus_sha256, "config": cfg.to_dict()}
+                tracker.log_model(path, step=current_step, aliases=["latest", "best"] if is_best else ["latest"], metadata=metadata)
         dist_utils.barrier()
         return path
 
@@ -363,6 +400,7 @@ def train(cfg: Config, tokens: TokenSet, env: DistEnv | None = None) -> TrainRes
                         "time_s": train_seconds,
                     }
                     metrics.write(record)
+                    tracker.log({k: v for k, v in record.items() if k != "step"} | memory_metrics(device), step)
                     log.info(_progress_line(step, horizon, t.time_budget_s, train_seconds, mean_loss, lr, norm, chars_per_s))
                 loss_sum.zero_()
                 window_start, window_steps = time.perf_counter(), 0
@@ -374,7 +412,10 @@ def train(cfg: Config, tokens: TokenSet, env: DistEnv | None = None) -> TrainRes
                     last_val = val
                     if env.is_main:
                         metrics.write({"step": step, "val/loss_nats": val.loss_nats, "val/bpc": val.bpc, "time_s": train_seconds})
+                        tracker.log({"val/loss_nats": val.loss_nats, "val/bpc": val.bpc, "val/perplexity": val.perplexity}, step)
                         log.info("step %d | val %.4f nats/char | %.4f bits/char | ppl %.3f", step, val.loss_nats, val.bpc, val.perplexity)
+                        if tracker.run_id is not None:
+                            tracker.log_samples(step, sample_rows(model, vocab, cfg.track, device, seed=t.seed))
                 window_start = time.perf_counter()  # evaluation time is not training throughput
             if is_last or step % t.checkpoint_interval == 0:
                 last_path = checkpoint(step, last_val if want_eval else None) or last_path
@@ -395,6 +436,7 @@ def train(cfg: Config, tokens: TokenSet, env: DistEnv | None = None) -> TrainRes
         chars_per_s=_overall_rate(step - resumed_from, batcher.chars_per_step, loop_start),
         train_seconds=train_seconds,
         interrupted=interrupted,
+        tracking=tracker.summary(),
     )
     if env.is_main:
         atomic_write_json(run_dir / "train_summary.json", result.to_dict())

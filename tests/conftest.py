@@ -61,6 +61,7 @@ def tiny_config(corpus: Path | str, out_dir: Path, **train) -> Config:
     cfg.train.eval_batch_size = 16
     cfg.train.max_steps = 20
     cfg.train.device = "cpu"
+    cfg.track.mode = "disabled"  # W&B has its own tests (test_tracking.py)
     for key, value in train.items():
         setattr(cfg.train, key, value)
     return cfg
@@ -140,5 +141,6 @@ def cache_listing(root: Path) -> list[str]:
 def run_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("WANDB_MODE", "disabled")  # W&B has its own tests
     env.update(extra)
     return env

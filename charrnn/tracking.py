@@ -1,0 +1,235 @@
+"""Experiment tracking: Weights & Biases on global rank 0, a null tracker everywhere else.
+
+W&B is the product's face, but never a dependency of training: a W&B that
+cannot start (bad settings, no network, a timeout) leaves a warning and a
+:class:`NullTracker`, and any error while logging is reported once and then
+ignored. Runs are offline unless credentials are configured (``wandb sync``
+uploads them later). The run id is deterministic (from ``track.run_id`` or the
+run directory) and opened with ``resume="allow"``, so a torchrun restart or a
+``--resume`` continues the same W&B run instead of starting a new one.
+
+The API key is never read into our own code, logged or stored: W&B reads it
+from its own places (``WANDB_API_KEY``, ``~/.netrc``).
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from .config import TrackConfig
+from .fsutil import sha256_bytes
+
+log = logging.getLogger("charrnn")
+SAMPLE_COLUMNS = ["step", "temperature", "prompt", "sample"]
+
+
+class Tracker(Protocol):
+    run_id: str | None
+
+    def update_config(self, values: dict[str, Any]) -> None: ...
+    def log(self, metrics: dict[str, Any], step: int) -> None: ...
+    def log_samples(self, step: int, rows: Iterable[tuple[float, str, str]]) -> None: ...
+    def log_dataset(self, name: str, files: dict[str, Path], metadata: dict[str, Any], max_upload_mb: float) -> str | None: ...
+    def log_model(self, path: Path, *, step: int, aliases: list[str], metadata: dict[str, Any]) -> None: ...
+    def summary(self) -> dict[str, Any]: ...
+    def finish(self, exit_code: int = 0) -> None: ...
+
+
+class NullTracker:
+    """Tracks nothing: other ranks, ``track.mode=disabled``, or a W&B that failed to start."""
+
+    run_id = None
+
+    def update_config(self, values):
+        pass
+
+    def log(self, metrics, step):
+        pass
+
+    def log_samples(self, step, rows):
+        pass
+
+    def log_dataset(self, name, files, metadata, max_upload_mb):
+        return None
+
+    def log_model(self, path, *, step, aliases, metadata):
+        pass
+
+    def summary(self):
+        return {}
+
+    def finish(self, exit_code=0):
+        pass
+
+
+def has_wandb_credentials() -> bool:
+    """True when W&B would authenticate: an API key in the environment or ~/.netrc (never read out)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        hosts = netrc.netrc().hosts
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+    return any("wandb" in host for host in hosts)
+
+
+def resolve_mode(requested: str) -> str:
+    if requested == "auto":
+        env_mode = os.environ.get("WANDB_MODE")
+        if env_mode in ("online", "offline", "disabled"):
+            return env_mode
+        return "online" if has_wandb_credentials() else "offline"
+    if requested not in ("online", "offline", "disabled"):
+        from .errors import ConfigError
+
+        raise ConfigError(f"unknown tracking mode {requested!r}", where="track.mode", fix="use auto, online, offline or disabled")
+    return requested
+
+
+def default_run_id(run_dir: str | os.PathLike[str]) -> str:
+    """Stable for a run directory, so every restart and resume finds the same W&B run."""
+    return "charrnn-" + sha256_bytes(str(Path(run_dir).resolve()).encode())[:12]
+
+
+class WandbTracker:
+    def __init__(self, cfg: TrackConfig, *, run_dir: Path, run_id: str, mode: str, config: dict[str, Any]):
+        import wandb
+
+        self._wandb = wandb
+        self._failed = False
+        self.run_id = run_id
+        directory = Path(cfg.dir or run_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            project=cfg.project,
+            entity=cfg.entity or None,
+            group=cfg.group or None,
+            tags=[t.strip() for t in cfg.tags.split(",") if t.strip()] or None,
+            name=cfg.name or None,
+            id=run_id,
+            resume="allow",
+            dir=str(directory),
+            mode=mode,
+            config=config,
+            settings=wandb.Settings(init_timeout=cfg.init_timeout_s, console="off", silent=True),
+        )
+        # One x-axis for everything: the optimisation step. A resumed run re-logs the steps
+        # after its checkpoint; a custom step metric keeps them instead of dropping them.
+        self.run.define_metric("trainer/step")
+        self.run.define_metric("*", step_metric="trainer/step")
+        for name in ("val/loss_nats", "val/bpc"):
+            self.run.define_metric(name, step_metric="trainer/step", summary="min")
+        self._table = wandb.Table(columns=SAMPLE_COLUMNS, log_mode="INCREMENTAL")
+        self._dataset_ref: str | None = None
+        self.offline_dir = Path(self.run.dir).parent if mode == "offline" else None
+
+    def _guard(self, what: str, fn, *args, **kwargs):
+        """Run a W&B call; on the first error warn, then keep training without W&B."""
+        if self._failed:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # W&B must never stop training
+            self._failed = True
+            log.warning("W&B %s failed (%s: %s); training continues without W&B logging", what, type(exc).__name__, exc)
+            return None
+
+    def update_config(self, values: dict[str, Any]) -> None:
+        self._guard("config update", self.run.config.update, values, allow_val_change=True)
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        self._guard("log", self.run.log, {"trainer/step": step, **metrics})
+
+    def log_samples(self, step: int, rows: Iterable[tuple[float, str, str]]) -> None:
+        def add_and_log():
+            for temperature, prompt, text in rows:
+                self._table.add_data(step, temperature, prompt, text)
+            self.run.log({"samples": self._table, "trainer/step": step})
+
+        self._guard("sample table", add_and_log)
+
+    def log_dataset(self, name: str, files: dict[str, Path], metadata: dict[str, Any], max_upload_mb: float) -> str | None:
+        def build():
+            artifact = self._wandb.Artifact(name, type="dataset", metadata=metadata)
+            for entry, path in files.items():
+                if path.stat().st_size <= max_upload_mb * 2**20:
+                    artifact.add_file(str(path), name=entry)
+                else:  # large token files: recorded by reference (path + checksum), not uploaded
+                    artifact.add_reference(path.resolve().as_uri(), name=entry)
+            self.run.log_artifact(artifact, aliases=["latest"])
+            return f"{name}:latest"
+
+        self._dataset_ref = self._guard("dataset artefact", build)
+        return self._dataset_ref
+
+    def log_model(self, path: Path, *, step: int, aliases: list[str], metadata: dict[str, Any]) -> None:
+        def build():
+            artifact = self._wandb.Artifact(
+                f"model-{self.run_id}",
+                type="model",
+                # use_artifact() does not work offline: the lineage lives in metadata, so it survives `wandb sync`.
+                metadata={**metadata, "step": step, "lineage": {"dataset": self._dataset_ref}},
+            )
+            artifact.add_file(str(path), name="model.pt")
+            self.run.log_artifact(artifact, aliases=aliases)
+
+        self._guard("model artefact", build)
+
+    def summary(self) -> dict[str, Any]:
+        info = {"wandb_run_id": self.run_id, "wandb_mode": self.run.settings.mode}
+        if self.offline_dir is not None:
+            info["wandb_dir"] = str(self.offline_dir)
+            info["wandb_sync"] = f"wandb sync {self.offline_dir}"
+        else:
+            info["wandb_url"] = self.run.url
+        return info
+
+    def finish(self, exit_code: int = 0) -> None:
+        self._guard("finish", self.run.finish, exit_code=exit_code)
+
+
+def make_tracker(cfg: TrackConfig, *, is_main: bool, run_dir: Path, config: dict[str, Any]) -> Tracker:
+    """The W&B tracker on rank 0 (or a NullTracker if W&B is off or cannot start)."""
+    if not is_main:
+        return NullTracker()
+    mode = resolve_mode(cfg.mode)
+    if mode == "disabled":
+        return NullTracker()
+    run_id = cfg.run_id or default_run_id(run_dir)
+    try:
+        tracker = WandbTracker(cfg, run_dir=run_dir, run_id=run_id, mode=mode, config=config)
+    except Exception as exc:  # ImportError, timeouts, bad settings, unwritable dirs ...
+        log.warning("W&B could not start (%s: %s); training continues without W&B. Check track.* settings or set track.mode=disabled.", type(exc).__name__, exc)
+        return NullTracker()
+    log.info("W&B run %s (%s) in %s", run_id, mode, tracker.offline_dir or tracker.run.url)
+    return tracker
+
+
+def sample_rows(model, vocab, cfg: TrackConfig, device, *, seed: int) -> list[tuple[float, str, str]]:
+    """(temperature, prompt, sample) for every configured prompt and temperature, seeded."""
+    from .sample import SampleSettings, generate
+
+    prompts = [p.encode().decode("unicode_escape") if "\\" in p else p for p in cfg.sample_prompts.split("|") if p]
+    rows = []
+    for temperature in (float(x) for x in cfg.sample_temperatures.split(",") if x.strip()):
+        for prompt in prompts:
+            settings = SampleSettings(length=cfg.sample_length, temperature=temperature, seed=seed)
+            rows.append((temperature, prompt, prompt + generate(model, vocab, prompt, settings, device=device)[0]))
+    model.train()
+    return rows
+
+
+def memory_metrics(device) -> dict[str, float]:
+    import resource
+
+    import torch
+
+    metrics = {"perf/max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if getattr(device, "type", "cpu") == "cuda":
+        metrics["perf/cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return metrics
