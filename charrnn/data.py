@@ -56,10 +56,13 @@ class StreamBatcher:
         """Characters consumed per optimisation step, over all ranks."""
         return self.batch_size * self.seq_len
 
-    def batch(self, step: int) -> Batch:
+    def batch(self, step: int, *, pin_memory: bool = False) -> Batch:
+        """The window of ``step``; ``pin_memory`` lets a CUDA copy run asynchronously."""
         epoch, window = divmod(step, self.windows_per_epoch)
         start = window * self.seq_len
         chunk = torch.from_numpy(self.local[:, start : start + self.seq_len + 1].astype(np.int64))
+        if pin_memory:
+            chunk = chunk.pin_memory()
         return Batch(chunk[:, :-1], chunk[:, 1:], epoch, window)
 
 

@@ -359,7 +359,7 @@ def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tr
     finished, interrupted = agreed_stop(step, False)
     with _StopRequest() as stop:
         while not finished:
-            batch = batcher.batch(step)
+            batch = batcher.batch(step, pin_memory=device.type == "cuda")
             if batch.window == 0:  # a new epoch restarts every stream at its beginning
                 state = model.initial_state(batcher.local.shape[0], device)
             lr = t.lr * lr_factor(step, progress(step), t.warmup_steps, t.min_lr_ratio)
