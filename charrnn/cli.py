@@ -185,6 +185,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"checkpoint: {result.best_checkpoint or result.checkpoint}")
     print(f"sample:     {run_dir / 'sample.txt'}")
     print(f"metrics:    {run_dir / 'metrics.jsonl'}")
+    tracking = result.tracking
+    if "wandb_url" in tracking:
+        print(f"W&B run:    {tracking['wandb_url']}")
+    elif "wandb_dir" in tracking:
+        print(f"W&B run:    {tracking['wandb_dir']} (offline; upload with `{tracking['wandb_sync']}`)")
     return 0
 
 

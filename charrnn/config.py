@@ -42,8 +42,9 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     out_dir: str = "runs/default"
-    batch_size: int = 32  # global number of parallel streams, split across ranks
-    seq_len: int = 32  # truncated-BPTT window (short windows: more updates per second on CPU)
+    batch_size: int = 64  # global number of parallel streams, split across ranks
+    seq_len: int = 16  # truncated-BPTT window; the state is still carried across windows
+    segment_windows: int = 64  # streams hop to a new random segment every this many windows; 0: classic contiguous streams
     lr: float = 1e-2
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 20

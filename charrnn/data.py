@@ -27,7 +27,7 @@ class Batch:
     inputs: torch.Tensor  # [local_batch, seq_len] int64
     targets: torch.Tensor  # [local_batch, seq_len] int64
     epoch: int
-    window: int  # index within the epoch; 0 -> hidden state must be reset
+    window: int  # index within the stream's current segment; 0 -> the hidden state must be reset
 
 
 def rank_slice(n: int, rank: int, world_size: int) -> slice:
@@ -38,29 +38,71 @@ def rank_slice(n: int, rank: int, world_size: int) -> slice:
 
 
 class StreamBatcher:
-    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, *, rank: int = 0, world_size: int = 1, source: str = "train split"):
+    """``batch_size`` streams of consecutive windows over the training split.
+
+    Classic char-rnn (``segment_windows=0``): stream ``b`` is the ``b``-th
+    contiguous slice of the split and runs through it window by window.
+
+    Segments (``segment_windows=K``): the split is cut into segments of ``K``
+    windows; every ``K`` steps each stream moves on to a new segment, taken in
+    a seeded random order that changes every epoch, and the carried state is
+    reset. A short budget then sees hundreds of places in the corpus instead of
+    ``batch_size``, which generalises better, while the state is still carried
+    across the windows of a segment.
+    """
+
+    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, *, rank: int = 0, world_size: int = 1, segment_windows: int = 0, seed: int = 0, source: str = "train split"):
         if batch_size % world_size:
             raise ConfigError(
                 f"train.batch_size={batch_size} (global streams) is not divisible by {world_size} processes",
                 fix=f"use a multiple of {world_size}, e.g. {batch_size - batch_size % world_size or world_size}",
             )
         check_trainable(len(tokens), batch_size, seq_len, source)
-        self.batch_size, self.seq_len = batch_size, seq_len
-        self.stream_len = len(tokens) // batch_size
-        self.windows_per_epoch = (self.stream_len - 1) // seq_len
-        streams = np.asarray(tokens[: batch_size * self.stream_len]).reshape(batch_size, self.stream_len)
-        self.local = streams[rank_slice(batch_size, rank, world_size)]
+        self.tokens = tokens
+        self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
+        self.rows = rank_slice(batch_size, rank, world_size)
+        if segment_windows <= 0:  # one segment per stream, in order
+            self.stride = len(tokens) // batch_size
+            self.segment_windows = (self.stride - 1) // seq_len
+            self.num_segments, self.shuffle = batch_size, False
+        else:
+            self.stride = segment_windows * seq_len
+            self.segment_windows = segment_windows
+            self.num_segments, self.shuffle = (len(tokens) - 1) // self.stride, True
+            if self.num_segments < batch_size:
+                raise ConfigError(
+                    f"train.segment_windows={segment_windows} x seq_len={seq_len} leaves {self.num_segments} segments "
+                    f"for {batch_size} streams",
+                    where=source,
+                    fix="lower train.segment_windows (0: one contiguous stream per batch row)",
+                )
+        self.rounds_per_epoch = self.num_segments // batch_size
+        self.windows_per_epoch = self.rounds_per_epoch * self.segment_windows
+        self._order: tuple[int, np.ndarray] | None = None
+        self._offsets = np.arange(seq_len + 1)
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.rows.stop - self.rows.start
 
     @property
     def chars_per_step(self) -> int:
         """Characters consumed per optimisation step, over all ranks."""
         return self.batch_size * self.seq_len
 
+    def _segment_order(self, epoch: int) -> np.ndarray:
+        if self._order is None or self._order[0] != epoch:
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.num_segments) if self.shuffle else np.arange(self.num_segments)
+            self._order = (epoch, order)
+        return self._order[1]
+
     def batch(self, step: int, *, pin_memory: bool = False) -> Batch:
-        """The window of ``step``; ``pin_memory`` lets a CUDA copy run asynchronously."""
-        epoch, window = divmod(step, self.windows_per_epoch)
-        start = window * self.seq_len
-        chunk = torch.from_numpy(self.local[:, start : start + self.seq_len + 1].astype(np.int64))
+        """The window of ``step`` for this rank's streams; ``pin_memory`` lets a CUDA copy run asynchronously."""
+        epoch, in_epoch = divmod(step, self.windows_per_epoch)
+        round_, window = divmod(in_epoch, self.segment_windows)
+        segments = self._segment_order(epoch)[round_ * self.batch_size : (round_ + 1) * self.batch_size][self.rows]
+        starts = segments * self.stride + window * self.seq_len
+        chunk = torch.from_numpy(np.asarray(self.tokens)[starts[:, None] + self._offsets].astype(np.int64))
         if pin_memory:
             chunk = chunk.pin_memory()
         return Batch(chunk[:, :-1], chunk[:, 1:], epoch, window)

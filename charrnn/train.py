@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import distributed as dist_utils
 from .checkpoint import list_checkpoints, load_latest_valid, save_checkpoint
 from .config import Config, TrainConfig, dump_config
-from .data import StreamBatcher
+from .data import StreamBatcher, rank_slice
 from .distributed import DistEnv
 from .errors import ConfigError, DivergenceError
 from .evaluate import LN2, EvalResult, evaluate_tokens
@@ -47,6 +47,7 @@ class TrainResult:
     step: int
     resumed_from: int
     val: dict | None
+    test: dict | None
     best_val_loss: float | None
     chars_per_s: float
     train_seconds: float
@@ -200,7 +201,16 @@ def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tr
     amp_dtype = autocast_dtype(t.precision, device)
 
     vocab = tokens.vocab
-    batcher = StreamBatcher(load_split(tokens, "train"), t.batch_size, t.seq_len, rank=env.rank, world_size=env.world_size, source=f"{tokens.dir} (train split)")
+    batcher = StreamBatcher(
+        load_split(tokens, "train"),
+        t.batch_size,
+        t.seq_len,
+        rank=env.rank,
+        world_size=env.world_size,
+        segment_windows=t.segment_windows,
+        seed=t.seed,
+        source=f"{tokens.dir} (train split)",
+    )
     val_tokens = load_split(tokens, "val")
     horizon = total_steps(cfg, batcher.windows_per_epoch)
 
@@ -208,7 +218,7 @@ def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tr
     shape = ModelShape.from_config(cfg.model, vocab.size)
     model = CharLSTM(shape).to(device)
     optimizer = make_optimizer(model, t)
-    state = model.initial_state(batcher.local.shape[0], device)
+    state = model.initial_state(batcher.local_batch_size, device)
     step, train_seconds, best_val = 0, 0.0, math.inf
     resumed_from = 0
 
@@ -217,7 +227,8 @@ def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tr
     if t.resume or restarted:
         found = load_latest_valid(run_dir, map_location=device)
         if found is None:
-            log.info("--resume: no valid checkpoint in %s, starting from scratch", run_dir) if env.is_main else None
+            if env.is_main:
+                log.info("--resume: no valid checkpoint in %s, starting from scratch", run_dir)
         else:
             payload, path = found
             model.load_state_dict(payload["model"])
@@ -227,7 +238,7 @@ def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tr
             train_seconds = payload["train_seconds"]
             best_val = payload["best_val_loss"] if payload["best_val_loss"] is not None else math.inf
             full_h, full_c = payload["hidden"]  # global [layers, batch, hidden]: slice ours
-            rows = _local_rows(t.batch_size, env)
+            rows = rank_slice(t.batch_size, env.rank, env.world_size)
             state = (full_h[:, rows].to(device).contiguous(), full_c[:, rows].to(device).contiguous())
             if payload["world_size"] == env.world_size:
                 _set_rng_state(payload["rng"][env.rank])
@@ -286,7 +297,7 @@ def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tr
         )
 
     def payload_for(current_step: int, val: EvalResult | None) -> dict:
-        h, c = _gather_state(state, t.batch_size, env)
+        h, c = _gather_state(state, env)
         return {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -360,8 +371,8 @@ def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tr
     with _StopRequest() as stop:
         while not finished:
             batch = batcher.batch(step, pin_memory=device.type == "cuda")
-            if batch.window == 0:  # a new epoch restarts every stream at its beginning
-                state = model.initial_state(batcher.local.shape[0], device)
+            if batch.window == 0:  # each stream starts a new segment: its carried state no longer applies
+                state = model.initial_state(batcher.local_batch_size, device)
             lr = t.lr * lr_factor(step, progress(step), t.warmup_steps, t.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -423,6 +434,15 @@ def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tr
             if interrupted:
                 break
 
+    test: EvalResult | None = None
+    test_tokens = load_split(tokens, "test")
+    if finished and not interrupted and len(test_tokens) > 1:  # the held-out score of the final model
+        test = evaluate_tokens(model, test_tokens, num_streams=t.eval_batch_size, device=device, env=env, autocast_dtype=amp_dtype)
+        if env.is_main:
+            metrics.write({"step": step, "test/loss_nats": test.loss_nats, "test/bpc": test.bpc})
+            tracker.log({"test/loss_nats": test.loss_nats, "test/bpc": test.bpc}, step)
+            log.info("step %d | test %.4f nats/char | %.4f bits/char", step, test.loss_nats, test.bpc)
+
     if last_path is None and env.is_main:  # resumed at or past the end: nothing to do
         last_path = list_checkpoints(run_dir)[-1] if list_checkpoints(run_dir) else None
     result = TrainResult(
@@ -432,6 +452,7 @@ def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tr
         step=step,
         resumed_from=resumed_from,
         val=last_val.to_dict() if last_val else None,
+        test=test.to_dict() if test else None,
         best_val_loss=best_val if math.isfinite(best_val) else None,
         chars_per_s=_overall_rate(step - resumed_from, batcher.chars_per_step, loop_start),
         train_seconds=train_seconds,
@@ -448,13 +469,7 @@ def _overall_rate(steps: int, chars_per_step: int, loop_start: float) -> float:
     return steps * chars_per_step / max(time.perf_counter() - loop_start, 1e-9) if steps else 0.0
 
 
-def _local_rows(batch_size: int, env: DistEnv) -> slice:
-    from .data import rank_slice
-
-    return rank_slice(batch_size, env.rank, env.world_size)
-
-
-def _gather_state(state, batch_size: int, env: DistEnv) -> tuple[torch.Tensor, torch.Tensor]:
+def _gather_state(state, env: DistEnv) -> tuple[torch.Tensor, torch.Tensor]:
     """The carried hidden state of every stream, on CPU (collective when distributed)."""
     h, c = (s.detach().float() for s in state)
     if env.distributed:

@@ -91,9 +91,19 @@ def test_two_process_training_makes_exactly_one_wandb_run(corpus, tmp_path):
     assert not list(Path.cwd().glob("wandb/offline-run-*charrnn*"))  # nothing stray from rank 1
 
 
-def test_resume_continues_the_same_wandb_run(corpus, tmp_path):
+def test_killed_run_resumes_the_same_wandb_run(corpus, tmp_path):
     out = tmp_path / "run"
-    assert _train(out, corpus, "max_steps=20").returncode == 0
+    env = run_env(WANDB_MODE="offline", CHARRNN_CACHE=str(tmp_path / "cache"))
+    cmd = [sys.executable, "-m", "charrnn", "train", "--out-dir", str(out), f"data.corpus={corpus}", *TINY, "max_steps=100000"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((out / "checkpoints").glob("step-*.pt.sha256")):
+            assert time.monotonic() < deadline and proc.poll() is None, "no checkpoint"
+            time.sleep(0.1)
+    finally:
+        proc.kill()  # SIGKILL: no chance to finish the W&B run cleanly
+        proc.wait()
     resumed = _train(out, corpus, "max_steps=30", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     runs = _offline_runs(out)
