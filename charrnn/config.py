@@ -57,7 +57,7 @@ class TrainConfig:
     time_budget_s: float = 120.0  # wall-clock budget for the training loop; 0 -> unlimited
     lr_decay_steps: int = 0  # cosine horizon in steps; 0 -> the run's own end (steps, epochs or time)
     eval_interval: int = 0  # steps between full validation passes; 0 -> only at the end
-    eval_batch_size: int = 128  # parallel streams for evaluation
+    eval_batch_size: int = 32  # parallel streams for evaluation (fewer: each starts with more context)
     log_interval: int = 100
     checkpoint_interval: int = 500  # steps; also saved at the end and on SIGINT/SIGTERM
     keep_last: int = 3
