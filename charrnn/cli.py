@@ -123,12 +123,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import torch
-
     from .checkpoint import load_model
+    from .distributed import DistEnv, pick_device
     from .sample import SampleSettings, generate
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    device = pick_device(args.device, DistEnv())
     model, vocab, _ = load_model(args.checkpoint, device)
     settings = SampleSettings(
         length=args.length,

@@ -444,7 +444,7 @@ def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tr
             log.info("step %d | test %.4f nats/char | %.4f bits/char", step, test.loss_nats, test.bpc)
 
     if last_path is None and env.is_main:  # resumed at or past the end: nothing to do
-        last_path = list_checkpoints(run_dir)[-1] if list_checkpoints(run_dir) else None
+        last_path = next(reversed(list_checkpoints(run_dir)), None)
     result = TrainResult(
         run_dir=str(run_dir),
         checkpoint=str(last_path) if last_path else "",

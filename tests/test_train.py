@@ -19,8 +19,10 @@ from charrnn.checkpoint import (
     load_latest_valid,
     verify_checkpoint,
 )
+from charrnn.data import StreamBatcher
 from charrnn.errors import CheckpointError, ConfigError, DivergenceError
 from charrnn.prepare import prepare
+from charrnn.tokens import load_split
 from charrnn.train import lr_factor, train
 
 
@@ -92,7 +94,7 @@ def test_refuses_to_overwrite_a_run_without_resume(small_corpus, tmp_path):
 def test_stopping_rules(small_corpus, tmp_path):
     cfg = tiny_config(small_corpus, tmp_path / "epochs", max_steps=0, epochs=0.5, eval_interval=0, checkpoint_interval=1000)
     tokens = prepare(cfg)[1]
-    windows = (tokens.num_tokens["train"] // cfg.train.batch_size - 1) // cfg.train.seq_len
+    windows = StreamBatcher(load_split(tokens, "train"), cfg.train.batch_size, cfg.train.seq_len, segment_windows=cfg.train.segment_windows).windows_per_epoch
     assert train(cfg, tokens).step == -(-windows // 2)
 
     cfg = tiny_config(small_corpus, tmp_path / "budget", max_steps=0, time_budget_s=2.0, eval_interval=0, checkpoint_interval=10_000)
