@@ -163,6 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """The whole job in one process: prepare -> train -> evaluate (val, test) -> sample."""
     from .checkpoint import load_model
     from .evaluate import evaluate_tokens
+    from .fsutil import atomic_write_text
     from .prepare import prepare
     from .sample import SampleSettings, generate
     from .tokens import load_split
@@ -172,14 +173,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     _, tokens = prepare(cfg)
     result = train(cfg, tokens)
     model, vocab, payload = load_model(result.best_checkpoint or result.checkpoint)
-    scores = {split: evaluate_tokens(model, load_split(tokens, split), num_streams=cfg.train.eval_batch_size) for split in ("val", "test") if tokens.num_tokens[split] > 1}
+    if payload["step"] == result.step:  # the best model is the final one, which training already scored
+        scores = {split: score for split, score in (("val", result.val), ("test", result.test)) if score}
+    else:
+        scores = {split: evaluate_tokens(model, load_split(tokens, split), num_streams=cfg.train.eval_batch_size).to_dict() for split in ("val", "test") if tokens.num_tokens[split] > 1}
     sample = generate(model, vocab, args.prime, SampleSettings(length=args.length, temperature=0.8, seed=cfg.train.seed))[0]
     run_dir = Path(result.run_dir)
-    (run_dir / "sample.txt").write_text(args.prime + sample + "\n", encoding="utf-8")
+    atomic_write_text(run_dir / "sample.txt", args.prime + sample + "\n")
     print()
     print(f"=== charrnn run finished: step {result.step}, {result.train_seconds:.0f}s of training, {result.chars_per_s:,.0f} chars/s")
     for split, score in scores.items():
-        print(f"{split:>5}: {score.loss_nats:.4f} nats/char | {score.bpc:.4f} bits/char | perplexity {score.perplexity:.3f}")
+        print(f"{split:>5}: {score['loss_nats']:.4f} nats/char | {score['bpc']:.4f} bits/char | perplexity {score['perplexity']:.3f}")
     print(f"--- sample (temperature 0.8, model from step {payload['step']}) ---\n{args.prime}{sample}\n---")
     print(f"checkpoint: {result.best_checkpoint or result.checkpoint}")
     print(f"sample:     {run_dir / 'sample.txt'}")

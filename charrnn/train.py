@@ -276,13 +276,14 @@ def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tr
                 "parameters": model.num_parameters(),
             }
         )
-        if resumed_from == 0:
-            tracker.log_dataset(
-                f"dataset-{tokens.corpus_sha256[:12]}-{tokens.key[:8]}",
-                {name: Path(tokens.dir) / name for name in ("vocab.json", "meta.json", "train.bin", "val.bin", "test.bin") if (Path(tokens.dir) / name).exists()},
-                {"corpus_uri": cfg.data.corpus, "corpus_sha256": tokens.corpus_sha256, "tokens_key": tokens.key, "vocab_size": vocab.size, "num_tokens": tokens.num_tokens},
-                cfg.track.dataset_max_mb,
-            )
+        # Logged by every session (an unchanged dataset is the same W&B version, not a new upload),
+        # so the model artefacts of a resumed run still record their dataset lineage.
+        tracker.log_dataset(
+            f"dataset-{tokens.corpus_sha256[:12]}-{tokens.key[:8]}",
+            {name: Path(tokens.dir) / name for name in ("vocab.json", "meta.json", "train.bin", "val.bin", "test.bin") if (Path(tokens.dir) / name).exists()},
+            {"corpus_uri": cfg.data.corpus, "corpus_sha256": tokens.corpus_sha256, "tokens_key": tokens.key, "vocab_size": vocab.size, "num_tokens": tokens.num_tokens},
+            cfg.track.dataset_max_mb,
+        )
         log.info(
             "model %s: %.2fM parameters | vocab %d | world size %d | device %s%s | precision %s | %s chars/step | %d windows/epoch",
             f"{shape.num_layers}x{shape.hidden_size}",
