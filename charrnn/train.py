@@ -34,7 +34,7 @@ from .fsutil import atomic_write_json, atomic_write_text
 from .model import CharLSTM, ModelShape
 from .progress import format_duration, format_rate
 from .tokens import TokenSet, load_split
-from .tracking import Tracker, make_tracker, memory_metrics, sample_rows
+from .tracking import Tracker, dataset_artifact_name, make_tracker, memory_metrics, sample_rows
 
 log = logging.getLogger("charrnn")
 
@@ -279,7 +279,7 @@ def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tr
         # Logged by every session (an unchanged dataset is the same W&B version, not a new upload),
         # so the model artefacts of a resumed run still record their dataset lineage.
         tracker.log_dataset(
-            f"dataset-{tokens.corpus_sha256[:12]}-{tokens.key[:8]}",
+            dataset_artifact_name(tokens.corpus_sha256, tokens.key),
             {name: Path(tokens.dir) / name for name in ("vocab.json", "meta.json", "train.bin", "val.bin", "test.bin") if (Path(tokens.dir) / name).exists()},
             {"corpus_uri": cfg.data.corpus, "corpus_sha256": tokens.corpus_sha256, "tokens_key": tokens.key, "vocab_size": vocab.size, "num_tokens": tokens.num_tokens},
             cfg.track.dataset_max_mb,

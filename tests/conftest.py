@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import socket
@@ -71,7 +72,7 @@ def tiny_config(corpus: Path | str, out_dir: Path, **train) -> Config:
 
 
 class CorpusServer:
-    """Routes: /<name> -> bytes in ``files``; /status/<code>; /slow/<seconds>; /flaky (500 once)."""
+    """Routes: /<name> -> bytes in ``files`` (with an ETag; HEAD too); /status/<code>; /slow/<seconds>; /flaky (500 once)."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
@@ -82,8 +83,11 @@ class CorpusServer:
             def log_message(self, *args) -> None:  # keep pytest output clean
                 pass
 
-            def do_GET(self) -> None:
-                server.hits[self.path] += 1
+            def do_HEAD(self) -> None:
+                self.do_GET(head_only=True)
+
+            def do_GET(self, head_only: bool = False) -> None:
+                server.hits[f"HEAD {self.path}" if head_only else self.path] += 1
                 parts = self.path.strip("/").split("/")
                 if parts[0] == "status":
                     self.send_error(int(parts[1]))
@@ -99,8 +103,10 @@ class CorpusServer:
                     return
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
+                self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()[:16]}"')  # as real servers (and GitHub raw) do
                 self.end_headers()
-                self.wfile.write(body)
+                if not head_only:
+                    self.wfile.write(body)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -144,3 +150,93 @@ def run_env(**extra: str) -> dict[str, str]:
     env.setdefault("WANDB_MODE", "disabled")  # W&B has its own tests
     env.update(extra)
     return env
+
+
+# --------------------------------------------------------------------------- Prefect
+
+# A model small enough that a whole pipeline run takes seconds.
+TINY_OVERRIDES = [
+    "embedding_dim=16", "hidden_size=32", "batch_size=8", "seq_len=32", "warmup_steps=5",
+    "log_interval=10", "checkpoint_interval=20", "eval_batch_size=8",
+    "data.val_fraction=0.1", "data.test_fraction=0.05",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A real `prefect server start` on 127.0.0.1 (SQLite in a temp dir) for the whole session.
+
+    This process (its in-process flow runs) and every subprocess (the prefect
+    CLI, workers, their flow runs) talk to it; persisted task results go to
+    the same temp dir, never to ~/.prefect.
+    """
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_LOCAL_STORAGE_PATH,
+        temporary_settings,
+    )
+
+    from flows.local import free_port, prefect_env, start_server, stop
+
+    state = tmp_path_factory.mktemp("prefect")
+    local = start_server(state, free_port())
+    env = prefect_env(state, local.api_url)
+    keys = ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_LOGGING_EXTRA_LOGGERS")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: env[k] for k in keys})
+    try:
+        home = Path(env["PREFECT_HOME"])
+        with temporary_settings(updates={PREFECT_API_URL: local.api_url, PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage"}):
+            yield local
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=10)  # send the last run logs while the server is still up
+    finally:
+        stop(state)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def task_states(flow_run_id) -> dict[str, list[str]]:
+    """Task name -> the state names of its runs in one flow run (e.g. {"tokenise": ["Cached"]})."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    states: dict[str, list[str]] = {}
+    for run in runs:
+        states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name if run.state else "?")
+    return states
+
+
+def process_tree(root_pid: int) -> set[int]:
+    """``root_pid`` and every live descendant, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [root_pid]
+    while todo:
+        pid = todo.pop()
+        if Path(f"/proc/{pid}").exists():
+            found.add(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True for a running process (a zombie has finished)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

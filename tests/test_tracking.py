@@ -51,7 +51,7 @@ def test_offline_run_holds_metrics_config_samples_and_artefacts(corpus, tmp_path
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     runs = _offline_runs(out)
-    assert len(runs) == 1 and summary["tracking"]["wandb_sync"] == f"wandb sync {runs[0]}"
+    assert len(runs) == 1 and summary["tracking"]["wandb_sync"] == f"wandb sync {runs[0].parent}/offline-run-*-{summary['tracking']['wandb_run_id']}"
     records = _records(next(runs[0].glob("run-*.wandb")))
 
     history = [r["history"]["item"] for r in records if r["type"] == "history"]

@@ -1,0 +1,1 @@
+"""Prefect orchestration for charrnn: flows and tasks that call the ``charrnn`` library, nothing more."""

@@ -1,0 +1,153 @@
+"""``python -m flows``: run the pipeline, check watched corpora, or start/stop local Prefect.
+
+    python -m flows run [--corpus URI] [--nproc-per-node 2] [KEY=VALUE ...]
+    python -m flows watch NAME=URI [NAME=URI ...]
+    python -m flows serve [--port 4200]      # server + work pool + deployments + worker
+    python -m flows stop
+
+``run`` talks to the server that ``serve`` started when there is one (so the
+run shows up in its UI); otherwise Prefect starts a temporary local server for
+the duration of the run, on the same database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from flows.local import PROJECT_DIR, WORK_POOL, healthy, load, stop, up
+
+DEFAULT_STATE = Path(os.environ.get("CHARRNN_PREFECT_DIR", PROJECT_DIR / ".prefect"))
+
+
+def _use_local_prefect(state_dir: Path) -> str | None:
+    """Point this process at the local server (or its database) before Prefect is imported."""
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "charrnn")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls from an offline box
+    if "PREFECT_API_URL" in os.environ:
+        return os.environ["PREFECT_API_URL"]
+    os.environ.setdefault("PREFECT_HOME", str((state_dir / "home").resolve()))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect makes only the last level
+    local = load(state_dir)
+    if local is not None and healthy(local.api_url):
+        os.environ["PREFECT_API_URL"] = local.api_url
+        return local.api_url
+    return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    api_url = _use_local_prefect(args.state_dir)
+    from flows.pipeline import train_pipeline
+
+    result = train_pipeline(
+        corpus=args.corpus,
+        config_file=args.config,
+        overrides=args.overrides,
+        nproc_per_node=args.nproc_per_node,
+        time_budget_s=args.time_budget_s,
+        max_steps=args.max_steps,
+        wandb_mode=args.wandb_mode,
+        runs_dir=args.runs_dir,
+        registry_dir=args.registry_dir or str(Path(args.runs_dir) / "registry"),
+        skip_if_trained=args.skip_if_trained,
+        sample_prompts=[args.prime],
+        num_samples=1,
+        sample_length=args.length,
+    )
+    print()
+    print(f"=== train-pipeline finished: step {result['step']}, {result['train_seconds']:.0f}s of training, {result['chars_per_s']:,.0f} chars/s")
+    for split in ("val", "test"):
+        if score := result.get(split):
+            print(f"{split:>5}: {score['loss_nats']:.4f} nats/char | {score['bpc']:.4f} bits/char | perplexity {score['perplexity']:.3f}")
+    print(f"--- sample ---\n{result['first_sample']}\n---")
+    print(f"samples:    {result['samples']}")
+    print(f"checkpoint: {result['checkpoint']}")
+    print(f"report:     {result['report']}")
+    print(f"W&B run:    {result['wandb']}")
+    print(f"production: {result['production']} ({'this model was promoted' if result['promoted'] else 'kept the earlier model'})")
+    where = api_url.removesuffix("/api") if api_url else "run `make serve` and open http://127.0.0.1:4200"
+    print(f"Prefect:    flow runs, logs and artifacts in the UI: {where}")
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    _use_local_prefect(args.state_dir)
+    from flows.watch import corpus_watch
+
+    sources = {}
+    for item in args.sources:
+        name, sep, uri = item.partition("=")
+        if not sep:
+            print(f"error: {item!r} is not NAME=URI", file=sys.stderr)
+            return 2
+        sources[name] = uri
+    for row in corpus_watch(sources=sources or None, emit_on_first_sight=args.emit_on_first_sight):
+        print(f"{row['name']}: {'CHANGED' if row['changed'] else 'unchanged'} ({row['uri']}, sha256 {row['sha256'][:12]})")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    local = up(args.state_dir, args.port)
+    print(f"Prefect server: {local.ui_url} (API {local.api_url}), database and logs in {local.state_dir}")
+    print(f"work pool {WORK_POOL} (process) with a worker; deployments from prefect.yaml: train, nightly, corpus-watch")
+    print("to use the prefect CLI against it:")
+    print(f"  export PREFECT_API_URL={local.api_url}")
+    print("  prefect deployment run train-pipeline/train --param corpus=tinyshakespeare")
+    print("stop everything with `make serve-stop` (python -m flows stop)")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    print("stopped the local Prefect server and worker" if stop(args.state_dir) else f"nothing running (no {args.state_dir / 'local.json'})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m flows", description="charrnn's Prefect flows: run the pipeline, watch corpora, serve locally.")
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE, help=f"local Prefect state: database, logs, PIDs (default: {DEFAULT_STATE})")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run train_pipeline once, here", description="Run the whole pipeline in this process (tasks log to Prefect).")
+    p.add_argument("--corpus", default="shakespeare", help="corpus URI (default: the offline shakespeare corpus)")
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--nproc-per-node", type=int, default=2, help="training processes (default: 2)")
+    p.add_argument("--time-budget-s", type=float, default=None, help="training wall-clock budget (default: the config's, 120 s)")
+    p.add_argument("--max-steps", type=int, default=None, help="training step budget")
+    p.add_argument("--wandb-mode", default="auto", choices=["auto", "online", "offline", "disabled"], help="W&B mode (auto: online with credentials, else offline)")
+    p.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
+    p.add_argument("--registry-dir", default=None, help="champion/challenger registry (default: RUNS_DIR/registry)")
+    p.add_argument("--skip-if-trained", action="store_true", help="report an earlier run of the same corpus and settings instead of training")
+    p.add_argument("--prime", default="ROMEO:\n", help="prompt of the printed sample")
+    p.add_argument("--length", type=int, default=400, help="length of the printed sample")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. hidden_size=512 train.lr=3e-3")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("watch", help="run corpus_watch once", description="Fingerprint each NAME=URI and emit charrnn.corpus.updated for those that changed.")
+    p.add_argument("sources", nargs="*", metavar="NAME=URI", help="watched corpora (default: shakespeare=shakespeare)")
+    p.add_argument("--emit-on-first-sight", action="store_true", help="emit for sources never seen before too")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("serve", help="start local Prefect: server, work pool, deployments, worker", description="Start `prefect server start` on 127.0.0.1 (SQLite), a process work pool, every deployment of prefect.yaml and a worker, in the background.")
+    p.add_argument("--port", type=int, default=4200, help="server port (default: 4200)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("stop", help="stop what `serve` started", description="Stop the worker (and its flow runs) and the server.")
+    p.set_defaults(func=cmd_stop)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from charrnn.errors import CharRNNError
+
+    try:
+        return args.func(args)
+    except CharRNNError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Local Prefect for one machine: ``prefect server start`` on 127.0.0.1 (SQLite), the work pool,
+every deployment in ``prefect.yaml``, and a process worker; and a clean stop.
+
+Everything lives in a state directory (default ``.prefect/``): ``PREFECT_HOME``
+(the SQLite database and persisted task results), the server and worker logs,
+and ``local.json`` with their PIDs and the API URL. Each process runs in its own
+process group, so ``stop`` ends the server, the worker and any flow run the
+worker started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+WORK_POOL = "charrnn-local"
+TRAINING_QUEUE = "training"  # concurrency 1: two trainings never share this machine
+
+
+@dataclass
+class LocalPrefect:
+    state_dir: str
+    api_url: str
+    server_pid: int | None = None
+    worker_pid: int | None = None
+
+    @property
+    def ui_url(self) -> str:
+        return self.api_url.removesuffix("/api")
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment a Prefect CLI, worker or flow needs to talk to this server."""
+        return prefect_env(Path(self.state_dir), self.api_url, **extra)
+
+
+def prefect_env(state_dir: Path, api_url: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PREFECT_HOME=str((state_dir / "home").resolve()),
+        PREFECT_API_URL=api_url,
+        PREFECT_CLI_PROMPT="false",
+        PREFECT_LOGGING_EXTRA_LOGGERS="charrnn",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",  # no telemetry calls from an offline box
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def _prefect(*args: str) -> list[str]:
+    return [sys.executable, "-m", "prefect", *args]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def healthy(api_url: str, timeout_s: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout_s) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def _spawn(cmd: list[str], log_path: Path, env: dict[str, str], cwd: Path = PROJECT_DIR) -> subprocess.Popen:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+
+
+def start_server(state_dir: Path, port: int = 4200, timeout_s: float = 120.0) -> LocalPrefect:
+    """``prefect server start`` on 127.0.0.1:PORT; returns once ``/api/health`` answers."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    api_url = f"http://127.0.0.1:{port}/api"
+    if healthy(api_url):
+        raise RuntimeError(f"something already serves {api_url}: run `python -m flows stop` (or pick another --port)")
+    local = LocalPrefect(str(state_dir.resolve()), api_url)
+    proc = _spawn(_prefect("server", "start", "--host", "127.0.0.1", "--port", str(port)), state_dir / "server.log", local.env())
+    local.server_pid = proc.pid
+    _save(local)
+    deadline = time.monotonic() + timeout_s
+    while not healthy(api_url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _kill_group(proc.pid)
+            tail = (state_dir / "server.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"prefect server did not start (see {state_dir / 'server.log'}):\n{tail}")
+        time.sleep(0.5)
+    return local
+
+
+def run_cli(local: LocalPrefect, *args: str, check: bool = True, timeout_s: float = 180.0) -> subprocess.CompletedProcess:
+    result = subprocess.run(_prefect(*args), env=local.env(), cwd=PROJECT_DIR, capture_output=True, text=True, timeout=timeout_s)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"`prefect {' '.join(args)}` failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def create_work_pool(local: LocalPrefect, pool: str = WORK_POOL) -> None:
+    """A ``process`` work pool, and its ``training`` queue limited to one run at a time."""
+    run_cli(local, "work-pool", "create", pool, "--type", "process", "--overwrite")
+    created = run_cli(local, "work-queue", "create", TRAINING_QUEUE, "--pool", pool, "--limit", "1", check=False)
+    if created.returncode != 0:  # it exists already: make sure of its limit
+        run_cli(local, "work-queue", "set-concurrency-limit", TRAINING_QUEUE, "1", "--pool", pool)
+
+
+def deploy(local: LocalPrefect, *names: str, params: dict | None = None) -> None:
+    """``prefect deploy`` from prefect.yaml: every deployment, or the named ones (with parameter overrides)."""
+    args = ["deploy", *(a for n in names for a in ("--name", n))] if names else ["deploy", "--all"]
+    if params:
+        args += ["--params", json.dumps(params)]
+    run_cli(local, *args)
+
+
+def start_worker(local: LocalPrefect, pool: str = WORK_POOL, **env: str) -> subprocess.Popen:
+    proc = _spawn(_prefect("worker", "start", "--pool", pool, "--type", "process"), Path(local.state_dir) / "worker.log", local.env(**env))
+    local.worker_pid = proc.pid
+    _save(local)
+    return proc
+
+
+def _save(local: LocalPrefect) -> None:
+    path = Path(local.state_dir) / "local.json"
+    path.write_text(json.dumps(asdict(local), indent=2) + "\n")
+
+
+def load(state_dir: Path) -> LocalPrefect | None:
+    path = state_dir / "local.json"
+    if not path.is_file():
+        return None
+    return LocalPrefect(**json.loads(path.read_text()))
+
+
+def _kill_group(pid: int | None, grace_s: float = 15.0) -> None:
+    """SIGTERM the process group led by ``pid``, then SIGKILL what is left after ``grace_s``."""
+    if not pid:
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        with contextlib.suppress(ChildProcessError):  # reap it if it is our own child
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def stop(state_dir: Path) -> bool:
+    """Stop the worker (and its flow runs), then the server. False if nothing was running."""
+    local = load(state_dir)
+    if local is None:
+        return False
+    _kill_group(local.worker_pid)
+    _kill_group(local.server_pid)
+    (state_dir / "local.json").unlink(missing_ok=True)
+    return True
+
+
+def up(state_dir: Path, port: int = 4200) -> LocalPrefect:
+    """Server, work pool, deployments and a worker: everything ``make serve`` promises."""
+    local = start_server(state_dir, port)
+    try:
+        create_work_pool(local)
+        deploy(local)
+        start_worker(local)
+    except BaseException:
+        stop(state_dir)
+        raise
+    return local

@@ -1,0 +1,146 @@
+"""train_pipeline against a real Prefect server: content caching, retries that resume, artifacts, champion/challenger.
+
+The flows run in this process; training runs under real torchrun processes;
+the corpus comes from a real HTTP server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TINY_OVERRIDES, make_text, process_tree, task_states
+
+pytestmark = [pytest.mark.prefect, pytest.mark.slow, pytest.mark.distributed]
+
+
+@pytest.fixture
+def served(http_server):
+    http_server.files["corpus.txt"] = make_text(40_000, seed=1).encode()
+    return http_server
+
+
+def run_pipeline(tmp_path: Path, corpus: str, **params):
+    """Run the flow in-process; return (result, flow run id)."""
+    from flows.pipeline import train_pipeline
+
+    defaults = dict(
+        overrides=TINY_OVERRIDES,
+        nproc_per_node=1,
+        max_steps=20,
+        wandb_mode="disabled",
+        runs_dir=str(tmp_path / "runs"),
+        registry_dir=str(tmp_path / "registry"),
+        train_retries=0,
+        sample_length=50,
+    )
+    state = train_pipeline(corpus=corpus, **{**defaults, **params}, return_state=True)
+    assert state.is_completed(), state
+    return state.result(), state.state_details.flow_run_id
+
+
+def test_fetch_and_tokenise_are_cached_by_content(prefect_server, served, tmp_path):
+    url = served.url("corpus.txt")
+    first, first_id = run_pipeline(tmp_path, url)
+    assert task_states(first_id)["fetch_corpus"] == ["Completed"]
+    assert task_states(first_id)["tokenise"] == ["Completed"]
+    assert Path(first["checkpoint"]).is_file() and first["step"] == 20
+
+    # Same corpus: both cache hits, and skip_if_trained reports the first model instead of training.
+    second, second_id = run_pipeline(tmp_path, url, skip_if_trained=True)
+    states = task_states(second_id)
+    assert states["fetch_corpus"] == ["Cached"] and states["tokenise"] == ["Cached"], states
+    assert "train" not in states and second["run_dir"] == first["run_dir"]
+
+    # New content behind the same URL (new ETag): both miss, and a new model is trained.
+    served.files["corpus.txt"] = make_text(40_000, seed=2).encode()
+    third, third_id = run_pipeline(tmp_path, url, skip_if_trained=True)
+    states = task_states(third_id)
+    assert states["fetch_corpus"] == ["Completed"] and states["tokenise"] == ["Completed"], states
+    assert states["train"] == ["Completed"] and third["run_dir"] != first["run_dir"]
+
+
+def test_train_task_retries_and_resumes_after_a_killed_worker(prefect_server, served, tmp_path):
+    runs = tmp_path / "runs"
+    killed: list[int] = []
+
+    def kill_a_worker_after_first_checkpoint() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            for launch in runs.glob("*/launch.json"):
+                if not list(launch.parent.glob("checkpoints/step-*.pt.sha256")):
+                    continue
+                torchrun = json.loads(launch.read_text())["torchrun_pid"]
+                workers = sorted(process_tree(torchrun) - {torchrun})
+                if workers:
+                    os.kill(workers[-1], signal.SIGKILL)
+                    killed.append(workers[-1])
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a_worker_after_first_checkpoint, daemon=True)
+    killer.start()
+    result, flow_run_id = run_pipeline(tmp_path, served.url("corpus.txt"), nproc_per_node=2, max_steps=3000, train_retries=1, retry_delay_s=1)
+    killer.join(timeout=5)
+    assert killed, "the test never found a worker to kill"
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        (train_run,) = [r for r in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))) if r.name.startswith("train-")]
+    assert train_run.run_count == 2 and train_run.state.name == "Completed"
+    summary = json.loads((Path(result["run_dir"]) / "train_summary.json").read_text())
+    assert summary["resumed_from"] >= 20 and summary["step"] == 3000  # continued from a checkpoint, not from scratch
+    assert json.loads((Path(result["run_dir"]) / "launch.json").read_text())["attempt"] == 2
+
+
+def test_publish_creates_report_samples_and_wandb_artifacts(prefect_server, served, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    result, flow_run_id = run_pipeline(tmp_path, served.url("corpus.txt"), wandb_mode="offline", num_samples=2, sample_prompts=["ROMEO:\n", "JULIET:\n"])
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        artifacts = {a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))}
+    assert set(artifacts) == {"charrnn-report", "charrnn-samples", "charrnn-wandb"}
+
+    report = artifacts["charrnn-report"].data
+    assert report == Path(result["report"]).read_text()
+    corpus_sha = json.loads((Path(result["run_dir"]) / "pipeline_result.json").read_text())
+    assert result["checkpoint"] in report and f"{result['test']['bpc']:.4f}" in report and f"{result['val']['bpc']:.4f}" in report
+    assert "promoted to production" in report and "chars/s" in report and corpus_sha["run_dir"] in report
+
+    table = json.loads(artifacts["charrnn-samples"].data)
+    samples = json.loads((Path(result["run_dir"]) / "samples.json").read_text())
+    assert len(table) == 4 and [row["text"] for row in table] == [row["text"] for row in samples]
+    assert {row["prompt"] for row in table} == {"ROMEO:\n", "JULIET:\n"} and all(row["text"].startswith(row["prompt"]) for row in table)
+
+    link = artifacts["charrnn-wandb"]
+    offline = sorted((Path(result["run_dir"]) / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2  # training's process and publish's: one W&B run id, merged by `wandb sync`
+    assert link.data.startswith("[") and offline[-1].resolve().as_uri() in link.data
+    assert "wandb sync" in link.description and result["tracking"]["wandb_run_id"] in offline[0].name
+
+
+def test_champion_challenger_promotes_only_a_better_model(prefect_server, served, tmp_path):
+    url = served.url("corpus.txt")
+    registry = tmp_path / "registry" / "production.json"
+    champion, _ = run_pipeline(tmp_path, url, max_steps=150)
+    assert champion["promoted"] and json.loads(registry.read_text())["run_dir"] == champion["run_dir"]
+
+    worse, _ = run_pipeline(tmp_path, url, max_steps=3)
+    assert not worse["promoted"] and json.loads(registry.read_text())["run_dir"] == champion["run_dir"]
+    assert "not promoted" in Path(worse["report"]).read_text()
+
+    better, _ = run_pipeline(tmp_path, url, max_steps=600)
+    assert better["promoted"] and json.loads(registry.read_text())["run_dir"] == better["run_dir"]
+    production = json.loads(registry.read_text())
+    assert Path(production["checkpoint"]).is_file() and production["test_bpc"] == pytest.approx(better["test"]["bpc"])
