@@ -207,6 +207,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         rdzv_id=args.rdzv_id,
         max_restarts=args.max_restarts,
         local_addr=args.local_addr,
+        socket_ifname=args.socket_ifname,
     )
     return run_torchrun(spec, train_args)
 
@@ -276,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rdzv-id", metavar="ID", help="job id shared by all nodes")
     p.add_argument("--max-restarts", type=int, default=0, help="restart the worker group this many times after a failure (resumes from the newest checkpoint)")
     p.add_argument("--local-addr", metavar="ADDR", help="this node's address for rendezvous (multi-homed hosts)")
+    p.add_argument("--socket-ifname", metavar="IFACE", help="network interface for gloo/NCCL traffic (sets GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME)")
     p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the arguments of `charrnn train`")
     p.set_defaults(func=cmd_launch)
 

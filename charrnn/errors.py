@@ -32,3 +32,7 @@ class CheckpointError(CharRNNError):
 
 class DivergenceError(CharRNNError):
     """Training produced a non-finite loss or gradient."""
+
+
+class PeerLostError(CharRNNError):
+    """Another training process (or its machine) went away in the middle of a collective."""

@@ -30,6 +30,7 @@ class LaunchSpec:
     rdzv_id: str | None = None  # shared by every node of one job
     max_restarts: int = 0
     local_addr: str | None = None
+    socket_ifname: str | None = None  # network interface for gloo and NCCL traffic (multi-homed hosts)
     monitor_interval_s: float = 1.0
     env: dict[str, str] = field(default_factory=dict)
 
@@ -56,6 +57,11 @@ def torchrun_command(spec: LaunchSpec, train_args: Sequence[str], command: str =
         ]  # fmt: skip
         if spec.local_addr:
             cmd += ["--local-addr", spec.local_addr]
+            if spec.rdzv_endpoint.rsplit(":", 1)[0] == spec.local_addr:
+                # torch decides who hosts the rendezvous store by matching the endpoint against the
+                # machine's hostname addresses, which misses a second interface (a pod IP, a veth);
+                # the node whose own address is the endpoint hosts it.
+                cmd += ["--rdzv-conf", "is_host=1"]
     cmd += [
         "--nproc-per-node", str(spec.nproc_per_node),
         "--max-restarts", str(spec.max_restarts),
@@ -67,6 +73,8 @@ def torchrun_command(spec: LaunchSpec, train_args: Sequence[str], command: str =
 
 def launch_env(spec: LaunchSpec) -> dict[str, str]:
     env = {**os.environ, **spec.env}
+    if spec.socket_ifname:  # both backends: gloo on CPU, NCCL's bootstrap and sockets on GPU
+        env["GLOO_SOCKET_IFNAME"] = env["NCCL_SOCKET_IFNAME"] = spec.socket_ifname
     if "OMP_NUM_THREADS" not in env:  # torchrun would default every worker to 1 thread
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         env["OMP_NUM_THREADS"] = str(max(1, cores // spec.nproc_per_node))

@@ -28,7 +28,7 @@ from .checkpoint import list_checkpoints, load_latest_valid, save_checkpoint
 from .config import Config, TrainConfig, dump_config
 from .data import StreamBatcher, rank_slice
 from .distributed import DistEnv
-from .errors import ConfigError, DivergenceError
+from .errors import ConfigError, DivergenceError, PeerLostError
 from .evaluate import LN2, EvalResult, evaluate_tokens
 from .fsutil import atomic_write_json, atomic_write_text
 from .model import CharLSTM, ModelShape
@@ -186,11 +186,34 @@ def train(cfg: Config, tokens: TokenSet, env: DistEnv | None = None) -> TrainRes
     tracker = make_tracker(cfg.track, is_main=env.is_main, run_dir=Path(cfg.train.out_dir), config=cfg.to_dict())
     try:
         result = _train(cfg, tokens, env, device, tracker)
+    except RuntimeError as exc:  # torch.distributed.DistBackendError is a RuntimeError
+        tracker.finish(exit_code=1)
+        if env.distributed and _is_peer_failure(exc):
+            last = next(reversed(list_checkpoints(cfg.train.out_dir)), None)
+            raise PeerLostError(
+                f"lost contact with another training process ({_first_line(exc)})",
+                where=f"rank {env.rank} of {env.world_size}",
+                fix="a worker or its machine died; run the job again with --resume: it continues from the newest valid checkpoint"
+                + (f" ({last.name})" if last else " (none written yet: it starts over)")
+                + ", or use --max-restarts to let torchrun do it",
+            ) from exc
+        raise
     except BaseException:
         tracker.finish(exit_code=1)
         raise
     tracker.finish()
     return result
+
+
+def _is_peer_failure(exc: RuntimeError) -> bool:
+    text = str(exc)
+    return isinstance(exc, torch.distributed.DistBackendError) or any(
+        marker in text for marker in ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:300]
 
 
 def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tracker: Tracker) -> TrainResult:

@@ -135,7 +135,7 @@ def evaluate(checkpoint: str, tokens_dir: str, out_dir: str, num_streams: int = 
             "%s: %.4f nats/char | %.4f bits/char (%s chars%s)",
             split, scores[split]["loss_nats"], scores[split]["bpc"], f"{scores[split]['chars']:,}", ", scored by training" if reused else "",
         )  # fmt: skip
-    result = {"checkpoint": str(path), "step": payload["step"], **scores}
+    result = {"checkpoint": str(path.resolve()), "step": payload["step"], **scores}
     atomic_write_json(Path(out_dir) / "eval.json", result)
     return result
 
