@@ -9,7 +9,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint bench serve serve-stop clean help
+.PHONY: setup sysdeps run test lint bench serve serve-stop clean help
 
 help:
 	@echo "make run        - set up and run the main job: the Prefect pipeline (fetch -> tokenise -> train (DDP) -> evaluate -> sample -> publish)"
@@ -32,7 +32,16 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/python -m flows run
 
-test: setup
+# System packages the tests use: PostgreSQL (Prefect on PostgreSQL) and iproute2
+# (network-namespace hosts). Installed from Debian's packages when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+sysdeps:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v ip >/dev/null; then \
+		echo "installing postgresql and iproute2 (Debian packages) for the tests"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql iproute2 >/dev/null; \
+	fi
+
+test: setup sysdeps
 	$(BIN)/ruff check charrnn flows tests bench
 	$(BIN)/python -m pytest -q
 

@@ -81,14 +81,19 @@ def _spawn(cmd: list[str], log_path: Path, env: dict[str, str], cwd: Path = PROJ
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
 
 
-def start_server(state_dir: Path, port: int = 4200, timeout_s: float = 120.0) -> LocalPrefect:
-    """``prefect server start`` on 127.0.0.1:PORT; returns once ``/api/health`` answers."""
+def start_server(state_dir: Path, port: int = 4200, timeout_s: float = 120.0, database_url: str | None = None) -> LocalPrefect:
+    """``prefect server start`` on 127.0.0.1:PORT; returns once ``/api/health`` answers.
+
+    ``database_url``: e.g. ``postgresql+asyncpg://USER:PASSWORD@HOST:5432/prefect``
+    (production); default SQLite in the state directory.
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
     api_url = f"http://127.0.0.1:{port}/api"
     if healthy(api_url):
         raise RuntimeError(f"something already serves {api_url}: run `python -m flows stop` (or pick another --port)")
     local = LocalPrefect(str(state_dir.resolve()), api_url)
-    proc = _spawn(_prefect("server", "start", "--host", "127.0.0.1", "--port", str(port)), state_dir / "server.log", local.env())
+    db = {"PREFECT_API_DATABASE_CONNECTION_URL": database_url} if database_url else {}
+    proc = _spawn(_prefect("server", "start", "--host", "127.0.0.1", "--port", str(port)), state_dir / "server.log", local.env(**db))
     local.server_pid = proc.pid
     _save(local)
     deadline = time.monotonic() + timeout_s

@@ -1,0 +1,98 @@
+"""Production Prefect: `prefect server start` on a real PostgreSQL, `prefect deploy`, a worker, a completed `train` run.
+
+The test starts its own PostgreSQL cluster (Debian's `postgresql` package,
+installed by `make test` when missing) on a free 127.0.0.1 port in a temp
+directory, and stops and removes it afterwards.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TINY_OVERRIDES, make_text
+
+pytestmark = [pytest.mark.prefect, pytest.mark.slow]
+
+PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+
+
+def _as_postgres(*cmd: str, **kwargs) -> subprocess.CompletedProcess:
+    """initdb and postgres refuse to run as root: run them as the `postgres` system user."""
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    return subprocess.run([*prefix, *cmd], check=True, capture_output=True, text=True, timeout=120, **kwargs)
+
+
+@pytest.fixture
+def postgres():
+    if not PG_BIN:
+        pytest.fail("PostgreSQL is not installed: `make test` installs Debian's postgresql package (apt-get install postgresql)")
+    from flows.local import free_port
+
+    bin_dir, port = PG_BIN[-1], free_port()
+    root = Path(tempfile.mkdtemp(prefix="charrnn-pg-"))
+    root.chmod(0o755)
+    data = root / "data"
+    data.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres", "postgres")
+    try:
+        _as_postgres(f"{bin_dir}/initdb", "-D", str(data), "-A", "trust", "-U", "charrnn", "--no-sync")
+        _as_postgres(f"{bin_dir}/pg_ctl", "-D", str(data), "-l", str(data / "server.log"), "-w", "-t", "60",
+                     "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start")  # fmt: skip
+        _as_postgres(f"{bin_dir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "charrnn", "prefect")
+        yield f"postgresql+asyncpg://charrnn@127.0.0.1:{port}/prefect"
+    finally:
+        subprocess.run(["runuser", "-u", "postgres", "--", f"{bin_dir}/pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop"] if os.geteuid() == 0 else [f"{bin_dir}/pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_train_deployment_on_a_postgresql_backed_server(postgres, http_server, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.local import _kill_group, create_work_pool, deploy, free_port, start_server, start_worker, stop
+
+    state = tmp_path / "prefect"
+    local = start_server(state, free_port(), database_url=postgres)
+    worker = None
+    try:
+        create_work_pool(local)
+        runs = tmp_path / "runs"
+        deploy(local, "train", params={"overrides": TINY_OVERRIDES, "nproc_per_node": 1, "max_steps": 20, "wandb_mode": "disabled", "runs_dir": str(runs), "registry_dir": str(tmp_path / "registry"), "train_retries": 0, "sample_length": 50})
+        worker = start_worker(local, CHARRNN_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1", WANDB_MODE="disabled", PREFECT_WORKER_QUERY_SECONDS="1")
+        http_server.files["pg.txt"] = make_text(40_000, seed=7).encode()
+
+        with temporary_settings(updates={PREFECT_API_URL: local.api_url}):
+            from prefect.deployments import run_deployment
+
+            flow_run = run_deployment("train-pipeline/train", parameters={"corpus": http_server.url("pg.txt")}, timeout=0)
+            deadline = time.monotonic() + 300
+            with get_client(sync_client=True) as client:
+                while time.monotonic() < deadline:
+                    run = client.read_flow_run(flow_run.id)
+                    if run.state and run.state.is_final():
+                        break
+                    time.sleep(1)
+        assert run.state.name == "Completed", (run.state, (state / "worker.log").read_text()[-3000:])
+        result = json.loads(next(runs.glob(f"*-{run.name}/pipeline_result.json")).read_text())
+        assert result["step"] == 20
+
+        # The run is in PostgreSQL, not in a SQLite file.
+        rows = subprocess.run(
+            [f"{PG_BIN[-1]}/psql", postgres.replace("postgresql+asyncpg", "postgresql"), "-tAc", f"select state_name from flow_run where id = '{run.id}'"],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        assert rows.stdout.strip() == "Completed"
+        assert not list(state.rglob("*.db"))
+    finally:
+        if worker is not None:
+            _kill_group(worker.pid)
+        stop(state)
