@@ -42,11 +42,11 @@ sysdeps:
 	fi
 
 test: setup sysdeps
-	$(BIN)/ruff check charrnn flows tests bench
+	$(BIN)/ruff check charrnn flows infra tests bench
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check charrnn flows tests bench
+	$(BIN)/ruff check charrnn flows infra tests bench
 
 serve: setup
 	$(BIN)/python -m flows serve

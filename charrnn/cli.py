@@ -197,7 +197,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from .launch import LaunchSpec, run_torchrun
+    from .launch import LaunchSpec, run_torchrun, torchrun_command
 
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
     spec = LaunchSpec(
@@ -208,7 +208,11 @@ def cmd_launch(args: argparse.Namespace) -> int:
         max_restarts=args.max_restarts,
         local_addr=args.local_addr,
         socket_ifname=args.socket_ifname,
+        rdzv_is_host=args.rdzv_is_host,
     )
+    if args.print_command:  # what would run, one argument per line (used to check cluster manifests)
+        print(json.dumps(torchrun_command(spec, train_args)))
+        return 0
     return run_torchrun(spec, train_args)
 
 
@@ -278,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-restarts", type=int, default=0, help="restart the worker group this many times after a failure (resumes from the newest checkpoint)")
     p.add_argument("--local-addr", metavar="ADDR", help="this node's address for rendezvous (multi-homed hosts)")
     p.add_argument("--socket-ifname", metavar="IFACE", help="network interface for gloo/NCCL traffic (sets GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME)")
+    p.add_argument("--rdzv-is-host", action="store_true", help="this node hosts the rendezvous store (needed when the endpoint is a DNS name of this node, e.g. pod 0 of a Job)")
+    p.add_argument("--print-command", action="store_true", help="print the torchrun command as JSON instead of running it")
     p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the arguments of `charrnn train`")
     p.set_defaults(func=cmd_launch)
 

@@ -31,6 +31,7 @@ class LaunchSpec:
     max_restarts: int = 0
     local_addr: str | None = None
     socket_ifname: str | None = None  # network interface for gloo and NCCL traffic (multi-homed hosts)
+    rdzv_is_host: bool = False  # this node hosts the rendezvous store (default: the node whose --local-addr is the endpoint)
     monitor_interval_s: float = 1.0
     env: dict[str, str] = field(default_factory=dict)
 
@@ -57,11 +58,11 @@ def torchrun_command(spec: LaunchSpec, train_args: Sequence[str], command: str =
         ]  # fmt: skip
         if spec.local_addr:
             cmd += ["--local-addr", spec.local_addr]
-            if spec.rdzv_endpoint.rsplit(":", 1)[0] == spec.local_addr:
-                # torch decides who hosts the rendezvous store by matching the endpoint against the
-                # machine's hostname addresses, which misses a second interface (a pod IP, a veth);
-                # the node whose own address is the endpoint hosts it.
-                cmd += ["--rdzv-conf", "is_host=1"]
+        # torch decides who hosts the rendezvous store by matching the endpoint against the
+        # machine's hostname addresses, which misses a second interface (a veth, a pod's DNS
+        # name): the node whose own address is the endpoint, or that says so, hosts it.
+        if spec.rdzv_is_host or (spec.local_addr and spec.rdzv_endpoint.rsplit(":", 1)[0] == spec.local_addr):
+            cmd += ["--rdzv-conf", "is_host=1"]
     cmd += [
         "--nproc-per-node", str(spec.nproc_per_node),
         "--max-restarts", str(spec.max_restarts),

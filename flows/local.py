@@ -99,7 +99,7 @@ def start_server(state_dir: Path, port: int = 4200, timeout_s: float = 120.0, da
     deadline = time.monotonic() + timeout_s
     while not healthy(api_url):
         if proc.poll() is not None or time.monotonic() > deadline:
-            _kill_group(proc.pid)
+            kill_process_group(proc.pid)
             tail = (state_dir / "server.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"prefect server did not start (see {state_dir / 'server.log'}):\n{tail}")
         time.sleep(0.5)
@@ -148,7 +148,7 @@ def load(state_dir: Path) -> LocalPrefect | None:
     return LocalPrefect(**json.loads(path.read_text()))
 
 
-def _kill_group(pid: int | None, grace_s: float = 15.0) -> None:
+def kill_process_group(pid: int | None, grace_s: float = 15.0) -> None:
     """SIGTERM the process group led by ``pid``, then SIGKILL what is left after ``grace_s``."""
     if not pid:
         return
@@ -174,8 +174,8 @@ def stop(state_dir: Path) -> bool:
     local = load(state_dir)
     if local is None:
         return False
-    _kill_group(local.worker_pid)
-    _kill_group(local.server_pid)
+    kill_process_group(local.worker_pid)
+    kill_process_group(local.server_pid)
     (state_dir / "local.json").unlink(missing_ok=True)
     return True
 

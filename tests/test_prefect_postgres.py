@@ -58,7 +58,15 @@ def test_train_deployment_on_a_postgresql_backed_server(postgres, http_server, t
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.local import _kill_group, create_work_pool, deploy, free_port, start_server, start_worker, stop
+    from flows.local import (
+        create_work_pool,
+        deploy,
+        free_port,
+        kill_process_group,
+        start_server,
+        start_worker,
+        stop,
+    )
 
     state = tmp_path / "prefect"
     local = start_server(state, free_port(), database_url=postgres)
@@ -94,5 +102,5 @@ def test_train_deployment_on_a_postgresql_backed_server(postgres, http_server, t
         assert not list(state.rglob("*.db"))
     finally:
         if worker is not None:
-            _kill_group(worker.pid)
+            kill_process_group(worker.pid)
         stop(state)
