@@ -33,6 +33,7 @@ from .evaluate import LN2, EvalResult, evaluate_tokens
 from .fsutil import atomic_write_json, atomic_write_text
 from .model import CharLSTM, ModelShape
 from .progress import format_duration, format_rate
+from .storage import RemoteRunDir, is_remote
 from .tokens import TokenSet, load_split
 from .tracking import Tracker, dataset_artifact_name, make_tracker, memory_metrics, sample_rows
 
@@ -53,6 +54,7 @@ class TrainResult:
     train_seconds: float
     interrupted: bool = False
     tracking: dict = field(default_factory=dict)  # W&B run id, mode, URL or offline dir + sync command
+    remote_dir: str | None = None  # the run directory's fsspec URL when train.out_dir is one
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -181,15 +183,17 @@ def train(cfg: Config, tokens: TokenSet, env: DistEnv | None = None) -> TrainRes
     """Train (or resume) the run in ``cfg.train.out_dir`` on a prepared token set."""
     env = env or DistEnv.from_env()
     device = dist_utils.pick_device(cfg.train.device, env)
+    remote = RemoteRunDir(cfg.train.out_dir) if is_remote(cfg.train.out_dir) else None
+    run_dir = remote.local if remote else Path(cfg.train.out_dir)
     # W&B starts on rank 0 before the process group exists, with its own timeout, so
     # a slow or broken W&B delays nobody's collectives and cannot hang other ranks.
-    tracker = make_tracker(cfg.track, is_main=env.is_main, run_dir=Path(cfg.train.out_dir), config=cfg.to_dict())
+    tracker = make_tracker(cfg.track, is_main=env.is_main, run_dir=run_dir, config=cfg.to_dict())
     try:
-        result = _train(cfg, tokens, env, device, tracker)
+        result = _train(cfg, tokens, env, device, tracker, run_dir, remote)
     except RuntimeError as exc:  # torch.distributed.DistBackendError is a RuntimeError
         tracker.finish(exit_code=1)
         if env.distributed and _is_peer_failure(exc):
-            last = next(reversed(list_checkpoints(cfg.train.out_dir)), None)
+            last = next(reversed(list_checkpoints(run_dir)), None)
             raise PeerLostError(
                 f"lost contact with another training process ({_first_line(exc)})",
                 where=f"rank {env.rank} of {env.world_size}",
@@ -216,11 +220,11 @@ def _first_line(exc: BaseException) -> str:
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:300]
 
 
-def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tracker: Tracker) -> TrainResult:
+def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tracker: Tracker, run_dir: Path, remote: RemoteRunDir | None) -> TrainResult:
+    """The training loop. ``run_dir`` is local: the run directory itself, or the staging copy of ``remote``."""
     t = cfg.train
     threads = dist_utils.configure_threads(env) if device.type == "cpu" else None
     dist_utils.init_process_group(env, device)
-    run_dir = Path(t.out_dir)
     amp_dtype = autocast_dtype(t.precision, device)
 
     vocab = tokens.vocab
@@ -245,8 +249,10 @@ def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tr
     step, train_seconds, best_val = 0, 0.0, math.inf
     resumed_from = 0
 
-    existing = list_checkpoints(run_dir)
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0  # torchrun restarted the group
+    if remote is not None and (t.resume or restarted):
+        remote.pull_latest_checkpoint()  # every rank: this machine may never have seen the earlier attempt
+    existing = list_checkpoints(run_dir) or ([remote.url] * len(remote.checkpoint_names()) if remote else [])
     if t.resume or restarted:
         found = load_latest_valid(run_dir, map_location=device)
         if found is None:
@@ -349,6 +355,12 @@ def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tr
         path = None
         if env.is_main:
             path = save_checkpoint(run_dir, payload, step=current_step, is_best=is_best, keep_last=t.keep_last)
+            if remote is not None:  # publish: the checkpoint, then its sidecar; then drop what was pruned here
+                remote.publish_checkpoint(path)
+                if is_best:
+                    remote.publish_checkpoint(run_dir / "best.pt")
+                remote.prune({p.name for p in list_checkpoints(run_dir)})
+                remote.publish_files()
             if cfg.track.log_checkpoints:
                 metadata = {"val_bpc": val.bpc if val else None, "val_loss_nats": val.loss_nats if val else None, "corpus_sha256": tokens.corpus_sha256, "config": cfg.to_dict()}
                 tracker.log_model(path, step=current_step, aliases=["latest", "best"] if is_best else ["latest"], metadata=metadata)
@@ -482,9 +494,12 @@ def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tr
         train_seconds=train_seconds,
         interrupted=interrupted,
         tracking=tracker.summary(),
+        remote_dir=remote.url if remote else None,
     )
     if env.is_main:
         atomic_write_json(run_dir / "train_summary.json", result.to_dict())
+        if remote is not None:
+            remote.publish_files()
     return result
 
 

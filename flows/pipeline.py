@@ -69,6 +69,8 @@ def train_pipeline(
     nproc_per_node: int = 2,
     nnodes: int = 1,
     rdzv_endpoint: str | None = None,
+    local_addr: str | None = None,
+    socket_ifname: str | None = None,
     max_restarts: int = 0,
     time_budget_s: float | None = None,
     max_steps: int | None = None,
@@ -93,6 +95,8 @@ def train_pipeline(
         nproc_per_node: training processes per machine (one per GPU; on CPU the cores are shared out).
         nnodes: machines in the job; > 1 needs rdzv_endpoint (c10d rendezvous; the rendezvous id is this flow run's id).
         rdzv_endpoint: HOST:PORT of the c10d rendezvous for multi-node training.
+        local_addr: this node's address for the rendezvous (multi-homed hosts).
+        socket_ifname: network interface for gloo/NCCL traffic (GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME).
         max_restarts: torchrun restarts of the worker group inside one attempt (each resumes from a checkpoint).
         time_budget_s: wall-clock training budget (overrides train.time_budget_s).
         max_steps: step budget (overrides train.max_steps).
@@ -140,6 +144,8 @@ def train_pipeline(
         "rdzv_endpoint": rdzv_endpoint,
         "rdzv_id": str(flow_run.get_id() or run_name),
         "max_restarts": max_restarts,
+        "local_addr": local_addr,
+        "socket_ifname": socket_ifname,
     }
     logger.info("run directory %s; training with %d process(es)", run_dir, world_size)
     delays = [retry_delay_s * 2**i for i in range(max(train_retries, 1))]
