@@ -74,6 +74,9 @@ def torchrun_command(spec: LaunchSpec, train_args: Sequence[str], command: str =
 
 def launch_env(spec: LaunchSpec) -> dict[str, str]:
     env = {**os.environ, **spec.env}
+    # A process that used W&B itself (a Prefect flow that published an earlier run) exports its
+    # wandb-core service address; workers must start their own service, not attach to that one.
+    env.pop("WANDB_SERVICE", None)
     if spec.socket_ifname:  # both backends: gloo on CPU, NCCL's bootstrap and sockets on GPU
         env["GLOO_SOCKET_IFNAME"] = env["NCCL_SOCKET_IFNAME"] = spec.socket_ifname
     if "OMP_NUM_THREADS" not in env:  # torchrun would default every worker to 1 thread

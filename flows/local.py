@@ -45,6 +45,7 @@ class LocalPrefect:
 
 def prefect_env(state_dir: Path, api_url: str, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
+    env.pop("WANDB_SERVICE", None)  # this process's wandb-core service is not theirs
     env.update(
         PREFECT_HOME=str((state_dir / "home").resolve()),
         PREFECT_API_URL=api_url,
@@ -115,7 +116,8 @@ def run_cli(local: LocalPrefect, *args: str, check: bool = True, timeout_s: floa
 
 def create_work_pool(local: LocalPrefect, pool: str = WORK_POOL) -> None:
     """A ``process`` work pool, and its ``training`` queue limited to one run at a time."""
-    run_cli(local, "work-pool", "create", pool, "--type", "process", "--overwrite")
+    template = PROJECT_DIR / "infra" / "prefect" / "base-job-template-process.json"
+    run_cli(local, "work-pool", "create", pool, "--type", "process", "--overwrite", "--base-job-template", str(template))
     created = run_cli(local, "work-queue", "create", TRAINING_QUEUE, "--pool", pool, "--limit", "1", check=False)
     if created.returncode != 0:  # it exists already: make sure of its limit
         run_cli(local, "work-queue", "set-concurrency-limit", TRAINING_QUEUE, "1", "--pool", pool)

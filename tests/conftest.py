@@ -146,6 +146,7 @@ def cache_listing(root: Path) -> list[str]:
 
 def run_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
+    env.pop("WANDB_SERVICE", None)  # set by in-process W&B use (the pipeline tests): children start their own
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("WANDB_MODE", "disabled")  # W&B has its own tests
     env.update(extra)

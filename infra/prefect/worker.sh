@@ -9,7 +9,8 @@ kind="${1:-process}"
 case "$kind" in
   process)
     pool=charrnn-local
-    prefect work-pool create "$pool" --type process --overwrite
+    prefect work-pool create "$pool" --type process --overwrite \
+      --base-job-template "$(dirname "$0")/base-job-template-process.json"
     prefect work-queue create training --pool "$pool" --limit 1 || prefect work-queue set-concurrency-limit training 1 --pool "$pool"
     ;;
   kubernetes)
