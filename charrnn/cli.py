@@ -210,7 +210,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         socket_ifname=args.socket_ifname,
         rdzv_is_host=args.rdzv_is_host,
     )
-    if args.print_command:  # what would run, one argument per line (used to check cluster manifests)
+    if args.print_command:  # what would run, as a JSON list (tests check the cluster manifests with it)
         print(json.dumps(torchrun_command(spec, train_args)))
         return 0
     return run_torchrun(spec, train_args)

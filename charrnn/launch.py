@@ -100,6 +100,12 @@ def kill_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
         pass
 
 
+# Resolved here, in the parent: between fork and exec the child must not dlopen or
+# take locks another thread of the parent (a Prefect flow has several) might hold.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM it when the process that started it dies.
 
@@ -107,9 +113,8 @@ def _die_with_parent() -> None:
     crashed Prefect flow run): torchrun then gets SIGTERM and stops its workers,
     so nothing outlives the flow. Linux only; elsewhere a no-op.
     """
-    if sys.platform.startswith("linux"):
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def run_torchrun(

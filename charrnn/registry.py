@@ -14,6 +14,7 @@ are still compared on exactly the same characters.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -63,8 +64,6 @@ class Decision:
 
 
 def read_production(registry_dir: str | os.PathLike[str]) -> ProductionModel | None:
-    import json
-
     path = Path(registry_dir) / POINTER
     if not path.is_file():
         return None

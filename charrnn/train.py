@@ -252,7 +252,7 @@ def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tr
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0  # torchrun restarted the group
     if remote is not None and (t.resume or restarted):
         remote.pull_latest_checkpoint()  # every rank: this machine may never have seen the earlier attempt
-    existing = list_checkpoints(run_dir) or ([remote.url] * len(remote.checkpoint_names()) if remote else [])
+    existing = [p.name for p in list_checkpoints(run_dir)] or (remote.checkpoint_names() if remote is not None else [])
     if t.resume or restarted:
         found = load_latest_valid(run_dir, map_location=device)
         if found is None:
@@ -280,7 +280,7 @@ def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tr
     elif existing:  # every rank sees the run directory, so every rank stops here
         raise ConfigError(
             f"run directory already holds {len(existing)} checkpoint(s)",
-            where=str(run_dir),
+            where=remote.url if remote is not None else str(run_dir),
             fix="pass --resume (train.resume=true) to continue it, or choose another train.out_dir",
         )
 

@@ -25,6 +25,7 @@ DEFAULT_STATE = Path(os.environ.get("CHARRNN_PREFECT_DIR", PROJECT_DIR / ".prefe
 def _use_local_prefect(state_dir: Path) -> str | None:
     """Point this process at the local server (or its database) before Prefect is imported."""
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "charrnn")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls from an offline box
     if "PREFECT_API_URL" in os.environ:
         return os.environ["PREFECT_API_URL"]

@@ -51,6 +51,7 @@ def prefect_env(state_dir: Path, api_url: str, **extra: str) -> dict[str, str]:
         PREFECT_API_URL=api_url,
         PREFECT_CLI_PROMPT="false",
         PREFECT_LOGGING_EXTRA_LOGGERS="charrnn",
+        PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW="ignore",  # charrnn logs outside a flow stay local, quietly
         PREFECT_SERVER_ANALYTICS_ENABLED="false",  # no telemetry calls from an offline box
         PYTHONUNBUFFERED="1",
     )

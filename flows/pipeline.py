@@ -18,6 +18,7 @@ from prefect.runtime import flow_run
 
 from charrnn.config import Config, dump_config, load_config
 from charrnn.fsutil import atomic_write_json, atomic_write_text, sha256_bytes
+from charrnn.tokens import check_trainable
 from flows.publish import publish
 from flows.tasks import evaluate, fetch_corpus, generate_samples, promote_if_better, tokenise, train
 
@@ -123,8 +124,6 @@ def train_pipeline(
     tokens = tokenise(corpus_ref, d.val_fraction, d.test_fraction, d.token_dtype, d.cache_dir)
     if not (Path(tokens["dir"]) / "meta.json").is_file():
         tokens = tokenise.with_options(refresh_cache=True)(corpus_ref, d.val_fraction, d.test_fraction, d.token_dtype, d.cache_dir)
-
-    from charrnn.tokens import check_trainable
 
     check_trainable(tokens["num_tokens"]["train"], cfg.train.batch_size, cfg.train.seq_len, d.corpus)
     world_size = nproc_per_node * nnodes

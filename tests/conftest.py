@@ -175,6 +175,7 @@ def prefect_server(tmp_path_factory):
         PREFECT_API_URL,
         PREFECT_HOME,
         PREFECT_LOCAL_STORAGE_PATH,
+        PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW,
         temporary_settings,
     )
 
@@ -183,12 +184,12 @@ def prefect_server(tmp_path_factory):
     state = tmp_path_factory.mktemp("prefect")
     local = start_server(state, free_port())
     env = prefect_env(state, local.api_url)
-    keys = ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_LOGGING_EXTRA_LOGGERS")
+    keys = ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_LOGGING_EXTRA_LOGGERS", "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW")
     saved = {k: os.environ.get(k) for k in keys}
     os.environ.update({k: env[k] for k in keys})
     try:
         home = Path(env["PREFECT_HOME"])
-        with temporary_settings(updates={PREFECT_API_URL: local.api_url, PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage"}):
+        with temporary_settings(updates={PREFECT_API_URL: local.api_url, PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage", PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}):
             yield local
             from prefect.logging.handlers import APILogWorker
 
