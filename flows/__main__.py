@@ -30,6 +30,9 @@ def _use_local_prefect(state_dir: Path) -> str | None:
     if "PREFECT_API_URL" in os.environ:
         return os.environ["PREFECT_API_URL"]
     os.environ.setdefault("PREFECT_HOME", str((state_dir / "home").resolve()))
+    # The temporary server migrates a new database before it answers: on a small, busy machine
+    # that takes longer than Prefect's 20 s default (seen here on a fresh clone).
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect makes only the last level
     local = load(state_dir)
     if local is not None and healthy(local.api_url):
