@@ -102,7 +102,7 @@ def _split_tokens(target: str, split: str, tokens_dir: str | None, payload: dict
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .checkpoint import load_model, resolve_checkpoint
     from .distributed import DistEnv, destroy_process_group, init_process_group, pick_device
-    from .evaluate import evaluate_tokens
+    from .evaluate import evaluate_tokens, format_score
 
     env = DistEnv.from_env()
     device = pick_device(args.device, env)
@@ -118,7 +118,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(json.dumps({"checkpoint": str(resolve_checkpoint(args.checkpoint)), "split": args.split, "step": payload["step"], **result.to_dict()}))
         else:
             print(f"{described} ({result.chars:,} chars) at step {payload['step']}:")
-            print(f"  {result.loss_nats:.4f} nats/char | {result.bpc:.4f} bits/char | perplexity {result.perplexity:.3f}")
+            print(f"  {format_score(result.to_dict())}")
     return 0
 
 
@@ -162,28 +162,24 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """The whole job in one process: prepare -> train -> evaluate (val, test) -> sample."""
     from .checkpoint import load_model
-    from .evaluate import evaluate_tokens
+    from .evaluate import final_scores, format_score
     from .fsutil import atomic_write_text
     from .prepare import prepare
     from .sample import SampleSettings, generate
-    from .tokens import load_split
     from .train import train
 
     cfg = _config(args, [f"train.out_dir={args.out_dir}"] if args.out_dir else [])
     _, tokens = prepare(cfg)
     result = train(cfg, tokens)
     model, vocab, payload = load_model(result.best_checkpoint or result.checkpoint)
-    if payload["step"] == result.step:  # the best model is the final one, which training already scored
-        scores = {split: score for split, score in (("val", result.val), ("test", result.test)) if score}
-    else:
-        scores = {split: evaluate_tokens(model, load_split(tokens, split), num_streams=cfg.train.eval_batch_size).to_dict() for split in ("val", "test") if tokens.num_tokens[split] > 1}
+    scores, _ = final_scores(model, tokens, step=payload["step"], num_streams=cfg.train.eval_batch_size, trained=result.to_dict())
     sample = generate(model, vocab, args.prime, SampleSettings(length=args.length, temperature=0.8, seed=cfg.train.seed))[0]
     run_dir = Path(result.run_dir)
     atomic_write_text(run_dir / "sample.txt", args.prime + sample + "\n")
     print()
     print(f"=== charrnn run finished: step {result.step}, {result.train_seconds:.0f}s of training, {result.chars_per_s:,.0f} chars/s")
     for split, score in scores.items():
-        print(f"{split:>5}: {score['loss_nats']:.4f} nats/char | {score['bpc']:.4f} bits/char | perplexity {score['perplexity']:.3f}")
+        print(f"{split:>5}: {format_score(score)}")
     print(f"--- sample (temperature 0.8, model from step {payload['step']}) ---\n{args.prime}{sample}\n---")
     print(f"checkpoint: {result.best_checkpoint or result.checkpoint}")
     print(f"sample:     {run_dir / 'sample.txt'}")

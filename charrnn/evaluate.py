@@ -70,3 +70,31 @@ def evaluate_tokens(
     all_reduce_sum(totals)
     model.train(was_training)
     return result_from_sums(totals[0].item(), int(totals[1].item()))
+
+
+def format_score(score: dict) -> str:
+    """One line for an ``EvalResult.to_dict()``: nats/char, bits/char, perplexity."""
+    return f"{score['loss_nats']:.4f} nats/char | {score['bpc']:.4f} bits/char | perplexity {score['perplexity']:.3f}"
+
+
+def final_scores(model: CharLSTM, tokens, *, step: int, num_streams: int, trained: dict | None = None, device: torch.device | str = "cpu") -> tuple[dict[str, dict], set[str]]:
+    """Exact scores of ``model`` (at ``step``) on the whole val and test splits of ``tokens``.
+
+    Training scores its final model on both splits at the end (in DDP, on all
+    ranks); when ``trained`` (a ``TrainResult.to_dict()``) is that run at the same
+    step, those exact scores are reused instead of computed twice. Returns
+    (split -> score, the splits that were reused).
+    """
+    from .tokens import load_split
+
+    scores, reused = {}, set()
+    for split in ("val", "test"):
+        if tokens.num_tokens[split] <= 1:
+            continue
+        known = trained.get(split) if trained and trained.get("step") == step else None
+        if known:
+            scores[split] = known
+            reused.add(split)
+        else:
+            scores[split] = evaluate_tokens(model, load_split(tokens, split), num_streams=num_streams, device=device).to_dict()
+    return scores, reused

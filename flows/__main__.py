@@ -43,6 +43,7 @@ def _use_local_prefect(state_dir: Path) -> str | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     api_url = _use_local_prefect(args.state_dir)
+    from charrnn.evaluate import format_score
     from flows.pipeline import train_pipeline
 
     result = train_pipeline(
@@ -64,7 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"=== train-pipeline finished: step {result['step']}, {result['train_seconds']:.0f}s of training, {result['chars_per_s']:,.0f} chars/s")
     for split in ("val", "test"):
         if score := result.get(split):
-            print(f"{split:>5}: {score['loss_nats']:.4f} nats/char | {score['bpc']:.4f} bits/char | perplexity {score['perplexity']:.3f}")
+            print(f"{split:>5}: {format_score(score)}")
     print(f"--- sample ---\n{result['first_sample']}\n---")
     print(f"samples:    {result['samples']}")
     print(f"checkpoint: {result['checkpoint']}")

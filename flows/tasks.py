@@ -111,30 +111,17 @@ def train(config_path: str, tokens_dir: str, run_dir: str, launch: dict) -> dict
 
 @task(name="evaluate")
 def evaluate(checkpoint: str, tokens_dir: str, out_dir: str, num_streams: int = 32, train_summary: dict | None = None) -> dict:
-    """Exact bits/char of the checkpoint on the whole val and test splits.
-
-    Training already scores its final model on both splits (in DDP, all ranks);
-    when the checkpoint *is* that final model, those exact scores are reused
-    rather than computed a second time.
-    """
+    """Exact bits/char of the checkpoint on the whole val and test splits (training's own scores when it is the final model)."""
     from charrnn.checkpoint import load_model, resolve_checkpoint
-    from charrnn.evaluate import evaluate_tokens
-    from charrnn.tokens import load_split, open_token_set
+    from charrnn.evaluate import final_scores, format_score
+    from charrnn.tokens import open_token_set
 
     logger = get_run_logger()
     path = resolve_checkpoint(checkpoint)
     model, _, payload = load_model(path)
-    tokens = open_token_set(tokens_dir)
-    scores = {}
-    for split in ("val", "test"):
-        if tokens.num_tokens[split] <= 1:
-            continue
-        reused = train_summary and train_summary.get("step") == payload["step"] and train_summary.get(split)
-        scores[split] = reused or evaluate_tokens(model, load_split(tokens, split), num_streams=num_streams).to_dict()
-        logger.info(
-            "%s: %.4f nats/char | %.4f bits/char (%s chars%s)",
-            split, scores[split]["loss_nats"], scores[split]["bpc"], f"{scores[split]['chars']:,}", ", scored by training" if reused else "",
-        )  # fmt: skip
+    scores, reused = final_scores(model, open_token_set(tokens_dir), step=payload["step"], num_streams=num_streams, trained=train_summary)
+    for split, score in scores.items():
+        logger.info("%s: %s (%s chars%s)", split, format_score(score), f"{score['chars']:,}", ", scored by training" if split in reused else "")
     result = {"checkpoint": str(path.resolve()), "step": payload["step"], **scores}
     atomic_write_json(Path(out_dir) / "eval.json", result)
     return result
