@@ -108,27 +108,28 @@ class StreamBatcher:
         return Batch(chunk[:, :-1], chunk[:, 1:], epoch, window)
 
 
-def eval_streams(tokens: np.ndarray, num_streams: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cut a split into ``num_streams`` rows covering every next-character target once.
+def eval_windows(tokens: np.ndarray, num_streams: int, window: int, *, rank: int = 0, world_size: int = 1):
+    """Cut a split into ``num_streams`` rows covering every next-character target once; yield it window by window.
 
-    Returns ``inputs`` and ``targets`` of shape [streams, length]; short rows are
-    padded with targets of ``IGNORE_INDEX``. Target ``t+1`` is predicted from
-    tokens ``<= t`` of its own row, so the sum of losses over all rows is the
-    loss of every character from the second on.
+    Yields ``(inputs, targets)`` int64 tensors of shape [this rank's rows, <= window];
+    positions past a row's end have targets of ``IGNORE_INDEX``. Target ``t+1`` is
+    predicted from tokens ``<= t`` of its own row, so the sum of losses over all
+    rows and ranks is the loss of every character from the second on. Each
+    window is read from ``tokens`` (a memmap) as it is needed: memory stays flat
+    however long the split.
     """
     n_targets = len(tokens) - 1
     if n_targets < 1:
-        return torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, 0, dtype=torch.long)
+        return
     num_streams = max(1, min(num_streams, n_targets))
     length = -(-n_targets // num_streams)
-    inputs = torch.zeros(num_streams, length, dtype=torch.long)
-    targets = torch.full((num_streams, length), IGNORE_INDEX, dtype=torch.long)
-    data = torch.from_numpy(np.asarray(tokens).astype(np.int64))
-    for row in range(num_streams):
-        lo = row * length
-        hi = min(lo + length, n_targets)
-        if lo >= hi:
-            break
-        inputs[row, : hi - lo] = data[lo:hi]
-        targets[row, : hi - lo] = data[lo + 1 : hi + 1]
-    return inputs, targets
+    starts = np.arange(num_streams)[rank_slice(num_streams, rank, world_size)] * length
+    if not starts.size:
+        return
+    ends = np.minimum(starts + length, n_targets)  # a row's inputs are [start, end), its targets one later
+    data = np.asarray(tokens)
+    for offset in range(0, length, window):
+        positions = starts[:, None] + offset + np.arange(min(window, length - offset) + 1)
+        chunk = torch.from_numpy(data[np.minimum(positions, n_targets)].astype(np.int64))
+        valid = torch.from_numpy(positions[:, :-1] < ends[:, None])
+        yield chunk[:, :-1].masked_fill(~valid, 0), chunk[:, 1:].masked_fill(~valid, IGNORE_INDEX)

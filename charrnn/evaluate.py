@@ -2,7 +2,7 @@
 
 The split is cut into a fixed number of streams (independent of the number of
 processes); each rank takes a contiguous share, runs them window by window
-carrying the LSTM state, and the (loss sum, character count) pair is summed
+(read from the memmap as needed) carrying the LSTM state, and the (loss sum, character count) pair is summed
 over ranks in float64. The result is the same for any world size.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import IGNORE_INDEX, eval_streams, rank_slice
+from .data import IGNORE_INDEX, eval_windows
 from .distributed import DistEnv, all_reduce_sum
 from .model import CharLSTM
 
@@ -54,19 +54,15 @@ def evaluate_tokens(
     env = env or DistEnv()
     was_training = model.training
     model.eval()
-    inputs, targets = eval_streams(tokens, num_streams)
-    rows = rank_slice(inputs.shape[0], env.rank, env.world_size)
-    inputs, targets = inputs[rows].to(device), targets[rows].to(device)
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # (loss sum, chars)
-    if inputs.numel():
-        state = None
-        for start in range(0, inputs.shape[1], window):
-            x, y = inputs[:, start : start + window], targets[:, start : start + window]
-            with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-                logits, state = model(x, state)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-            totals[0] += loss.double()
-            totals[1] += (y != IGNORE_INDEX).sum()
+    state = None
+    for x, y in eval_windows(tokens, num_streams, window, rank=env.rank, world_size=env.world_size):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            logits, state = model(x, state)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        totals[0] += loss.double()
+        totals[1] += (y != IGNORE_INDEX).sum()
     all_reduce_sum(totals)
     model.train(was_training)
     return result_from_sums(totals[0].item(), int(totals[1].item()))

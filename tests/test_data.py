@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn.data import IGNORE_INDEX, StreamBatcher, eval_streams, rank_slice
+from charrnn.data import IGNORE_INDEX, StreamBatcher, eval_windows, rank_slice
 from charrnn.errors import ConfigError
 
 TOKENS = np.arange(10_000, dtype=np.int64) % 251  # position-revealing data
@@ -61,13 +61,21 @@ def test_bad_layouts_are_explained():
         StreamBatcher(TOKENS, 64, 8, segment_windows=100)
 
 
-def test_eval_streams_cover_every_target_once():
+@pytest.mark.parametrize("world_size", [1, 3])
+def test_eval_windows_cover_every_target_once(world_size):
     data = np.arange(103)
-    inputs, targets = eval_streams(data, 7)
+    rows = []
+    for rank in range(world_size):
+        windows = list(eval_windows(data, 7, 4, rank=rank, world_size=world_size))
+        assert all(x.shape[1] <= 4 for x, _ in windows)
+        rows += list(zip(torch.cat([x for x, _ in windows], 1), torch.cat([y for _, y in windows], 1), strict=True))
+    assert len(rows) == 7  # 7 streams of 15 positions, shared out over the ranks
+    inputs, targets = torch.stack([x for x, _ in rows]), torch.stack([y for _, y in rows])
     valid = targets != IGNORE_INDEX
     assert valid.sum() == 102
     assert sorted(targets[valid].tolist()) == list(range(1, 103))
     assert torch.equal(targets[valid], inputs[valid] + 1)
+    assert torch.equal(valid.int(), valid.int().cummin(dim=1).values)  # padding only at a row's end
 
 
 def test_rank_slice_is_balanced_and_complete():

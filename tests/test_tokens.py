@@ -12,7 +12,7 @@ from conftest import make_text
 from charrnn.corpus import fetch_corpus
 from charrnn.errors import CorpusError
 from charrnn.tokens import load_split, prepare_tokens
-from charrnn.vocab import UNK_ID, Vocab, token_dtype_for
+from charrnn.vocab import UNK_ID, Vocab, token_dtype_for, utf8_codepoints
 
 
 def _prepare(tmp_path, text: str, **kwargs):
@@ -28,6 +28,14 @@ def test_vocab_round_trip_with_newlines_and_non_ascii():
     assert vocab.decode(ids) == text
     assert list(vocab.chars) == sorted(set(text))  # code-point order: deterministic
     assert UNK_ID not in ids
+
+
+def test_vectorised_utf8_decoding_matches_python():
+    text = "plain ascii\nÇa va — naïve ß ÿ Ā 日本語 🎭𝄞 end\n" * 3
+    raw = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    assert utf8_codepoints(raw).tolist() == [ord(c) for c in text]
+    ascii_raw = np.frombuffer(b"just ascii\n", dtype=np.uint8)
+    assert utf8_codepoints(ascii_raw) is ascii_raw  # zero copy
 
 
 def test_unseen_characters_map_to_unk_or_raise():
@@ -53,6 +61,21 @@ def test_token_files_reassemble_the_corpus_with_newlines(tmp_path):
     assert vocab.decode(np.concatenate(list(parts.values()))) == text
     assert parts["train"].dtype == np.uint8 and isinstance(parts["train"], np.memmap)
     assert "\n" in vocab.chars and "é" in vocab.chars
+
+
+@pytest.mark.parametrize("document_mode", [True, False], ids=["one-row", "row-per-line"])
+def test_blocks_cut_only_at_character_boundaries(tmp_path, monkeypatch, document_mode):
+    """Tiny blocks force cuts inside multi-byte characters and across rows; the files must not notice."""
+    from charrnn import tokens as tokens_mod
+
+    monkeypatch.setattr(tokens_mod, "BLOCK_BYTES", 7)
+    monkeypatch.setattr(tokens_mod, "DOCUMENT_MODE_MAX_BYTES", 1 << 30 if document_mode else 0)
+    text = "".join(f"{i} Ça va — naïve 日本語 🎭\nab\n\n" for i in range(200))
+    tokens = _prepare(tmp_path, text, val_fraction=0.1, test_fraction=0.1)
+    parts = [load_split(tokens, s) for s in ("train", "val", "test")]
+    assert sum(map(len, parts)) == len(text)
+    assert tokens.vocab.decode(np.concatenate(parts)) == text
+    assert tokens.dtype == "uint8" and tokens.num_tokens["val"] == len(text) // 10
 
 
 def test_vocabulary_comes_from_the_training_split(tmp_path):
