@@ -19,7 +19,7 @@ help:
 	@echo "make serve      - start local Prefect: server on 127.0.0.1:4200, work pool, deployments, worker"
 	@echo "make serve-stop - stop what make serve started"
 	@echo "make lint       - ruff"
-	@echo "make bench      - benchmarks (writes bench/RESULTS.md)"
+	@echo "make bench      - the benchmark suite, ~15 min (python -m bench; writes bench/RESULTS.md)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,8 +62,13 @@ serve: setup
 serve-stop:
 	$(BIN)/python -m flows stop
 
-bench: setup
-	$(BIN)/python bench/throughput.py
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[corpus,prefect,bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) runs .prefect .pytest_cache

@@ -1,108 +1,138 @@
-"""Training throughput: charrnn's training step against a plain ``nn.LSTM`` loop of the same size.
+"""Training throughput: charrnn's training step against the two baselines, in one process.
 
-Both run in this one process, alternating in rounds so that machine drift hits
-both equally; the figure is the median chars/s over rounds, and the ratio is
-charrnn / plain. The plain loop is written the way a user would: random
-windows gathered per step, zero initial state, ``torch.optim.Adam``,
-``loss.item()`` every step.
+Contenders run in alternating rounds of ``--round-s`` seconds each, so machine
+drift hits all of them equally; each figure is the median chars/s over rounds.
 
-    python bench/throughput.py [--rounds 5] [--steps 30] [key=value model/train overrides]
+* ``charrnn``: the default training step (``charrnn.train.train_step``: carried
+  streams, fused AdamW, fp32 loss, no per-step host sync) at the default precision;
+* ``charrnn bf16`` / ``charrnn compiled``: the same step under bf16 autocast and
+  under ``torch.compile``, to show whether either helps on this machine;
+* ``plain`` (baseline b): a plain fp32 ``nn.LSTM`` loop of the same size and batch shape;
+* ``seed cell`` (baseline a): the seed lecture's ``nn.LSTMCell`` loop.
+
+    python bench/throughput.py [--rounds 5] [--round-s 2] [key=value model/train overrides]
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from charrnn.config import load_config
+from bench.baselines import PlainTrainer, SeedCellTrainer
+from bench.common import Report, Target, machine_summary, measured_peak_flops
+from charrnn.config import Config, load_config
 from charrnn.data import StreamBatcher
+from charrnn.errors import ConfigError
 from charrnn.model import CharLSTM, ModelShape
 from charrnn.train import autocast_dtype, make_optimizer, train_step
 
 VOCAB = 74  # the shakespeare corpus
 
 
-class PlainLSTM(nn.Module):
-    def __init__(self, vocab: int, emb: int, hidden: int, layers: int):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, emb)
-        self.lstm = nn.LSTM(emb, hidden, layers, batch_first=True)
-        self.head = nn.Linear(hidden, vocab)
+class CharrnnStepper:
+    """charrnn's own training step over carried streams, as ``charrnn train`` runs it."""
 
-    def forward(self, x):
-        out, _ = self.lstm(self.embed(x))
-        return self.head(out)
+    def __init__(self, cfg: Config, data: np.ndarray, *, precision: str, compile_model: bool = False):
+        m, t = cfg.model, cfg.train
+        torch.manual_seed(0)
+        self.model = CharLSTM(ModelShape.from_config(m, VOCAB))
+        self.step_model = torch.compile(self.model) if compile_model else self.model
+        self.optimizer = make_optimizer(self.model, t)
+        self.batcher = StreamBatcher(data, t.batch_size, t.seq_len, segment_windows=t.segment_windows, seed=t.seed)
+        self.amp = autocast_dtype(precision, torch.device("cpu"))
+        self.grad_clip = t.grad_clip
+        self.state = self.model.initial_state(t.batch_size)
+        self.steps = 0
+        self.chars_per_step = self.batcher.chars_per_step
+
+    def step(self) -> None:
+        batch = self.batcher.batch(self.steps)
+        if batch.window == 0:
+            self.state = self.model.initial_state(self.batcher.local_batch_size)
+        _, _, self.state = train_step(self.step_model, self.optimizer, batch.inputs, batch.targets, self.state, amp_dtype=self.amp, grad_clip=self.grad_clip)
+        self.steps += 1
+
+
+def measure(contenders: dict[str, object], rounds: int, round_s: float) -> dict[str, float]:
+    """Median chars/s per contender over ``rounds`` alternating rounds of about ``round_s`` seconds."""
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    for runner in contenders.values():
+        for _ in range(3):  # warm-up: allocator, oneDNN primitive caches, compilation
+            runner.step()
+    for _ in range(rounds):
+        for name, runner in contenders.items():
+            steps, start = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < round_s or steps == 0:
+                runner.step()
+                steps += 1
+            rates[name].append(steps * runner.chars_per_step / elapsed)
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def run(*, rounds: int = 5, round_s: float = 2.0, overrides: list[str] | None = None, log: Callable[[str], None] = print) -> Report:
+    cfg = load_config(None, overrides or [])
+    m, t = cfg.model, cfg.train
+    data = np.random.default_rng(0).integers(0, VOCAB, size=4_000_000, dtype=np.uint8)
+    default = CharrnnStepper(cfg, data, precision=t.precision)
+    contenders: dict[str, object] = {"charrnn": default}
+    other = "fp32" if default.amp else "bf16"
+    try:
+        contenders[f"charrnn {other}"] = CharrnnStepper(cfg, data, precision=other)
+    except ConfigError as exc:  # no bf16 kernels on this CPU
+        log(f"throughput: charrnn {other} skipped: {exc}")
+    contenders["charrnn compiled"] = CharrnnStepper(cfg, data, precision=t.precision, compile_model=True)
+    contenders["plain (b)"] = PlainTrainer(data, VOCAB, emb=m.embedding_dim, hidden=m.hidden_size, layers=m.num_layers, batch_size=t.batch_size, seq_len=t.seq_len, lr=t.lr)
+    contenders["seed cell (a)"] = SeedCellTrainer(torch.from_numpy(data.astype(np.int64)), VOCAB)
+    log(f"throughput: {len(contenders)} contenders x {rounds} rounds x {round_s:g} s")
+    rates = measure(contenders, rounds, round_s)
+    peak = measured_peak_flops()
+    flops_per_char = 3 * default.model.flops_per_char()  # forward + backward ~ 3x forward
+
+    lines = [
+        f"machine: {machine_summary()}",
+        f"model: {m.num_layers}x{m.hidden_size} (emb {m.embedding_dim}), batch {t.batch_size} x seq {t.seq_len}; "
+        f"charrnn default precision: {'bf16' if default.amp else 'fp32'}",
+        f"measured fp32 matmul peak (1024^3 mm): {peak / 1e9:.1f} GFLOP/s",
+    ]
+    base = rates["plain (b)"]
+    for name, rate in rates.items():
+        flops = "" if name == "seed cell (a)" else f"; {flops_per_char * rate / 1e9:5.1f} GFLOP/s = {flops_per_char * rate / peak:4.0%} of peak"
+        lines.append(f"{name:>17}: {rate:10,.0f} chars/s  x{rate / base:5.2f} vs (b)  x{rate / rates['seed cell (a)']:6.1f} vs (a){flops}")
+    ratio = rates["charrnn"] / base
+    targets = [
+        Target("charrnn vs plain nn.LSTM (b), chars/s (issue 2)", f"{ratio:.2f}x", ">= 1.0x", ratio >= 1.0),
+        Target("charrnn vs plain nn.LSTM (b), chars/s (issue 7)", f"{ratio:.2f}x", ">= 2.0x", ratio >= 2.0),
+        Target("charrnn vs seed LSTMCell loop (a)", f"{rates['charrnn'] / rates['seed cell (a)']:.1f}x", "-", None),
+        Target("torch.compile vs eager", f"{rates['charrnn compiled'] / rates['charrnn']:.2f}x", "report", None),
+    ]
+    if f"charrnn {other}" in rates:
+        targets.append(Target(f"{other} vs default precision", f"{rates[f'charrnn {other}'] / rates['charrnn']:.2f}x", "report", None))
+    else:
+        lines.append(f"charrnn {other}: not run, this CPU has no bf16 LSTM kernels (oneDNN needs AVX512-BF16 or AMX)")
+    cmd = "python bench/throughput.py" + (f" --rounds {rounds} --round-s {round_s:g}" if (rounds, round_s) != (5, 2.0) else "")
+    return Report("Training throughput", cmd, "\n".join(lines), targets)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per round and contender")
+    parser.add_argument("--round-s", type=float, default=2.0, help="seconds per round and contender")
     parser.add_argument("overrides", nargs="*", help="config overrides (model.*, train.*)")
     args = parser.parse_args()
-    cfg = load_config(None, args.overrides)
-    m, t = cfg.model, cfg.train
-    torch.manual_seed(0)
-    data = np.random.default_rng(0).integers(0, VOCAB, size=4_000_000, dtype=np.uint8)
-
-    model = CharLSTM(ModelShape.from_config(m, VOCAB))
-    optimizer = make_optimizer(model, t)
-    batcher = StreamBatcher(data, t.batch_size, t.seq_len)
-    amp = autocast_dtype(t.precision, torch.device("cpu"))
-    state = model.initial_state(t.batch_size)
-    step = 0
-
-    def charrnn_steps(n: int) -> None:
-        nonlocal state, step
-        for _ in range(n):
-            batch = batcher.batch(step)
-            if batch.window == 0:
-                state = model.initial_state(t.batch_size)
-            _, _, state = train_step(model, optimizer, batch.inputs, batch.targets, state, amp_dtype=amp, grad_clip=t.grad_clip)
-            step += 1
-
-    plain = PlainLSTM(VOCAB, m.embedding_dim, m.hidden_size, m.num_layers)
-    plain_opt = torch.optim.Adam(plain.parameters(), lr=t.lr)
-    corpus = torch.from_numpy(data.astype(np.int64))
-
-    def plain_steps(n: int) -> None:
-        for _ in range(n):
-            starts = torch.randint(0, len(corpus) - t.seq_len - 1, (t.batch_size,))
-            x = torch.stack([corpus[s : s + t.seq_len] for s in starts])
-            y = torch.stack([corpus[s + 1 : s + t.seq_len + 1] for s in starts])
-            loss = F.cross_entropy(plain(x).reshape(-1, VOCAB), y.reshape(-1))
-            plain_opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(plain.parameters(), 1.0)
-            plain_opt.step()
-            loss.item()
-
-    chars = t.batch_size * t.seq_len
-    rates: dict[str, list[float]] = {"charrnn": [], "plain": []}
-    contenders = {"charrnn": charrnn_steps, "plain": plain_steps}
-    for fn in contenders.values():
-        fn(3)  # warm-up: allocator, oneDNN primitive caches
-    for _ in range(args.rounds):
-        for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn(args.steps)
-            rates[name].append(args.steps * chars / (time.perf_counter() - start))
-
-    flops = 3 * model.flops_per_char()  # forward + backward ~ 3x forward
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, cpu capability {torch.backends.cpu.get_cpu_capability()}")
-    print(f"model: {m.num_layers}x{m.hidden_size} (emb {m.embedding_dim}), batch {t.batch_size} x seq {t.seq_len}, precision {'bf16' if amp else 'fp32'}")
-    for name, values in rates.items():
-        med = statistics.median(values)
-        print(f"{name:>8}: {med:10,.0f} chars/s (median of {len(values)} rounds; {flops * med / 1e9:.1f} GFLOP/s est.)")
-    ratio = statistics.median(rates["charrnn"]) / statistics.median(rates["plain"])
-    print(f"ratio charrnn/plain: {ratio:.2f}x")
+    report = run(rounds=args.rounds, round_s=args.round_s, overrides=args.overrides)
+    print(report.body)
+    for target in report.targets:
+        print(f"{target.what}: {target.figure} (required {target.target})")
 
 
 if __name__ == "__main__":

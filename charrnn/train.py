@@ -61,20 +61,25 @@ class TrainResult:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where the hardware has fast bf16 (CUDA, or CPUs with AMX/AVX512-BF16)."""
+    """bf16 autocast where the hardware has bf16 kernels (CUDA, or CPUs with AVX512-BF16/AMX)."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"unknown precision {precision!r}", where="train.precision", fix="use auto, fp32 or bf16")
     if precision == "fp32":
         return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision != "auto":
-        raise ConfigError(f"unknown precision {precision!r}", where="train.precision", fix="use auto, fp32 or bf16")
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    try:
-        fast_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported() and "AVX512" in torch.backends.cpu.get_cpu_capability()
-    except (AttributeError, RuntimeError):
-        fast_bf16 = False
-    return torch.bfloat16 if fast_bf16 else None
+        supported = torch.cuda.is_bf16_supported()
+    else:
+        try:  # oneDNN builds its bf16 LSTM only on CPUs with native bf16 (AVX512-BF16 or AMX)
+            supported = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        except (AttributeError, RuntimeError):
+            supported = False
+    if precision == "bf16" and not supported:
+        raise ConfigError(
+            f"this {device.type.upper()} has no bf16 LSTM kernels (oneDNN needs AVX512-BF16 or AMX on a CPU; CUDA needs compute capability >= 8.0)",
+            where="train.precision=bf16",
+            fix="use train.precision=auto (bf16 where the hardware has it, else fp32) or fp32",
+        )
+    return torch.bfloat16 if supported else None
 
 
 def lr_factor(step: int, progress: float, warmup_steps: int, min_ratio: float) -> float:
@@ -418,6 +423,7 @@ def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tr
             loss_sum += loss
             step += 1
             window_steps += 1
+            train_seconds = time.perf_counter() - session_start  # before any evaluation: checkpoints record training time
 
             if step % agree_every == 0 or (horizon is not None and step >= horizon):
                 finished, interrupted = agreed_stop(step, stop.requested)
@@ -433,7 +439,6 @@ def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tr
                         fix=f"lower train.lr (now {t.lr:g}) or train.grad_clip, then resume from the last checkpoint with --resume",
                     )
                 now = time.perf_counter()
-                train_seconds = now - session_start
                 chars_per_s = window_steps * batcher.chars_per_step / (now - window_start)
                 if env.is_main:
                     record = {

@@ -13,7 +13,7 @@ from conftest import run_env, tiny_config
 from charrnn.checkpoint import load_model
 from charrnn.evaluate import evaluate_tokens
 from charrnn.prepare import prepare
-from charrnn.sample import SampleSettings, filter_logits, generate
+from charrnn.sample import SampleSettings, filter_logits, generate, sample_tokens
 from charrnn.tokens import load_split
 from charrnn.train import train
 
@@ -109,3 +109,13 @@ def test_cli_errors_are_clear(trained, tmp_path):
 def test_every_command_has_help(command):
     out = subprocess.run([sys.executable, "-m", "charrnn", command, "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "usage: charrnn " + command in out.stdout
+
+
+def test_inverse_cdf_sampling_follows_the_distribution():
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.0, 0.2]).expand(20_000, -1)
+    tokens = sample_tokens(probs, torch.Generator().manual_seed(0))
+    freq = torch.bincount(tokens, minlength=5).float() / len(tokens)
+    assert freq[1] == 0 and freq[3] == 0  # zero-probability tokens never come out
+    assert torch.allclose(freq, probs[0], atol=0.015)
+    one_hot = torch.zeros(3, 5).index_fill_(1, torch.tensor([4]), 1.0)  # all mass on the last token
+    assert sample_tokens(one_hot, torch.Generator().manual_seed(1)).tolist() == [4, 4, 4]

@@ -112,6 +112,16 @@ def test_divergence_stops_with_a_clear_message(small_corpus, tmp_path):
         train(cfg, prepare(cfg)[1])
 
 
+@pytest.mark.skipif(torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has bf16 LSTM kernels")
+def test_bf16_on_a_cpu_without_bf16_kernels_is_refused_clearly(small_corpus, tmp_path):
+    cfg = tiny_config(small_corpus, tmp_path / "run", max_steps=5, precision="bf16")
+    with pytest.raises(ConfigError, match="no bf16 LSTM kernels") as err:
+        train(cfg, prepare(cfg)[1])
+    assert "precision=auto" in str(err.value)
+    cfg.train.precision = "auto"  # picks fp32 here and trains
+    assert train(cfg, prepare(cfg)[1]).step == 5
+
+
 def test_lr_schedule_shape():
     assert lr_factor(0, 0.0, 10, 0.1) == pytest.approx(0.1)
     assert lr_factor(9, 0.0, 10, 0.1) == pytest.approx(1.0)

@@ -1,0 +1,97 @@
+"""Generation throughput: ``charrnn sample``'s engine for 1 and for 64 batched streams, against a naive loop.
+
+* ``charrnn, 1 stream``: :func:`charrnn.sample.generate` as ``charrnn sample``
+  runs it (the prime through the fused LSTM once, then one step-wise
+  ``LSTMCell`` update per character, streamed to a sink as it comes);
+* ``charrnn, 64 streams``: the same call with ``num_samples=64``: every step
+  advances all streams in one batched update;
+* ``naive re-feed``: what a user writes first: at every step run the whole
+  prefix through the model from a zero state and sample from the last logits.
+
+All three use the default model size and temperature-1 sampling; figures are
+total generated characters per second, median of alternating rounds.
+
+    python -m bench.generation [--length 400] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from bench.common import Report, Target
+from charrnn.config import Config
+from charrnn.model import CharLSTM, ModelShape
+from charrnn.sample import SampleSettings, generate
+from charrnn.vocab import Vocab
+
+PRIME = "ROMEO:\n"
+
+
+@torch.no_grad()
+def naive_refeed(model: CharLSTM, vocab: Vocab, prime: str, length: int, generator: torch.Generator) -> str:
+    ids = torch.as_tensor(vocab.encode(prime), dtype=torch.long).unsqueeze(0)
+    for _ in range(length):
+        logits, _ = model(ids)  # the whole prefix again, from a zero state
+        nxt = torch.multinomial(logits[:, -1].softmax(-1), 1, generator=generator)
+        ids = torch.cat([ids, nxt], dim=1)
+    return vocab.decode(ids[0, len(prime) :].tolist())
+
+
+def run(*, length: int = 400, rounds: int = 3, log: Callable[[str], None] = print) -> Report:
+    cfg = Config()
+    vocab = Vocab.from_text("".join(chr(c) for c in range(32, 127)) + "\n")
+    torch.manual_seed(0)
+    model = CharLSTM(ModelShape.from_config(cfg.model, vocab.size)).eval()
+    sink = io.StringIO()
+
+    def one_stream() -> int:
+        generate(model, vocab, PRIME, SampleSettings(length=length, seed=1), on_chars=lambda chars: sink.write(chars[0]))
+        return length
+
+    def batched() -> int:
+        generate(model, vocab, PRIME, SampleSettings(length=length, num_samples=64, seed=1))
+        return 64 * length
+
+    def naive() -> int:
+        naive_refeed(model, vocab, PRIME, length, torch.Generator().manual_seed(1))
+        return length
+
+    contenders = {"charrnn, 1 stream": one_stream, "charrnn, 64 streams": batched, "naive re-feed, 1 stream": naive}
+    log(f"generation: {len(contenders)} contenders x {rounds} rounds, {length} chars per stream")
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    for fn in contenders.values():
+        fn()  # warm-up
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            chars = fn()
+            rates[name].append(chars / (time.perf_counter() - start))
+    med = {name: statistics.median(v) for name, v in rates.items()}
+    one, many, naive_rate = med["charrnn, 1 stream"], med["charrnn, 64 streams"], med["naive re-feed, 1 stream"]
+    lines = [f"model: {cfg.model.num_layers}x{cfg.model.hidden_size} (emb {cfg.model.embedding_dim}), vocab {vocab.size}, {length} chars per stream"]
+    lines += [f"{name:>24}: {rate:10,.0f} chars/s" for name, rate in med.items()]
+    lines.append(f"64 streams / 1 stream: {many / one:.1f}x;  1 stream / naive re-feed: {one / naive_rate:.1f}x")
+    targets = [
+        Target("64 batched streams vs 1 stream, total chars/s", f"{many / one:.1f}x", ">= 20x", many / one >= 20),
+        Target(f"1 stream vs naive re-feed ({length} chars)", f"{one / naive_rate:.1f}x", "-", None),
+    ]
+    cmd = "python -m bench.generation" + (f" --length {length} --rounds {rounds}" if (length, rounds) != (400, 3) else "")
+    return Report("Generation", cmd, "\n".join(lines), targets)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--length", type=int, default=400)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    print(run(length=args.length, rounds=args.rounds).body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Tokenisation speed and memory: ``charrnn prepare`` on a 100 MB corpus, and training memory against corpus size.
+
+* The corpus is the default ``shakespeare`` text repeated to ``--mb`` MB (a local
+  file, so the fetch is a copy into the cache and a checksum).
+* ``charrnn prepare`` runs as a real subprocess; the tokenise stage's own time
+  (``meta.json: seconds``: HF ``datasets`` read, vocabulary, encode, fsync) gives
+  MB/s, and ``wait4`` gives the command's peak RSS.
+* Baseline: the per-character Python a user writes first
+  (``np.array([stoi[c] for c in text])``), timed in this process on a slice.
+* Training memory: peak RSS of the same short ``charrnn train`` on the default
+  corpus and on the big one (same val split size), to show it stays flat: the
+  token files are memory-mapped.
+
+    python -m bench.tokenise [--mb 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import REPO, Report, Target, charrnn_cmd, quiet_env, run_measured
+from charrnn.corpus import fetch_corpus
+
+MB = 1_000_000
+
+
+def naive_tokenise_mb_per_s(text: str) -> float:
+    start = time.perf_counter()
+    stoi = {ch: i for i, ch in enumerate(sorted(set(text)))}
+    np.array([stoi[ch] for ch in text], dtype=np.uint8)
+    return len(text.encode("utf-8")) / MB / (time.perf_counter() - start)
+
+
+def train_peak_rss(tokens_dir: str, out_dir: Path, steps: int) -> int:
+    cmd = charrnn_cmd("train", "--out-dir", str(out_dir), "--tokens", tokens_dir, "track.mode=disabled",
+                      f"max_steps={steps}", "time_budget_s=0", "eval_interval=0", "checkpoint_interval=100000")  # fmt: skip
+    return run_measured(cmd, env=quiet_env(), cwd=REPO)[2]
+
+
+def run(*, mb: int = 100, train_steps: int = 30, log: Callable[[str], None] = print) -> Report:
+    seed_text = Path(fetch_corpus("shakespeare").path).read_bytes()
+    with tempfile.TemporaryDirectory(prefix="charrnn-bench-tok-") as tmp:
+        corpus = Path(tmp) / f"shakespeare-x{mb}MB.txt"
+        with open(corpus, "wb") as fh:
+            remaining = mb * MB
+            while remaining > 0:
+                piece = seed_text[:remaining]
+                cut = len(piece.decode("utf-8", errors="ignore").encode("utf-8"))  # never end inside a character
+                fh.write(piece[:cut])
+                remaining -= max(cut, 1)
+        size = corpus.stat().st_size
+        env = quiet_env(CHARRNN_CACHE=str(Path(tmp) / "cache"))
+        log(f"tokenise: charrnn prepare on {size / MB:.0f} MB")
+        # val/test fractions that give the big corpus about the default corpus's held-out size,
+        # so the training-memory comparison below does the same evaluation work on both.
+        held_out = round(0.05 * len(seed_text) / size, 6)
+        splits = [f"data.val_fraction={held_out}", f"data.test_fraction={held_out}"]
+        done, wall, peak = run_measured(charrnn_cmd("prepare", f"data.corpus={corpus}", *splits), env=env, cwd=REPO)
+        info = json.loads(done.stdout)
+        meta = json.loads((Path(info["tokens"]["dir"]) / "meta.json").read_text())
+        stage_s = meta["seconds"]
+        naive = naive_tokenise_mb_per_s(seed_text.decode("utf-8"))
+
+        log("tokenise: training memory on the default and the big corpus")
+        small = json.loads(run_measured(charrnn_cmd("prepare"), env=quiet_env(), cwd=REPO)[0].stdout)["tokens"]["dir"]
+        runs: dict[str, list[int]] = {"small": [], "big": []}
+        for attempt in range(2):  # alternating, and the lower of two: peak RSS varies by ~10 MiB run to run
+            runs["small"].append(train_peak_rss(small, Path(tmp) / f"train-small-{attempt}", train_steps))
+            runs["big"].append(train_peak_rss(info["tokens"]["dir"], Path(tmp) / f"train-big-{attempt}", train_steps))
+        rss_small, rss_big = min(runs["small"]), min(runs["big"])
+
+    rate = size / MB / stage_s
+    lines = [
+        f"corpus: {size / MB:.0f} MB (shakespeare repeated), {sum(meta['num_tokens'].values()):,} tokens, vocab {meta['vocab_size']}, {meta['dtype']}",
+        f"charrnn prepare, tokenise stage (datasets read + vocab + encode + fsync): {stage_s:.2f} s = {rate:.1f} MB/s",
+        f"charrnn prepare, whole command (interpreter start, fetch + sha256, tokenise): {wall:.2f} s = {size / MB / wall:.1f} MB/s",
+        f"peak RSS of charrnn prepare: {peak / 2**20:,.0f} MiB",
+        f"naive per-character Python (on the {len(seed_text) / MB:.1f} MB default corpus): {naive:.1f} MB/s -> charrnn x{rate / naive:.1f}",
+        f"training peak RSS ({train_steps} steps, same model, lower of 2 runs): default corpus {rss_small / 2**20:,.0f} MiB, "
+        f"{size / MB:.0f} MB corpus {rss_big / 2**20:,.0f} MiB (x{rss_big / rss_small:.2f})",
+    ]
+    targets = [
+        Target(f"tokenise {size / MB:.0f} MB after the fetch", f"{rate:.1f} MB/s", ">= 50 MB/s", rate >= 50),
+        Target("peak memory of charrnn prepare", f"{peak / 2**30:.2f} GiB", "< 1.5 GB", peak < 1.5e9),
+        Target(f"training memory, {size / MB:.0f} MB vs default corpus", f"x{rss_big / rss_small:.2f}", "flat", rss_big / rss_small < 1.1),
+    ]
+    cmd = "python -m bench.tokenise" + (f" --mb {mb}" if mb != 100 else "")
+    return Report(f"Tokenisation: {mb} MB corpus", cmd, "\n".join(lines), targets)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mb", type=int, default=100)
+    parser.add_argument("--train-steps", type=int, default=30)
+    args = parser.parse_args()
+    print(run(mb=args.mb, train_steps=args.train_steps).body)
+
+
+if __name__ == "__main__":
+    main()
