@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
-
-from torch.distributed.elastic.multiprocessing.errors import record
 
 from .config import Config, dump_config, load_config
 from .errors import CharRNNError
@@ -289,10 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@record  # under torchrun: a failing worker's traceback is written where the agent reports it
 def main(argv: list[str] | None = None) -> int:
-    import os
+    if "TORCHELASTIC_ERROR_FILE" in os.environ:  # a torchrun worker: the agent reports a failure's traceback
+        from torch.distributed.elastic.multiprocessing.errors import record
 
+        return record(_main)(argv)
+    return _main(argv)  # torch is imported only by the commands that need it: `prepare` and `--help` start fast
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(int(os.environ.get("RANK", 0)))
     try:

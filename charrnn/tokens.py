@@ -31,7 +31,14 @@ import numpy as np
 from .corpus import CorpusRef, cache_root
 from .errors import CorpusError
 from .fsutil import atomic_write_json, file_lock, fsync_dir, sha256_bytes
-from .vocab import MAX_CODEPOINT, Vocab, token_dtype_for, utf8_codepoints
+from .vocab import (
+    MAX_CODEPOINT,
+    Vocab,
+    is_char_start,
+    multibyte_chars,
+    token_dtype_for,
+    utf8_codepoints,
+)
 
 TOKENS_FORMAT = 1
 SPLITS = ("train", "val", "test")
@@ -103,15 +110,14 @@ BLOCK_BYTES = 16 << 20  # work in ~16 MB blocks: big enough for vectorised speed
 DOCUMENT_MODE_MAX_BYTES = 512 << 20  # up to this size the corpus is one Arrow row (fast); above, one row per line
 
 
-class CodepointBlocks:
-    """The corpus as code points, in blocks of about ``BLOCK_BYTES``, re-iterable.
+class Utf8Blocks:
+    """The corpus as blocks of about ``BLOCK_BYTES`` of UTF-8, re-iterable, with their character counts.
 
     The corpus is read through HF ``datasets`` once (the ``text`` builder, newlines
     kept). Its Arrow string buffers, memory-mapped from the builder's cache, are
-    already the concatenated UTF-8 text, so ASCII blocks are zero-copy views and
-    other blocks are decoded on the fly (vectorised), cut only at character boundaries.
-    Iterating twice (count the vocabulary, then encode) never holds more than
-    one block's worth of decoded text.
+    already the concatenated UTF-8 text, so blocks are zero-copy views (only rows
+    shorter than a block are joined), cut only at character boundaries. Nothing
+    ever holds more than a block's worth of decoded text.
     """
 
     def __init__(self, corpus_path: str, scratch: str):
@@ -129,9 +135,10 @@ class CodepointBlocks:
             split="train",
             cache_dir=scratch,  # private cache: no races with other processes' datasets cache
         )
-        self.num_codepoints = sum(_num_codepoints(raw) for raw in self._utf8_blocks())
+        self.chars_per_block = [int(np.count_nonzero(is_char_start(raw))) for raw in self]
+        self.num_chars = sum(self.chars_per_block)
 
-    def _utf8_blocks(self):
+    def __iter__(self):
         """Raw UTF-8 blocks of at most ~BLOCK_BYTES, each starting and ending on a character boundary."""
         pending, pending_bytes = [], 0
         for arr in self._dataset.data.column("text").chunks:
@@ -151,31 +158,28 @@ class CodepointBlocks:
         if pending:
             yield pending[0] if len(pending) == 1 else np.concatenate(pending)
 
-    def __iter__(self):
-        for raw in self._utf8_blocks():
-            yield utf8_codepoints(raw)
 
+def count_chars(blocks: Utf8Blocks, num_chars: int) -> np.ndarray:
+    """Histogram by code point of the first ``num_chars`` characters.
 
-def _num_codepoints(utf8: np.ndarray) -> int:
-    return int(np.count_nonzero(utf8 & 0xC0 != 0x80))  # every byte but continuation bytes starts a character
-
-
-def _count_codepoints(counts: np.ndarray, block: np.ndarray) -> None:
-    """Add ``block``'s code-point histogram to ``counts`` (sized by the block's largest code point)."""
-    hist = np.bincount(block)
-    counts[: hist.size] += hist
-
-
-def _concat_range(blocks, start: int, stop: int):
-    """Yield the parts of the concatenated blocks that fall in ``[start, stop)``."""
+    Whole blocks are counted from their bytes (ASCII) plus their few multi-byte
+    characters, without decoding; only the block the boundary cuts is decoded.
+    """
+    counts = np.zeros(MAX_CODEPOINT, dtype=np.int64)
     pos = 0
-    for block in blocks:
-        lo, hi = max(start - pos, 0), min(stop - pos, block.size)
-        if lo < hi:
-            yield block[lo:hi]
-        pos += block.size
-        if pos >= stop:
-            return
+    for raw, size in zip(blocks, blocks.chars_per_block, strict=True):
+        if pos >= num_chars:
+            break
+        if pos + size <= num_chars:
+            counts[:0x80] += np.bincount(raw, minlength=256)[:0x80]
+            values = multibyte_chars(raw)[1]
+        else:
+            values = utf8_codepoints(raw)[: num_chars - pos]
+        if values.size:
+            hist = np.bincount(values)
+            counts[: hist.size] += hist
+        pos += size
+    return counts
 
 
 def prepare_tokens(
@@ -209,14 +213,10 @@ def prepare_tokens(
 
 def _build(corpus: CorpusRef, out: Path, val_fraction: float, test_fraction: float, token_dtype: str, key: str, started: float) -> None:
     with tempfile.TemporaryDirectory(prefix="charrnn-datasets-") as scratch:
-        blocks = CodepointBlocks(corpus.path, scratch)
-        sizes = split_sizes(blocks.num_codepoints, val_fraction, test_fraction, corpus.uri)
-
+        blocks = Utf8Blocks(corpus.path, scratch)
+        sizes = split_sizes(blocks.num_chars, val_fraction, test_fraction, corpus.uri)
         # Vocabulary from the training split only: val/test characters it lacks become <unk>.
-        counts = np.zeros(MAX_CODEPOINT, dtype=np.int64)
-        for part in _concat_range(blocks, 0, sizes["train"]):
-            _count_codepoints(counts, part)
-        vocab = Vocab.from_counts(counts)
+        vocab = Vocab.from_counts(count_chars(blocks, sizes["train"]))
         dtype = token_dtype_for(vocab.size, token_dtype, source=f"{corpus.uri} (data.token_dtype)")
 
         meta = {
@@ -238,7 +238,7 @@ def _build(corpus: CorpusRef, out: Path, val_fraction: float, test_fraction: flo
             unk = dict.fromkeys(SPLITS, 0)
             pos = 0
             for block in blocks:
-                ids = vocab.encode_codepoints(block, dtype=dtype)
+                ids = vocab.encode_utf8(block, dtype=dtype)
                 for split, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:], strict=True):
                     part = ids[max(lo - pos, 0) : max(min(hi - pos, ids.size), 0)]
                     if part.size:

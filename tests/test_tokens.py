@@ -36,6 +36,9 @@ def test_vectorised_utf8_decoding_matches_python():
     assert utf8_codepoints(raw).tolist() == [ord(c) for c in text]
     ascii_raw = np.frombuffer(b"just ascii\n", dtype=np.uint8)
     assert utf8_codepoints(ascii_raw) is ascii_raw  # zero copy
+    vocab = Vocab.from_text("plain ascii\nÇa — 日本 🎭")  # some of the text's characters are unseen: <unk>
+    assert vocab.encode_utf8(raw, dtype=np.uint16).tolist() == vocab.encode(text).tolist()
+    assert UNK_ID in vocab.encode_utf8(raw)
 
 
 def test_unseen_characters_map_to_unk_or_raise():
