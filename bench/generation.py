@@ -21,11 +21,13 @@ import io
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from bench.common import Report, Target
 from charrnn.config import Config
+from charrnn.corpus import fetch_corpus
 from charrnn.model import CharLSTM, ModelShape
 from charrnn.sample import SampleSettings, generate
 from charrnn.vocab import Vocab
@@ -45,7 +47,7 @@ def naive_refeed(model: CharLSTM, vocab: Vocab, prime: str, length: int, generat
 
 def run(*, length: int = 400, rounds: int = 3, log: Callable[[str], None] = print) -> Report:
     cfg = Config()
-    vocab = Vocab.from_text("".join(chr(c) for c in range(32, 127)) + "\n")
+    vocab = Vocab.from_text(Path(fetch_corpus("shakespeare").path).read_text(encoding="utf-8"))  # the default corpus's characters
     torch.manual_seed(0)
     model = CharLSTM(ModelShape.from_config(cfg.model, vocab.size)).eval()
     sink = io.StringIO()

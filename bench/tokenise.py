@@ -56,16 +56,20 @@ def run(*, mb: int = 100, train_steps: int = 30, log: Callable[[str], None] = pr
                 fh.write(piece[:cut])
                 remaining -= max(cut, 1)
         size = corpus.stat().st_size
-        env = quiet_env(CHARRNN_CACHE=str(Path(tmp) / "cache"))
-        log(f"tokenise: charrnn prepare on {size / MB:.0f} MB")
+        log(f"tokenise: charrnn prepare on {size / MB:.0f} MB, twice (fresh caches), the faster counts")
         # val/test fractions that give the big corpus about the default corpus's held-out size,
         # so the training-memory comparison below does the same evaluation work on both.
         held_out = round(0.05 * len(seed_text) / size, 6)
         splits = [f"data.val_fraction={held_out}", f"data.test_fraction={held_out}"]
-        done, wall, peak = run_measured(charrnn_cmd("prepare", f"data.corpus={corpus}", *splits), env=env, cwd=REPO)
-        info = json.loads(done.stdout)
-        meta = json.loads((Path(info["tokens"]["dir"]) / "meta.json").read_text())
-        stage_s = meta["seconds"]
+        attempts = []
+        for attempt in range(2):
+            env = quiet_env(CHARRNN_CACHE=str(Path(tmp) / f"cache-{attempt}"))
+            done, wall, peak = run_measured(charrnn_cmd("prepare", f"data.corpus={corpus}", *splits), env=env, cwd=REPO)
+            info = json.loads(done.stdout)
+            meta = json.loads((Path(info["tokens"]["dir"]) / "meta.json").read_text())
+            attempts.append((meta["seconds"], wall, peak, info, meta))
+        stage_s, wall, _, info, meta = min(attempts, key=lambda a: a[0])
+        peak = max(a[2] for a in attempts)  # memory: the worse of the two
         naive = naive_tokenise_mb_per_s(seed_text.decode("utf-8"))
 
         log("tokenise: training memory on the default and the big corpus")
@@ -79,9 +83,10 @@ def run(*, mb: int = 100, train_steps: int = 30, log: Callable[[str], None] = pr
     rate = size / MB / stage_s
     lines = [
         f"corpus: {size / MB:.0f} MB (shakespeare repeated), {sum(meta['num_tokens'].values()):,} tokens, vocab {meta['vocab_size']}, {meta['dtype']}",
-        f"charrnn prepare, tokenise stage (datasets read + vocab + encode + fsync): {stage_s:.2f} s = {rate:.1f} MB/s",
+        f"charrnn prepare, tokenise stage (datasets import + read, vocab, encode, fsync; faster of 2): {stage_s:.2f} s = {rate:.1f} MB/s "
+        f"(both: {', '.join(f'{a[0]:.2f} s' for a in attempts)})",
         f"charrnn prepare, whole command (interpreter start, fetch + sha256, tokenise): {wall:.2f} s = {size / MB / wall:.1f} MB/s",
-        f"peak RSS of charrnn prepare: {peak / 2**20:,.0f} MiB",
+        f"peak RSS of charrnn prepare (larger of 2): {peak / 2**20:,.0f} MiB",
         f"naive per-character Python (on the {len(seed_text) / MB:.1f} MB default corpus): {naive:.1f} MB/s -> charrnn x{rate / naive:.1f}",
         f"training peak RSS ({train_steps} steps, same model, lower of 2 runs): default corpus {rss_small / 2**20:,.0f} MiB, "
         f"{size / MB:.0f} MB corpus {rss_big / 2**20:,.0f} MiB (x{rss_big / rss_small:.2f})",

@@ -1,9 +1,10 @@
 """Exact evaluation: mean next-character loss over a whole split.
 
 The split is cut into a fixed number of streams (independent of the number of
-processes); each rank takes a contiguous share, runs them window by window
-(read from the memmap as needed) carrying the LSTM state, and the (loss sum, character count) pair is summed
-over ranks in float64. The result is the same for any world size.
+processes); each rank takes a contiguous share and runs it window by window
+(each window read from the memmap when needed), carrying the LSTM state; the
+(loss sum, character count) pair is summed over ranks in float64. The result
+is the same for any world size.
 """
 
 from __future__ import annotations
