@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -84,24 +85,52 @@ def measured_peak_flops(seconds: float = 2.0, size: int = 1024) -> float:
     return best
 
 
-def run_measured(cmd: list[str], *, env: dict | None = None, cwd: str | Path | None = None) -> tuple[subprocess.CompletedProcess, float, int]:
-    """Run ``cmd``; return (completed process, wall seconds, peak RSS in bytes of it and the children it waited for).
+# Runs a command as the child of a small Python process and reports that child's peak memory:
+# ru_maxrss (all resident pages, including mapped page-cache pages of memory-mapped files) and,
+# sampled from /proc every 10 ms, the peak of RssAnon (memory the process itself owns).
+# Why not wait4 on the command directly: on Linux a process's ru_maxrss starts at the RSS
+# its parent had when it forked (exec records the old mm's high-water mark), so a child of
+# this big benchmark process would never report less than the benchmark's own size.
+_PEAK_RSS_WRAPPER = """
+import json, os, sys, time
+peak_file = os.environ.pop("CHARRNN_BENCH_PEAK_FILE")
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+anon = 0
+while True:
+    done, status, usage = os.wait4(pid, os.WNOHANG)
+    if done:
+        break
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            anon = max(anon, next(int(line.split()[1]) for line in fh if line.startswith("RssAnon:")))
+    except (OSError, StopIteration):
+        pass
+    time.sleep(0.01)
+with open(peak_file, "w") as fh:
+    json.dump({"rss": usage.ru_maxrss * 1024, "anon": anon * 1024}, fh)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
 
-    ``os.wait4`` gives this child's own peak; ``getrusage(RUSAGE_CHILDREN)`` would be
-    the maximum over every child so far.
-    """
-    start = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env, cwd=cwd)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+
+@dataclass(frozen=True)
+class Peak:
+    rss: int  # bytes: every resident page at the peak, mapped page-cache pages included
+    anon: int  # bytes: the peak of anonymous memory (heap, tensors), sampled every 10 ms
+
+
+def run_measured(cmd: list[str], *, env: dict | None = None, cwd: str | Path | None = None) -> tuple[subprocess.CompletedProcess, float, Peak]:
+    """Run ``cmd``; return (completed process, wall seconds, its peak memory)."""
+    with tempfile.TemporaryDirectory(prefix="charrnn-bench-rss-") as tmp:
+        peak_file = Path(tmp) / "peak"
+        start = time.perf_counter()
+        wrapper_env = (os.environ if env is None else env) | {"CHARRNN_BENCH_PEAK_FILE": str(peak_file)}
+        done = subprocess.run([sys.executable, "-c", _PEAK_RSS_WRAPPER, *cmd], env=wrapper_env, cwd=cwd, capture_output=True, text=True)
         wall = time.perf_counter() - start
-        out.seek(0)
-        err.seek(0)
-        done = subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return done, wall, usage.ru_maxrss * 1024
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        return subprocess.CompletedProcess(cmd, 0, done.stdout, done.stderr), wall, Peak(**json.loads(peak_file.read_text()))
 
 
 def charrnn_cmd(*args: str) -> list[str]:

@@ -1,0 +1,37 @@
+"""The benchmark suite runs end to end and records itself in a results file (figures are not checked: no timings in tests)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run_env
+
+REPO = Path(__file__).resolve().parent.parent
+SECTIONS = ("Training throughput", "Quality per second", "Tokenisation", "Generation", "bf16 accuracy guard")
+
+
+def _bench(*args: str, cache: Path) -> None:
+    # Two threads as `python -m bench` would have; the suite's own subprocesses stay W&B-free.
+    env = run_env(OMP_NUM_THREADS="2", CHARRNN_CACHE=str(cache))
+    subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=500)
+
+
+@pytest.mark.slow
+def test_quick_suite_writes_every_section_and_keeps_the_rest_of_the_file(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Results\n\nhand-written history\n", encoding="utf-8")
+    _bench("--quick", "--out", str(out), cache=tmp_path / "cache")
+    text = out.read_text(encoding="utf-8")
+    assert "hand-written history" in text
+    for title in SECTIONS:
+        assert f"### {title}" in text
+    assert "| benchmark | target | figure | required | met |" in text
+    assert (tmp_path / "quality_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    _bench("--quick", "--only", "generation", "--out", str(out), cache=tmp_path / "cache")  # replaces the suite's section
+    text = out.read_text(encoding="utf-8")
+    assert text.count("<!-- suite:begin") == 1 and "### Generation" in text and "### Training throughput" not in text
+    assert "hand-written history" in text
