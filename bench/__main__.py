@@ -32,8 +32,9 @@ def benchmarks(quick: bool, png: Path) -> dict:
     if quick:
         return {
             "throughput": lambda: throughput.run(rounds=1, round_s=0.2, log=log),
-            "quality": lambda: quality.run(budget_s=3, every=10, points=2, png=png, log=log),
-            "tokenise": lambda: tokenise.run(mb=3, train_steps=3, log=log),
+            # Many eval streams: scoring the 226k-character val split in few sequential windows.
+            "quality": lambda: quality.run(budget_s=2, every=10, points=1, eval_streams=1024, png=png, log=log),
+            "tokenise": lambda: tokenise.run(mb=2, train_steps=2, attempts=1, eval_streams=1024, log=log),
             "generation": lambda: generation.run(length=10, rounds=1, log=log),
             "bf16": lambda: bf16_guard.run(steps=3, log=log),
         }

@@ -37,8 +37,8 @@ TARGET_2, TARGET_7 = 1.60, 1.55
 
 
 def charrnn_curve(tokens_dir: str, budget_s: float, every: int, out_dir: Path, eval_streams: int) -> tuple[dict, list[tuple[float, float]]]:
-    cmd = charrnn_cmd("train", "--out-dir", str(out_dir), "--tokens", tokens_dir, "track.mode=disabled",
-                      f"time_budget_s={budget_s:g}", f"checkpoint_interval={every}", "keep_last=1000")  # fmt: skip
+    cmd = charrnn_cmd("train", "--out-dir", str(out_dir), "--tokens", tokens_dir, "track.mode=disabled", f"time_budget_s={budget_s:g}",
+                      f"checkpoint_interval={every}", "keep_last=1000", f"eval_batch_size={eval_streams}")  # fmt: skip
     done, _, _ = run_measured(cmd, env=quiet_env(), cwd=REPO)
     result = json.loads(done.stdout)
     val = load_split(open_token_set(tokens_dir), "val")
@@ -96,11 +96,13 @@ def plot(curves: dict[str, list[tuple[float, float]]], path: Path, budget_s: flo
     plt.close(fig)
 
 
-def run(*, budget_s: float = 120.0, every: int = 150, points: int = 10, png: Path = REPO / "bench" / "quality_curve.png", log: Callable[[str], None] = print) -> Report:
+def run(*, budget_s: float = 120.0, every: int = 150, points: int = 10, eval_streams: int | None = None,
+        png: Path = REPO / "bench" / "quality_curve.png", log: Callable[[str], None] = print) -> Report:  # fmt: skip
+    """``eval_streams``: parallel streams for scoring (default: charrnn's ``eval_batch_size``; more is faster, for smoke runs)."""
     cfg = Config()
     prepared, _, _ = run_measured(charrnn_cmd("prepare"), env=quiet_env(), cwd=REPO)
     tokens_dir = json.loads(prepared.stdout)["tokens"]["dir"]
-    streams = cfg.train.eval_batch_size
+    streams = eval_streams or cfg.train.eval_batch_size
     with tempfile.TemporaryDirectory(prefix="charrnn-bench-quality-") as tmp:
         log(f"quality: charrnn train, {budget_s:g} s")
         result, ours = charrnn_curve(tokens_dir, budget_s, every, Path(tmp) / "charrnn", streams)

@@ -41,13 +41,14 @@ def naive_tokenise_mb_per_s(text: str) -> float:
     return len(text.encode("utf-8")) / MB / (time.perf_counter() - start)
 
 
-def train_peak(tokens_dir: str, out_dir: Path, steps: int) -> Peak:
+def train_peak(tokens_dir: str, out_dir: Path, steps: int, eval_streams: int) -> Peak:
     cmd = charrnn_cmd("train", "--out-dir", str(out_dir), "--tokens", tokens_dir, "track.mode=disabled",
-                      f"max_steps={steps}", "time_budget_s=0", "eval_interval=0", "checkpoint_interval=100000")  # fmt: skip
+                      f"max_steps={steps}", "time_budget_s=0", "eval_interval=0", "checkpoint_interval=100000", f"eval_batch_size={eval_streams}")  # fmt: skip
     return run_measured(cmd, env=quiet_env(), cwd=REPO)[2]
 
 
-def run(*, mb: int = 100, train_steps: int = 30, log: Callable[[str], None] = print) -> Report:
+def run(*, mb: int = 100, train_steps: int = 30, attempts: int = 2, eval_streams: int = 32, log: Callable[[str], None] = print) -> Report:
+    """``attempts``: runs of each measurement (the best counts); ``eval_streams``: the training runs' eval_batch_size."""
     seed_text = Path(fetch_corpus("shakespeare").path).read_bytes()
     with tempfile.TemporaryDirectory(prefix="charrnn-bench-tok-") as tmp:
         corpus = Path(tmp) / f"shakespeare-x{mb}MB.txt"
@@ -65,24 +66,24 @@ def run(*, mb: int = 100, train_steps: int = 30, log: Callable[[str], None] = pr
         # so the training-memory comparison below does the same evaluation work on both.
         held_out = round(0.05 * len(seed_text) / size, 6)
         splits = [f"data.val_fraction={held_out}", f"data.test_fraction={held_out}"]
-        attempts = []
-        for attempt in range(2):
+        prepares = []
+        for attempt in range(attempts):
             env = quiet_env(CHARRNN_CACHE=str(Path(tmp) / f"cache-{attempt}"))
             done, wall, peak = run_measured(charrnn_cmd("prepare", f"data.corpus={corpus}", *splits), env=env, cwd=REPO)
             info = json.loads(done.stdout)
             meta = json.loads((Path(info["tokens"]["dir"]) / "meta.json").read_text())
-            attempts.append((meta["seconds"], wall, peak.rss, info, meta))
+            prepares.append((meta["seconds"], wall, peak.rss, info, meta))
             os.sync()
-        stage_s, wall, _, info, meta = min(attempts, key=lambda a: a[0])
-        peak = max(a[2] for a in attempts)  # memory: the worse of the two
+        stage_s, wall, _, info, meta = min(prepares, key=lambda a: a[0])
+        peak = max(a[2] for a in prepares)  # memory: the worse of the two
         naive = naive_tokenise_mb_per_s(seed_text.decode("utf-8"))
 
         log("tokenise: training memory on the default and the big corpus")
         small = json.loads(run_measured(charrnn_cmd("prepare"), env=quiet_env(), cwd=REPO)[0].stdout)["tokens"]["dir"]
         runs: dict[str, list[Peak]] = {"small": [], "big": []}
-        for attempt in range(2):  # alternating, and the lower of two: peaks vary by ~10 MiB run to run
-            runs["small"].append(train_peak(small, Path(tmp) / f"train-small-{attempt}", train_steps))
-            runs["big"].append(train_peak(info["tokens"]["dir"], Path(tmp) / f"train-big-{attempt}", train_steps))
+        for attempt in range(attempts):  # alternating, and the lower of two: peaks vary by ~10 MiB run to run
+            runs["small"].append(train_peak(small, Path(tmp) / f"train-small-{attempt}", train_steps, eval_streams))
+            runs["big"].append(train_peak(info["tokens"]["dir"], Path(tmp) / f"train-big-{attempt}", train_steps, eval_streams))
         anon_small, anon_big = (min(p.anon for p in runs[k]) for k in ("small", "big"))
         rss_small, rss_big = (min(p.rss for p in runs[k]) for k in ("small", "big"))
 
@@ -90,7 +91,7 @@ def run(*, mb: int = 100, train_steps: int = 30, log: Callable[[str], None] = pr
     lines = [
         f"corpus: {size / MB:.0f} MB (shakespeare repeated), {sum(meta['num_tokens'].values()):,} tokens, vocab {meta['vocab_size']}, {meta['dtype']}",
         f"charrnn prepare, tokenise stage (datasets import + read, vocab, encode, fsync; faster of 2): {stage_s:.2f} s = {rate:.1f} MB/s "
-        f"(both: {', '.join(f'{a[0]:.2f} s' for a in attempts)})",
+        f"(all: {', '.join(f'{a[0]:.2f} s' for a in prepares)})",
         f"charrnn prepare, whole command (interpreter start, fetch + sha256, tokenise): {wall:.2f} s = {size / MB / wall:.1f} MB/s",
         f"peak RSS of charrnn prepare (larger of 2): {peak / 2**20:,.0f} MiB",
         f"naive per-character Python (on the {len(seed_text) / MB:.1f} MB default corpus): {naive:.1f} MB/s -> charrnn x{rate / naive:.1f}",
