@@ -33,7 +33,6 @@ class Report:
     body: str  # preformatted figures
     targets: list[Target] = field(default_factory=list)
     notes: str = ""  # markdown after the figures
-    files: list[str] = field(default_factory=list)
 
     def markdown(self) -> str:
         parts = [f"### {self.title}", "", f"Command: `{self.command}`", "", "```", self.body.rstrip(), "```", ""]

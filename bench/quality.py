@@ -128,7 +128,7 @@ def run(*, budget_s: float = 120.0, every: int = 150, points: int = 10, eval_str
     ]
     cmd = "python -m bench.quality" + (f" --budget-s {budget_s:g}" if budget_s != 120 else "")
     return Report(f"Quality per second: {budget_s:g} s on shakespeare", cmd, "\n".join(lines), targets,
-                  notes=f"![val loss against training time]({png.name})", files=[str(png)])  # fmt: skip
+                  notes=f"![val loss against training time]({png.name})")  # fmt: skip
 
 
 def main() -> None:
