@@ -1,4 +1,4 @@
-"""The training loop: truncated BPTT over carried streams, AdamW, warm-up + cosine.
+"""The training loop: truncated BPTT over carried streams, AdamW, warm-up then linear (or cosine) decay.
 
 One function, :func:`train`, serves a single process and every rank under
 ``torchrun``. Rank 0 alone writes checkpoints, metrics and logs; all ranks run
@@ -82,11 +82,21 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if supported else None
 
 
-def lr_factor(step: int, progress: float, warmup_steps: int, min_ratio: float) -> float:
-    """Linear warm-up over steps, then cosine decay over ``progress`` in [0, 1]."""
+LR_SCHEDULES = ("linear", "cosine")
+
+
+def check_schedule(schedule: str) -> None:
+    if schedule not in LR_SCHEDULES:
+        raise ConfigError(f"unknown learning-rate schedule {schedule!r}", where="train.lr_schedule", fix=f"use one of: {', '.join(LR_SCHEDULES)}")
+
+
+def lr_factor(step: int, progress: float, warmup_steps: int, min_ratio: float, schedule: str = "linear") -> float:
+    """Linear warm-up over steps, then a linear or cosine decay to ``min_ratio`` over ``progress`` in [0, 1]."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    progress = min(progress, 1.0)
+    shape = 1 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return min_ratio + (1 - min_ratio) * shape
 
 
 def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
@@ -130,6 +140,7 @@ def total_steps(cfg: Config, windows_per_epoch: int) -> int | None:
         bounds.append(t.max_steps)
     if t.epochs > 0:
         bounds.append(math.ceil(t.epochs * windows_per_epoch))
+    check_schedule(t.lr_schedule)
     if not bounds and t.time_budget_s <= 0:
         raise ConfigError(
             "no stopping rule: max_steps, epochs and time_budget_s are all 0",
@@ -336,7 +347,7 @@ def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tr
         return {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "scheduler": {"kind": "warmup_cosine", "step": current_step, "train_seconds": train_seconds},
+            "scheduler": {"kind": f"warmup_{t.lr_schedule}", "step": current_step, "train_seconds": train_seconds},
             "scaler": None,  # bf16 autocast needs no loss scaling
             "rng": _gather_rng(env),
             "step": current_step,
@@ -414,7 +425,7 @@ def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tr
             batch = batcher.batch(step, pin_memory=device.type == "cuda")
             if batch.window == 0:  # each stream starts a new segment: its carried state no longer applies
                 state = model.initial_state(batcher.local_batch_size, device)
-            lr = t.lr * lr_factor(step, progress(step), t.warmup_steps, t.min_lr_ratio)
+            lr = t.lr * lr_factor(step, progress(step), t.warmup_steps, t.min_lr_ratio, t.lr_schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x = batch.inputs.to(device, non_blocking=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -122,11 +123,23 @@ def test_bf16_on_a_cpu_without_bf16_kernels_is_refused_clearly(small_corpus, tmp
     assert train(cfg, prepare(cfg)[1]).step == 5
 
 
-def test_lr_schedule_shape():
-    assert lr_factor(0, 0.0, 10, 0.1) == pytest.approx(0.1)
-    assert lr_factor(9, 0.0, 10, 0.1) == pytest.approx(1.0)
-    assert lr_factor(50, 0.5, 10, 0.1) == pytest.approx(0.55)
-    assert lr_factor(99, 1.0, 10, 0.1) == pytest.approx(0.1)
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_lr_schedule_shape(schedule):
+    assert lr_factor(0, 0.0, 10, 0.1, schedule) == pytest.approx(0.1)
+    assert lr_factor(9, 0.0, 10, 0.1, schedule) == pytest.approx(1.0)
+    assert lr_factor(50, 0.5, 10, 0.1, schedule) == pytest.approx(0.55)  # both pass the midpoint halfway
+    assert lr_factor(99, 1.0, 10, 0.1, schedule) == pytest.approx(0.1)
+    assert lr_factor(120, 1.3, 10, 0.1, schedule) == pytest.approx(0.1)  # past the horizon: held at the floor
+    quarter = {"linear": 0.1 + 0.9 * 0.75, "cosine": 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4))}
+    assert lr_factor(30, 0.25, 10, 0.1, schedule) == pytest.approx(quarter[schedule])
+
+
+def test_unknown_lr_schedule_is_refused(small_corpus, tmp_path):
+    cfg = tiny_config(small_corpus, tmp_path / "run", max_steps=5, lr_schedule="step")
+    with pytest.raises(ConfigError, match="unknown learning-rate schedule 'step'") as err:
+        train(cfg, prepare(cfg)[1])
+    assert "linear, cosine" in str(err.value)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 @pytest.mark.slow
