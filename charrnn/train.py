@@ -86,6 +86,7 @@ LR_SCHEDULES = ("linear", "cosine")
 
 
 def check_schedule(schedule: str) -> None:
+    """Refuse an unknown schedule before the run writes anything."""
     if schedule not in LR_SCHEDULES:
         raise ConfigError(f"unknown learning-rate schedule {schedule!r}", where="train.lr_schedule", fix=f"use one of: {', '.join(LR_SCHEDULES)}")
 
@@ -140,7 +141,6 @@ def total_steps(cfg: Config, windows_per_epoch: int) -> int | None:
         bounds.append(t.max_steps)
     if t.epochs > 0:
         bounds.append(math.ceil(t.epochs * windows_per_epoch))
-    check_schedule(t.lr_schedule)
     if not bounds and t.time_budget_s <= 0:
         raise ConfigError(
             "no stopping rule: max_steps, epochs and time_budget_s are all 0",
@@ -256,6 +256,7 @@ def _train(cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tr
     )
     val_tokens = load_split(tokens, "val")
     horizon = total_steps(cfg, batcher.windows_per_epoch)
+    check_schedule(t.lr_schedule)
 
     _seed_everything(t.seed + env.rank)
     shape = ModelShape.from_config(cfg.model, vocab.size)
