@@ -61,7 +61,7 @@ def run(*, mb: int = 100, train_steps: int = 30, attempts: int = 2, eval_streams
                 remaining -= max(cut, 1)
         size = corpus.stat().st_size
         os.sync()  # flush the generated file now, so its write-back does not land in the timed tokenise stage
-        log(f"tokenise: charrnn prepare on {size / MB:.0f} MB, twice (fresh caches), the faster counts")
+        log(f"tokenise: charrnn prepare on {size / MB:.0f} MB, {attempts}x (fresh caches), the fastest counts")
         # val/test fractions that give the big corpus about the default corpus's held-out size,
         # so the training-memory comparison below does the same evaluation work on both.
         held_out = round(0.05 * len(seed_text) / size, 6)
@@ -75,13 +75,13 @@ def run(*, mb: int = 100, train_steps: int = 30, attempts: int = 2, eval_streams
             prepares.append((meta["seconds"], wall, peak.rss, info, meta))
             os.sync()
         stage_s, wall, _, info, meta = min(prepares, key=lambda a: a[0])
-        peak = max(a[2] for a in prepares)  # memory: the worse of the two
+        peak = max(a[2] for a in prepares)  # memory: the worst run
         naive = naive_tokenise_mb_per_s(seed_text.decode("utf-8"))
 
         log("tokenise: training memory on the default and the big corpus")
         small = json.loads(run_measured(charrnn_cmd("prepare"), env=quiet_env(), cwd=REPO)[0].stdout)["tokens"]["dir"]
         runs: dict[str, list[Peak]] = {"small": [], "big": []}
-        for attempt in range(attempts):  # alternating, and the lower of two: peaks vary by ~10 MiB run to run
+        for attempt in range(attempts):  # alternating, and the lowest counts: peaks vary by ~10 MiB run to run
             runs["small"].append(train_peak(small, Path(tmp) / f"train-small-{attempt}", train_steps, eval_streams))
             runs["big"].append(train_peak(info["tokens"]["dir"], Path(tmp) / f"train-big-{attempt}", train_steps, eval_streams))
         anon_small, anon_big = (min(p.anon for p in runs[k]) for k in ("small", "big"))
@@ -90,12 +90,12 @@ def run(*, mb: int = 100, train_steps: int = 30, attempts: int = 2, eval_streams
     rate = size / MB / stage_s
     lines = [
         f"corpus: {size / MB:.0f} MB (shakespeare repeated), {sum(meta['num_tokens'].values()):,} tokens, vocab {meta['vocab_size']}, {meta['dtype']}",
-        f"charrnn prepare, tokenise stage (datasets import + read, vocab, encode, fsync; faster of 2): {stage_s:.2f} s = {rate:.1f} MB/s "
+        f"charrnn prepare, tokenise stage (datasets import + read, vocab, encode, fsync; fastest of {attempts}): {stage_s:.2f} s = {rate:.1f} MB/s "
         f"(all: {', '.join(f'{a[0]:.2f} s' for a in prepares)})",
         f"charrnn prepare, whole command (interpreter start, fetch + sha256, tokenise): {wall:.2f} s = {size / MB / wall:.1f} MB/s",
-        f"peak RSS of charrnn prepare (larger of 2): {peak / 2**20:,.0f} MiB",
+        f"peak RSS of charrnn prepare (largest of {attempts}): {peak / 2**20:,.0f} MiB",
         f"naive per-character Python (on the {len(seed_text) / MB:.1f} MB default corpus): {naive:.1f} MB/s -> charrnn x{rate / naive:.1f}",
-        f"training peak memory ({train_steps} steps, same model, lower of 2 runs), default corpus -> {size / MB:.0f} MB corpus:",
+        f"training peak memory ({train_steps} steps, same model, lowest of {attempts} runs), default corpus -> {size / MB:.0f} MB corpus:",
         f"  own (anonymous) memory: {anon_small / 2**20:,.0f} -> {anon_big / 2**20:,.0f} MiB (x{anon_big / anon_small:.2f})",
         f"  resident incl. mapped page cache of the token files: {rss_small / 2**20:,.0f} -> {rss_big / 2**20:,.0f} MiB (x{rss_big / rss_small:.2f})",
     ]
