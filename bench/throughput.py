@@ -3,7 +3,7 @@
 Contenders run in alternating rounds of ``--round-s`` seconds each, so machine
 drift hits all of them equally; each figure is the median chars/s over rounds.
 
-* ``charrnn``: the default training step (``charrnn.train.train_step``: carried
+* ``charrnn``: the default training step (``charrnn.train.Trainer.step``: carried
   streams, fused AdamW, fp32 loss, no per-step host sync) at the default precision;
 * ``charrnn bf16`` / ``charrnn compiled``: the same step under bf16 autocast and
   under ``torch.compile``, to show whether either helps on this machine;
@@ -16,8 +16,11 @@ drift hits all of them equally; each figure is the median chars/s over rounds.
 from __future__ import annotations
 
 import argparse
+import copy
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,36 +34,42 @@ import torch
 from bench.baselines import PlainTrainer, SeedCellTrainer
 from bench.common import Report, Target, machine_summary, measured_peak_flops
 from charrnn.config import Config, load_config
-from charrnn.data import StreamBatcher
+from charrnn.distributed import DistEnv
 from charrnn.errors import ConfigError
-from charrnn.model import CharLSTM, ModelShape
-from charrnn.train import autocast_dtype, make_optimizer, train_step
+from charrnn.prepare import prepare
+from charrnn.storage import RunDir
+from charrnn.tokens import TokenSet
+from charrnn.tracking import NullTracker
+from charrnn.train import Trainer
 
 VOCAB = 74  # the shakespeare corpus
 
 
 class CharrnnStepper:
-    """charrnn's own training step over carried streams, as ``charrnn train`` runs it."""
+    """``charrnn train``'s own step (``Trainer.step``: carried streams, fused AdamW, fp32 loss, no per-step host sync)."""
 
-    def __init__(self, cfg: Config, data: np.ndarray, *, precision: str, compile_model: bool = False):
-        m, t = cfg.model, cfg.train
+    def __init__(self, cfg: Config, tokens: TokenSet, work: Path, *, precision: str, compile_model: bool = False):
+        cfg = copy.deepcopy(cfg)
+        cfg.train.precision, cfg.train.compile, cfg.train.device = precision, compile_model, "cpu"
+        cfg.train.time_budget_s, cfg.train.max_steps = 0, 10**9  # a step horizon: the lr does not depend on the clock
         torch.manual_seed(0)
-        self.model = CharLSTM(ModelShape.from_config(m, VOCAB))
-        self.step_model = torch.compile(self.model) if compile_model else self.model
-        self.optimizer = make_optimizer(self.model, t)
-        self.batcher = StreamBatcher(data, t.batch_size, t.seq_len, segment_windows=t.segment_windows, seed=t.seed)
-        self.amp = autocast_dtype(precision, torch.device("cpu"))
-        self.grad_clip = t.grad_clip
-        self.state = self.model.initial_state(t.batch_size)
-        self.steps = 0
-        self.chars_per_step = self.batcher.chars_per_step
+        self.trainer = Trainer(cfg, tokens, DistEnv(), torch.device("cpu"), NullTracker(), RunDir(str(work / f"{precision}-{compile_model}")))
+        self.trainer.wrap_model()
+        self.model, self.amp = self.trainer.state.model, self.trainer.amp_dtype
+        self.chars_per_step = self.trainer.batcher.chars_per_step
 
     def step(self) -> None:
-        batch = self.batcher.batch(self.steps)
-        if batch.window == 0:
-            self.state = self.model.initial_state(self.batcher.local_batch_size)
-        _, _, self.state = train_step(self.step_model, self.optimizer, batch.inputs, batch.targets, self.state, amp_dtype=self.amp, grad_clip=self.grad_clip)
-        self.steps += 1
+        self.trainer.step()
+
+
+def random_corpus(work: Path, cfg: Config, size: int = 4_000_000) -> tuple[np.ndarray, TokenSet]:
+    """``size`` uniformly random characters from a ``VOCAB``-letter alphabet, tokenised as ``charrnn prepare`` does."""
+    codes = np.random.default_rng(0).integers(0, VOCAB, size=size, dtype=np.uint8)
+    alphabet = np.frombuffer(bytes(range(48, 48 + VOCAB)), dtype=np.uint8)  # printable ASCII from "0"
+    (work / "corpus.txt").write_bytes(alphabet[codes].tobytes())
+    cfg = copy.deepcopy(cfg)
+    cfg.data.corpus, cfg.data.cache_dir = str(work / "corpus.txt"), str(work / "cache")
+    return codes, prepare(cfg)[1]
 
 
 def measure(contenders: dict[str, object], rounds: int, round_s: float) -> dict[str, float]:
@@ -82,19 +91,21 @@ def measure(contenders: dict[str, object], rounds: int, round_s: float) -> dict[
 def run(*, rounds: int = 5, round_s: float = 2.0, overrides: list[str] | None = None, log: Callable[[str], None] = print) -> Report:
     cfg = load_config(None, overrides or [])
     m, t = cfg.model, cfg.train
-    data = np.random.default_rng(0).integers(0, VOCAB, size=4_000_000, dtype=np.uint8)
-    default = CharrnnStepper(cfg, data, precision=t.precision)
+    work = Path(tempfile.mkdtemp(prefix="charrnn-throughput-"))
+    data, tokens = random_corpus(work, cfg)
+    default = CharrnnStepper(cfg, tokens, work, precision=t.precision)
     contenders: dict[str, object] = {"charrnn": default}
     other = "fp32" if default.amp else "bf16"
     try:
-        contenders[f"charrnn {other}"] = CharrnnStepper(cfg, data, precision=other)
+        contenders[f"charrnn {other}"] = CharrnnStepper(cfg, tokens, work, precision=other)
     except ConfigError as exc:  # no bf16 kernels on this CPU
         log(f"throughput: charrnn {other} skipped: {exc}")
-    contenders["charrnn compiled"] = CharrnnStepper(cfg, data, precision=t.precision, compile_model=True)
+    contenders["charrnn compiled"] = CharrnnStepper(cfg, tokens, work, precision=t.precision, compile_model=True)
     contenders["plain (b)"] = PlainTrainer(data, VOCAB, emb=m.embedding_dim, hidden=m.hidden_size, layers=m.num_layers, batch_size=t.batch_size, seq_len=t.seq_len, lr=t.lr)
     contenders["seed cell (a)"] = SeedCellTrainer(torch.from_numpy(data.astype(np.int64)), VOCAB)
     log(f"throughput: {len(contenders)} contenders x {rounds} rounds x {round_s:g} s")
     rates = measure(contenders, rounds, round_s)
+    shutil.rmtree(work, ignore_errors=True)
     peak = measured_peak_flops()
     flops_per_char = 3 * default.model.flops_per_char()  # forward + backward ~ 3x forward
 

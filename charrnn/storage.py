@@ -22,7 +22,7 @@ import os
 import urllib.parse
 from pathlib import Path
 
-from .checkpoint import STEP_FILE, verify_checkpoint
+from .checkpoint import STEP_FILE, list_checkpoints, verify_checkpoint
 from .errors import CheckpointError, ConfigError
 from .fsutil import atomic_path, file_lock, sha256_bytes
 
@@ -111,3 +111,45 @@ class RemoteRunDir:
                 log.info("pulled %s/checkpoints/%s", self.url, name)
                 return target
         return None
+
+
+class RunDir:
+    """A run's directory as training sees it: always a local path, mirrored to object storage
+    when ``train.out_dir`` is an fsspec URL. For a local run every ``publish_*`` does nothing."""
+
+    def __init__(self, out_dir: str):
+        self.remote = RemoteRunDir(out_dir) if is_remote(out_dir) else None
+        self.path = self.remote.local if self.remote else Path(out_dir)
+
+    @property
+    def url(self) -> str | None:
+        return self.remote.url if self.remote else None
+
+    @property
+    def where(self) -> str:
+        """The run directory as the user named it (for messages)."""
+        return self.url or str(self.path)
+
+    def pull_for_resume(self) -> None:
+        """Every rank: this machine may never have seen the earlier attempt's checkpoints."""
+        if self.remote is not None:
+            self.remote.pull_latest_checkpoint()
+
+    def existing_checkpoints(self) -> list[str]:
+        """Names of the run's step checkpoints, here or (when none are here) in object storage."""
+        local = [p.name for p in list_checkpoints(self.path)]
+        return local or (self.remote.checkpoint_names() if self.remote else [])
+
+    def publish_checkpoint(self, path: Path, *, is_best: bool) -> None:
+        """The checkpoint, then its sidecar; then best.pt; then drop what was pruned here."""
+        if self.remote is None:
+            return
+        self.remote.publish_checkpoint(path)
+        if is_best:
+            self.remote.publish_checkpoint(self.path / "best.pt")
+        self.remote.prune({p.name for p in list_checkpoints(self.path)})
+        self.remote.publish_files()
+
+    def publish_files(self) -> None:
+        if self.remote is not None:
+            self.remote.publish_files()

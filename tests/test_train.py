@@ -23,8 +23,9 @@ from charrnn.checkpoint import (
 from charrnn.data import StreamBatcher
 from charrnn.errors import CheckpointError, ConfigError, DivergenceError
 from charrnn.prepare import prepare
+from charrnn.schedule import lr_factor
 from charrnn.tokens import load_split
-from charrnn.train import lr_factor, train
+from charrnn.train import train
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
