@@ -13,8 +13,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import torch
 
 from charrnn.config import Config
+
+# oneDNN builds its bf16 LSTM only on CPUs with native bf16 (AVX512-BF16 or AMX): there
+# precision=auto trains in bf16. Tests that compare numbers pin fp32 so they hold on every
+# machine; the bf16 paths have tests of their own (test_bf16.py), which run only here.
+CPU_BF16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+requires_cpu_bf16 = pytest.mark.skipif(not CPU_BF16, reason="this CPU has no bf16 LSTM kernels (needs AVX512-BF16 or AMX)")
+
+
+def pytest_report_header(config) -> str:
+    """Say where the suite ran: which precision paths it could exercise on this machine."""
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    bf16 = "yes: bf16 tests run (test_bf16.py)" if CPU_BF16 else "no: bf16 tests skipped, fp32 only"
+    return f"charrnn: CPU bf16 LSTM kernels: {bf16}; CUDA: {cuda}"
 
 
 @pytest.fixture(autouse=True)
@@ -62,6 +76,7 @@ def tiny_config(corpus: Path | str, out_dir: Path, **train) -> Config:
     cfg.train.eval_batch_size = 16
     cfg.train.max_steps = 20
     cfg.train.device = "cpu"
+    cfg.train.precision = "fp32"  # exact comparisons hold on every CPU; bf16 has its own tests
     cfg.track.mode = "disabled"  # W&B has its own tests (test_tracking.py)
     for key, value in train.items():
         setattr(cfg.train, key, value)
