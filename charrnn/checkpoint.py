@@ -11,7 +11,9 @@ is renamed into place after it, so a checkpoint without a matching checksum is
 treated as incomplete or corrupt, reported, and skipped in favour of the
 previous one. (The checksum's temp file is written first, so a full disk fails
 the save before any final name changes.) Loading always uses
-``torch.load(..., weights_only=True)``.
+``torch.load(..., weights_only=True)``. A process killed in the middle of a
+save leaves temp files (``.step-00001000.pt.<random>.tmp``) or a checksum
+without its checkpoint; :func:`remove_stale_files` clears them.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ from .fsutil import atomic_path, sha256_bytes, sha256_file
 
 log = logging.getLogger("charrnn")
 STEP_FILE = re.compile(r"^step-(\d{8})\.pt$")
+# What an interrupted save leaves: atomic_path's temp files, and checksums whose checkpoint is gone.
+TEMP_FILE = re.compile(r"^\.(step-(\d{8})\.pt|best\.pt)(\.sha256)?\..+\.tmp$")
+SUMS_FILE = re.compile(r"^(step-(\d{8})\.pt|best\.pt)\.sha256$")
 CHECKPOINT_FORMAT = 1
 
 
@@ -111,6 +116,56 @@ def newest_valid_checkpoint(run_dir: str | os.PathLike[str]) -> tuple[Path, int]
             continue
         return path, int(STEP_FILE.match(path.name).group(1))
     return None
+
+
+def remove_stale_files(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Delete what killed saves left behind; return the paths removed (each is logged).
+
+    Call it when training starts and when it resumes, on the one process that
+    writes checkpoints (rank 0). It removes, in ``checkpoints/`` and beside
+    ``best.pt``: temp files of interrupted saves (``.step-*.pt.*.tmp``,
+    ``.best.pt.*.tmp`` and their ``.sha256`` temps, full size each) and
+    checksum files whose checkpoint is gone (``step-*.pt.sha256``,
+    ``best.pt.sha256``). Checkpoints themselves, even corrupt ones, are left
+    alone: loading reports and skips those.
+
+    A file counts as stale only when it is older than the newest valid
+    checkpoint: its step is lower, or it was last written before that
+    checkpoint was. Anything newer may belong to a save in progress elsewhere
+    (another process on shared storage) and is kept; so with no valid
+    checkpoint at all nothing is removed.
+    """
+    newest = newest_valid_checkpoint(run_dir)
+    if newest is None:
+        return []
+    newest_path, newest_step = newest
+    newest_mtime = newest_path.stat().st_mtime_ns
+    removed = []
+    for folder in (checkpoint_dir(run_dir), Path(run_dir)):
+        for path in sorted(folder.iterdir()):
+            if _is_leftover(path) and _older_than(path, newest_step, newest_mtime):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    if removed:
+        log.info("removed %d stale file(s) of interrupted checkpoint saves: %s", len(removed), ", ".join(str(p) for p in removed))
+    return removed
+
+
+def _is_leftover(path: Path) -> bool:
+    if TEMP_FILE.match(path.name):
+        return True
+    match = SUMS_FILE.match(path.name)
+    return bool(match) and not path.with_name(match.group(1)).exists()  # a checksum without its checkpoint
+
+
+def _older_than(path: Path, step: int, mtime_ns: int) -> bool:
+    match = TEMP_FILE.match(path.name) or SUMS_FILE.match(path.name)
+    own_step = match.group(2) if match else None
+    try:
+        older = path.stat().st_mtime_ns < mtime_ns
+    except FileNotFoundError:  # its writer finished (renamed or removed it) meanwhile
+        return False
+    return older or (own_step is not None and int(own_step) < step)
 
 
 def _prune(run_dir: str | os.PathLike[str], keep_last: int) -> None:

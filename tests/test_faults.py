@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
+import os
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_env, tiny_config
 
 from charrnn.checkpoint import (
     list_checkpoints,
     load_checkpoint,
+    load_latest_valid,
+    remove_stale_files,
     save_checkpoint,
     verify_checkpoint,
 )
 from charrnn.errors import CheckpointError
+from charrnn.prepare import prepare
 
 # --------------------------------------------------------------------------- (A) disk full
 
@@ -78,3 +86,126 @@ def test_disk_full_while_checkpointing_names_the_last_good_checkpoint(tmp_path, 
         verify_checkpoint(first)
         verify_checkpoint(run / "best.pt")
         assert torch.equal(load_checkpoint(first)["step_tensor"], _payload(1)["step_tensor"])
+
+
+# --------------------------------------------------------------------------- (B) leftovers of killed saves
+
+
+def _leftovers(run: Path) -> dict[str, int]:
+    """Temp files and checksums without their checkpoint, name -> size."""
+    found = {}
+    for folder in (run / "checkpoints", run):
+        for path in folder.iterdir() if folder.is_dir() else ():
+            orphan_sums = path.name.endswith(".sha256") and not path.with_name(path.name.removesuffix(".sha256")).exists()
+            if path.name.endswith(".tmp") or orphan_sums:
+                found[str(path.relative_to(run))] = path.stat().st_size
+    return found
+
+
+def _writing(folder: Path, before: set[str]) -> bool:
+    """A new checkpoint payload temp file is being filled (its checksum's temp comes first and is tiny)."""
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(folder):
+            if entry.name.endswith(".tmp") and ".sha256." not in entry.name and f"checkpoints/{entry.name}" not in before:
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.stat().st_size > 0:
+                        return True
+    return False
+
+
+def _kill_mid_save(args: list[str], run: Path, log: Path, timeout_s: float = 90) -> bool:
+    """Start training and SIGKILL it while it writes a checkpoint; True if that left new files behind."""
+    before = set(_leftovers(run))
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(args, env=run_env(), stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"training exited ({proc.returncode}) before it could be killed:\n{log.read_text()[-3000:]}")
+            if _writing(run / "checkpoints", before):
+                proc.kill()
+                break
+            time.sleep(0.002)
+        else:
+            pytest.fail("no checkpoint save started in time")
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    return bool(set(_leftovers(run)) - before)
+
+
+@pytest.mark.slow
+def test_repeated_sigkills_during_checkpointing_leave_nothing_after_remove_stale_files(small_corpus, tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_config(small_corpus, run)
+    prepare(cfg)  # tokenise once, here: every start below is a cache hit
+    # A wide model makes each save (~40 MB with the optimiser state) last far longer than a step,
+    # so a kill timed by the temp file's appearance lands inside the write.
+    args = [
+        sys.executable, "-m", "charrnn", "train", "--resume", "--out-dir", str(run), f"data.corpus={small_corpus}",
+        "hidden_size=512", "embedding_dim=16", "batch_size=4", "seq_len=8", "checkpoint_interval=1", "keep_last=2",
+        "eval_interval=0", "log_interval=1", "time_budget_s=0", "data.val_fraction=0.1", "data.test_fraction=0.05", "device=cpu",
+    ]  # fmt: skip
+    caught = sum(_kill_mid_save([*args, "max_steps=100000"], run, tmp_path / "train.log") for _ in range(4))
+    assert caught >= 2, f"only {caught} of 4 kills left files behind:\n{_leftovers(run)}"
+    leaked = _leftovers(run)
+    assert any(name.endswith(".tmp") and size > 1 << 20 for name, size in leaked.items()), leaked  # full-size temps
+
+    # A clean run on top: its checkpoints are newer than every leftover, so all of them are stale.
+    newest = load_checkpoint(list_checkpoints(run)[-1])["step"] if list_checkpoints(run) else 0
+    done = subprocess.run([*args, f"max_steps={newest + 2}"], env=run_env(), capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert set(leaked) <= set(_leftovers(run))  # training itself does not clean up (the loop calls remove_stale_files)
+
+    removed = remove_stale_files(run)
+    assert {str(p.relative_to(run)) for p in removed} == set(leaked)
+    assert _leftovers(run) == {}
+    payload, path = load_latest_valid(run)
+    assert payload["step"] == newest + 2 and path == list_checkpoints(run)[-1]
+    assert remove_stale_files(run) == []
+
+
+def _touch(path: Path, mtime: float, size: int = 16) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_remove_stale_files_keeps_checkpoints_and_anything_newer_than_the_newest_valid_one(tmp_path, caplog):
+    run = tmp_path / "run"
+    for step in (10, 20):
+        save_checkpoint(run, {"w": torch.zeros(4)}, step=step, is_best=step == 10, keep_last=5)
+    ck = run / "checkpoints"
+    newest = (ck / "step-00000020.pt").stat().st_mtime
+    stale = [
+        _touch(ck / ".step-00000015.pt.ab12cd.tmp", newest + 60),  # a lower step: dead even if written later
+        _touch(ck / ".step-00000020.pt.ab12cd.tmp", newest - 60),  # the newest step, but older than its checkpoint
+        _touch(ck / ".step-00000030.pt.sha256.ef34gh.tmp", newest - 60),
+        _touch(ck / "step-00000005.pt.sha256", newest - 60),  # its checkpoint was pruned
+        _touch(run / ".best.pt.xy56zz.tmp", newest - 60),
+        _touch(run / ".best.pt.sha256.xy56zz.tmp", newest - 60),
+    ]
+    kept = [
+        _touch(ck / ".step-00000030.pt.ij78kl.tmp", newest + 60),  # a save that may be in progress elsewhere
+        _touch(ck / ".step-00000020.pt.mn90op.tmp", newest + 60),
+        _touch(ck / "step-00000030.pt.sha256", newest + 60),  # newer than the newest valid checkpoint: kept
+        _touch(ck / "step-00000007.pt", newest - 60),  # a checkpoint without checksum: loading skips it, we never delete one
+        _touch(run / "notes.tmp", newest - 60),  # not ours
+    ]
+    (ck / "step-00000010.pt.sha256").write_text("0" * 64 + "  step-00000010.pt\n")  # a corrupt checkpoint stays too
+    with caplog.at_level(logging.INFO, logger="charrnn"):
+        removed = remove_stale_files(run)
+    assert sorted(removed) == sorted(stale)
+    assert all(not p.exists() for p in stale) and all(p.exists() for p in kept)
+    assert (ck / "step-00000010.pt").exists() and (run / "best.pt.sha256").exists()
+    assert "removed 6 stale file(s)" in caplog.text and ".step-00000015.pt.ab12cd.tmp" in caplog.text
+    verify_checkpoint(ck / "step-00000020.pt")
+
+
+def test_remove_stale_files_without_a_valid_checkpoint_removes_nothing(tmp_path):
+    run = tmp_path / "run"
+    leftovers = [_touch(run / "checkpoints" / ".step-00000001.pt.ab12cd.tmp", time.time() - 3600), _touch(run / "best.pt.sha256", time.time() - 3600)]
+    assert remove_stale_files(run) == [] and remove_stale_files(tmp_path / "missing") == []
+    assert all(p.exists() for p in leftovers)
