@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_env, tiny_config
+from conftest import cache_listing, make_text, run_env, tiny_config
 
 from charrnn.checkpoint import (
     list_checkpoints,
@@ -25,7 +25,7 @@ from charrnn.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
-from charrnn.errors import CheckpointError
+from charrnn.errors import CheckpointError, CorpusError
 from charrnn.prepare import prepare
 
 # --------------------------------------------------------------------------- (A) disk full
@@ -209,3 +209,35 @@ def test_remove_stale_files_without_a_valid_checkpoint_removes_nothing(tmp_path)
     leftovers = [_touch(run / "checkpoints" / ".step-00000001.pt.ab12cd.tmp", time.time() - 3600), _touch(run / "best.pt.sha256", time.time() - 3600)]
     assert remove_stale_files(run) == [] and remove_stale_files(tmp_path / "missing") == []
     assert all(p.exists() for p in leftovers)
+
+
+# --------------------------------------------------------------------------- (D) a refused corpus is not cached
+
+
+@pytest.mark.slow
+def test_a_refused_corpus_leaves_the_cache_as_it_was(tmp_path, cache_dir):
+    good = tmp_path / "good.txt"
+    good.write_text(make_text(20_000, seed=5), encoding="utf-8")
+    corpus, tokens = prepare(tiny_config(good, tmp_path / "run"))  # a good corpus caches...
+    before = cache_listing(cache_dir)
+    assert f"corpora/{corpus.sha256}.txt" in before and f"tokens/{tokens.key}/meta.json" in before
+
+    fifty = tmp_path / "fifty-bytes.txt"
+    fifty.write_text(("To be, or not to be, that is the question:\n" * 2)[:50], encoding="utf-8")
+    assert len(fifty.read_bytes()) == 50
+    done = subprocess.run(
+        [sys.executable, "-m", "charrnn", "prepare", f"data.corpus={fifty}", "data.val_fraction=0.05", "data.test_fraction=0.05"],
+        env=run_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "training split has 46 characters" in done.stderr and str(fifty) in done.stderr
+    assert cache_listing(cache_dir) == before
+
+    # Refused in-process too: a split too short (12 characters, val_fraction 0.1), and a batch too wide.
+    twelve = tmp_path / "twelve.txt"
+    twelve.write_text("ROMEO:\nWhat?", encoding="utf-8")
+    with pytest.raises(CorpusError, match="too short for a val split"):
+        prepare(tiny_config(twelve, tmp_path / "run2", batch_size=1, seq_len=4))
+    with pytest.raises(CorpusError, match="training split has"):
+        prepare(tiny_config(good, tmp_path / "run3", batch_size=1024))
+    assert cache_listing(cache_dir) == before
