@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cache_listing, make_text, run_env, tiny_config
+from conftest import alive, cache_listing, make_text, process_tree, run_env, tiny_config
 
 from charrnn.checkpoint import (
     list_checkpoints,
@@ -241,3 +242,79 @@ def test_a_refused_corpus_leaves_the_cache_as_it_was(tmp_path, cache_dir):
     with pytest.raises(CorpusError, match="training split has"):
         prepare(tiny_config(good, tmp_path / "run3", batch_size=1024))
     assert cache_listing(cache_dir) == before
+
+
+# --------------------------------------------------------------------------- (C) a killed torchrun agent leaves no orphans
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _launch_tree(launcher: int, out_dir: Path) -> tuple[int | None, list[int]]:
+    """(torchrun agent pid, worker pids) under ``launcher``; workers run in sessions of their own but are the agent's children."""
+    agent = next((pid for pid in process_tree(launcher) if "torch.distributed.run" in _cmdline(pid)), None)
+    if agent is None:
+        return None, []
+    return agent, sorted(pid for pid in process_tree(agent) if pid != agent and str(out_dir) in _cmdline(pid) and alive(pid))
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_killing_the_torchrun_agent_stops_its_workers_and_the_launcher(small_corpus, tmp_path):
+    run = tmp_path / "run"
+    _, tokens = prepare(tiny_config(small_corpus, run))
+    args = [
+        sys.executable, "-m", "charrnn", "launch", "--nproc-per-node", "2", "--",
+        "--out-dir", str(run), "--tokens", tokens.dir, "hidden_size=32", "embedding_dim=16", "batch_size=8", "seq_len=16",
+        "max_steps=1000000", "time_budget_s=600", "checkpoint_interval=1000000", "eval_interval=0", "log_interval=10", "device=cpu",
+    ]  # fmt: skip
+    log = tmp_path / "launch.log"
+    with open(log, "wb") as out:
+        launcher = subprocess.Popen(args, env=run_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # both workers up and training (a progress line has been written)
+            agent, workers = _launch_tree(launcher.pid, run)
+            if len(workers) == 2 and (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").stat().st_size > 0:
+                break
+            assert launcher.poll() is None and time.monotonic() < deadline, f"workers did not start:\n{log.read_text()[-3000:]}"
+            time.sleep(0.2)
+        os.kill(agent, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        survivors = [pid for pid in workers if alive(pid)]
+        assert not survivors, f"workers {survivors} outlived their torchrun agent by 10 s"
+        code = launcher.wait(timeout=60)
+        assert code != 0
+        assert "was killed by SIGKILL" in log.read_text()
+    finally:
+        for pid in workers:  # never leave a test's worker running
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait(timeout=30)
+
+
+def test_launcher_stops_waiting_when_an_exited_agent_left_its_output_open():
+    from charrnn.launch import _stream_output
+
+    # `sh` prints, leaves a child that holds the pipe open, and exits 3: as a killed agent with a stuck worker.
+    proc = subprocess.Popen(["sh", "-c", "echo before; sleep 120 & exit 3"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    lines: list[str] = []
+    try:
+        started = time.monotonic()
+        _stream_output(proc, lines.append, wait_s=1)
+        assert time.monotonic() - started < 20
+        assert proc.wait(timeout=10) == 3
+        assert lines[0] == "before" and "still holds its output open" in lines[-1]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the sleep, still in sh's process group
+        proc.wait(timeout=10)
