@@ -59,6 +59,9 @@ def _tokens_for_training(args: argparse.Namespace, cfg: Config):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .launch import supervise_worker
+
+    supervise_worker()  # first: a worker whose torchrun agent is killed must not train on unsupervised
     from .distributed import DistEnv, destroy_process_group
     from .train import train
 
@@ -99,6 +102,9 @@ def _split_tokens(target: str, split: str, tokens_dir: str | None, payload: dict
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .launch import supervise_worker
+
+    supervise_worker()  # first: a worker whose torchrun agent is killed must not run on unsupervised
     from .checkpoint import load_model, resolve_checkpoint
     from .distributed import DistEnv, destroy_process_group, init_process_group, pick_device
     from .evaluate import evaluate_tokens, format_score

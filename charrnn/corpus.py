@@ -262,11 +262,15 @@ def fetch_corpus(
     *,
     timeout_s: float = 30.0,
     retries: int = 3,
+    check: Callable[[str], None] | None = None,
 ) -> CorpusRef:
     """Fetch ``uri``, validate it and store it content-addressed in the cache.
 
-    Safe to call from several processes at once: each works in its own temp
-    file and the first to finish renames it into place under a lock.
+    ``check(text)`` is the caller's own validation (e.g. "long enough to
+    train on"); it runs before the cache entry is written, so a corpus it
+    refuses leaves the cache as it was. Safe to call from several processes
+    at once: each works in its own temp file and the first to finish renames
+    it into place under a lock.
     """
     root = cache_root(cache_dir)
     named = NAMED_CORPORA.get(uri)
@@ -290,6 +294,8 @@ def fetch_corpus(
             else:
                 raw = _read_local(Path(target).expanduser(), source)
     text = normalise_and_validate(raw, source)
+    if check is not None:
+        check(text)
     data = text.encode("utf-8")
     digest = sha256_bytes(data)
     final = root / "corpora" / f"{digest}.txt"

@@ -6,20 +6,31 @@ failure (``--max-restarts``), after which training resumes from the newest
 valid checkpoint. The launcher runs torchrun in its own process group, streams
 its output line by line, and kills the whole group on Ctrl-C, error or
 cancellation, so no worker outlives it.
+
+torchrun starts each worker in a session of its own, so killing the agent's
+group does not reach them: the agent stops them when it gets SIGTERM. An agent
+that is SIGKILLed cannot, so every worker asks the kernel for SIGTERM when its
+agent dies (:func:`supervise_worker`, called first thing by ``charrnn train``
+and ``charrnn evaluate``), and the launcher stops waiting for output once the
+agent is gone.
 """
 
 from __future__ import annotations
 
+import codecs
 import ctypes
+import io
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .errors import ConfigError
+from .errors import ConfigError, PeerLostError
 
 
 @dataclass
@@ -106,15 +117,37 @@ _PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("lin
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it when the process that started it dies.
+def die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this process when the process that started it dies.
 
-    A last line of defence for a supervisor that is SIGKILLed (a cancelled or
-    crashed Prefect flow run): torchrun then gets SIGTERM and stops its workers,
-    so nothing outlives the flow. Linux only; elsewhere a no-op.
+    A last line of defence for a supervisor that is SIGKILLed: run in torchrun
+    before exec (a cancelled or crashed Prefect flow run: torchrun gets SIGTERM
+    and stops its workers), and in each worker (a killed torchrun: the workers
+    stop instead of training on unsupervised). Linux only; elsewhere a no-op.
     """
     if _PRCTL is not None:
         _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def supervise_worker() -> None:
+    """Under torchrun: make this worker die with its agent; raise PeerLostError if the agent is already gone.
+
+    The death signal is SIGTERM, which training turns into "checkpoint after
+    this step and stop". The agent may die before the signal is armed, so the
+    parent is read before and after arming it: a parent that changed, or that
+    is init (pid 1), means the worker was orphaned already. Outside torchrun
+    (no TORCHELASTIC_RUN_ID / LOCAL_RANK) this does nothing.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ or "LOCAL_RANK" not in os.environ:
+        return
+    agent = os.getppid()
+    die_with_parent()
+    if agent == 1 or os.getppid() != agent:
+        raise PeerLostError(
+            "the torchrun agent that started this worker is gone; not training unsupervised",
+            where=f"worker pid {os.getpid()} (local rank {os.environ['LOCAL_RANK']})",
+            fix="run the job again with --resume: it continues from the newest valid checkpoint",
+        )
 
 
 def run_torchrun(
@@ -135,21 +168,51 @@ def run_torchrun(
         env=launch_env(spec),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-        errors="replace",
         start_new_session=True,  # its own process group: we can kill every worker at once
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
     if on_start:
         on_start(proc)
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            on_line(line.rstrip("\n"))
-        return proc.wait()
+        _stream_output(proc, on_line)
+        code = proc.wait()
+        if code < 0:  # killed by a signal: say so, and exit as a shell would (128 + signal)
+            on_line(f"charrnn launch: torchrun (pid {proc.pid}) was killed by {signal.Signals(-code).name}")
+            return 128 - code
+        return code
     finally:  # Ctrl-C, an exception in on_line, or cancellation of the caller
         kill_group(proc)
+
+
+ORPHAN_OUTPUT_WAIT_S = 30.0  # after torchrun exits: time for its workers to checkpoint, stop and close the pipe
+
+
+def _stream_output(proc: subprocess.Popen, on_line: Callable[[str], None], wait_s: float = ORPHAN_OUTPUT_WAIT_S) -> None:
+    """Pass torchrun's output to ``on_line`` until the pipe closes, or ``wait_s`` after torchrun exits.
+
+    The pipe stays open while anything that inherited it lives: workers of a
+    killed agent stop on their own (supervise_worker), but one that does not
+    must not keep the launcher waiting for ever.
+    """
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    text = io.IncrementalNewlineDecoder(codecs.getincrementaldecoder("utf-8")(errors="replace"), translate=True)
+    pending, exited_at = "", None
+    while True:
+        if select.select([fd], [], [], 0.5)[0]:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            *lines, pending = (pending + text.decode(chunk)).split("\n")
+            for line in lines:
+                on_line(line)
+        if exited_at is None and proc.poll() is not None:
+            exited_at = time.monotonic()
+        if exited_at is not None and time.monotonic() - exited_at > wait_s:
+            on_line(f"charrnn launch: torchrun exited {wait_s:.0f}s ago but something still holds its output open; not waiting any longer")
+            break
+    if rest := pending + text.decode(b"", final=True):
+        on_line(rest)
 
 
 def new_rdzv_id() -> str:

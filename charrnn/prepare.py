@@ -7,7 +7,7 @@ import time
 
 from .config import Config
 from .corpus import CorpusRef, fetch_corpus
-from .tokens import TokenSet, check_trainable, prepare_tokens
+from .tokens import TokenSet, check_trainable, prepare_tokens, split_sizes
 
 log = logging.getLogger("charrnn")
 
@@ -16,9 +16,15 @@ def prepare(cfg: Config) -> tuple[CorpusRef, TokenSet]:
     """Fetch the corpus and tokenise it (both cached by content); returns (corpus, tokens)."""
     d = cfg.data
     started = time.perf_counter()
-    corpus = fetch_corpus(d.corpus, d.cache_dir or None, timeout_s=d.http_timeout_s, retries=d.http_retries)
+
+    def usable(text: str) -> None:
+        # Checked on the fetched text, before anything is cached: a refused corpus leaves the cache as it was.
+        # One character is one token, so the split sizes are known before tokenising.
+        sizes = split_sizes(len(text), d.val_fraction, d.test_fraction, d.corpus)
+        check_trainable(sizes["train"], cfg.train.batch_size, cfg.train.seq_len, d.corpus)
+
+    corpus = fetch_corpus(d.corpus, d.cache_dir or None, timeout_s=d.http_timeout_s, retries=d.http_retries, check=usable)
     tokens = prepare_tokens(corpus, val_fraction=d.val_fraction, test_fraction=d.test_fraction, token_dtype=d.token_dtype, cache_dir=d.cache_dir or None)
-    check_trainable(tokens.num_tokens["train"], cfg.train.batch_size, cfg.train.seq_len, d.corpus)
     log.info(
         "corpus %s: %s chars, sha256 %s | tokens %s (%s) | vocab %d | train/val/test %s in %.1fs",
         d.corpus,
