@@ -1,0 +1,103 @@
+"""Precision plumbing that runs on a CPU: which dtype the LSTM computes in, and the explicit-dtype LSTM path.
+
+The CUDA side (cuDNN bf16 RNNs, the fp16 autocast kernel it replaces) is in
+tests/test_gpu.py, skipped without a GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import charrnn.model as model_module
+from charrnn.model import CharLSTM, ModelShape, run_lstm
+from charrnn.precision import cudnn_bf16_rnn_supported, explicit_lstm_dtype, lstm_compute_dtype
+
+
+def _model() -> CharLSTM:
+    torch.manual_seed(0)
+    return CharLSTM(ModelShape(vocab_size=40, embedding_dim=16, hidden_size=32, num_layers=3, dropout=0.0)).eval()
+
+
+def test_lstm_compute_dtype_on_cpu_follows_autocast():
+    assert lstm_compute_dtype("cpu", None) == torch.float32
+    assert lstm_compute_dtype("cpu", torch.bfloat16) == torch.bfloat16  # oneDNN's bf16 LSTM under CPU autocast
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer without a GPU")
+def test_without_cuda_a_cuda_bf16_lstm_is_reported_as_fp32():
+    assert not cudnn_bf16_rnn_supported("cuda")
+    assert lstm_compute_dtype("cuda", torch.bfloat16) == torch.float32
+    assert lstm_compute_dtype("cuda", None) == torch.float32
+
+
+def test_cpu_autocast_is_not_taken_over():
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert explicit_lstm_dtype(torch.device("cpu")) is None
+    assert explicit_lstm_dtype(torch.device("cpu")) is None
+
+
+def test_cpu_forward_under_autocast_is_exactly_nn_lstm_under_autocast():
+    """The CPU numerics are unchanged: forward is embed -> nn.LSTM -> head under CPU autocast, as before."""
+    model = _model()
+    tokens = torch.randint(0, 40, (4, 50))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, (h, c) = model(tokens)
+        out, (h_ref, c_ref) = model.lstm(model.embed(tokens))
+        expected = model.head(model.drop(out))
+    assert out.dtype == torch.bfloat16  # what a bf16 CPU run means
+    assert torch.equal(logits, expected) and torch.equal(h, h_ref) and torch.equal(c, c_ref)
+
+
+def test_run_lstm_in_fp32_is_the_module():
+    model = _model()
+    x = torch.randn(3, 20, 16)
+    state = model.initial_state(3)
+    with torch.no_grad():
+        out, (h, c) = run_lstm(model.lstm, x, state, torch.float32)
+        ref, (h_ref, c_ref) = model.lstm(x, state)
+        out0, _ = run_lstm(model.lstm, x, None, torch.float32)  # no state: zeros, as nn.LSTM
+    assert torch.equal(out, ref) and torch.equal(h, h_ref) and torch.equal(c, c_ref)
+    assert torch.equal(out0, ref)
+
+
+def test_run_lstm_in_bf16_computes_in_bf16_and_trains_the_fp32_weights():
+    model = _model().train()
+    x = torch.randn(3, 20, 16)
+    out, (h, c) = run_lstm(model.lstm, x, None, torch.bfloat16)
+    assert out.dtype == h.dtype == c.dtype == torch.bfloat16
+    with torch.no_grad():
+        ref, _ = model.lstm(x)
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=0)  # bf16 has 8 bits of mantissa
+    out.float().square().mean().backward()
+    for name, param in model.lstm.named_parameters():
+        assert param.dtype == torch.float32 and param.grad is not None and param.grad.dtype == torch.float32, name
+        assert param.grad.abs().sum() > 0, name
+
+
+def test_forward_runs_the_lstm_outside_autocast_when_told_to(monkeypatch):
+    """The branch CUDA bf16 autocast takes, exercised on a CPU: the LSTM in the explicit dtype, the head still under autocast."""
+    seen = []
+
+    def pretend_cuda_bf16(device):
+        on = torch.is_autocast_enabled("cpu")
+        seen.append(on)
+        return torch.bfloat16 if on else None
+
+    monkeypatch.setattr(model_module, "explicit_lstm_dtype", pretend_cuda_bf16)
+    real_run = model_module.run_lstm
+
+    def spy(lstm, x, state, dtype):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return real_run(lstm, x, state, dtype)
+
+    monkeypatch.setattr(model_module, "run_lstm", spy)
+    model = _model()
+    tokens = torch.randint(0, 40, (2, 30))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, (h, c) = model(tokens)
+    assert seen == [True, False]  # asked under autocast, ran with autocast off
+    assert h.dtype == c.dtype == torch.bfloat16 and logits.dtype == torch.bfloat16
+    with torch.no_grad():
+        ref, _ = _model()(tokens)  # no autocast: the fp32 path
+    torch.testing.assert_close(logits.float(), ref, atol=0.1, rtol=0)
