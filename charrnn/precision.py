@@ -27,7 +27,44 @@ from __future__ import annotations
 
 import torch
 
+from .errors import ConfigError
+
 CUDNN_BF16_RNN_MIN_VERSION = 91300  # cuDNN 9.13.0, as cuDNN encodes it (major * 10000 + minor * 100 + patch)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where the hardware has native bf16 (CUDA sm >= 8.0, or CPUs with AVX512-BF16/AMX); else None (fp32).
+
+    On CUDA, emulated bf16 does not count: ``torch.cuda.is_bf16_supported()``
+    says yes on a V100 or T4 because bf16 tensors can be made there, but those
+    GPUs have no bf16 tensor cores, so ``including_emulation=False``.
+    """
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"unknown precision {precision!r}", where="train.precision", fix="use auto, fp32 or bf16")
+    if precision == "fp32":
+        return None
+    supported = _cuda_has_native_bf16(device) if device.type == "cuda" else _cpu_has_native_bf16()
+    if precision == "bf16" and not supported:
+        raise ConfigError(
+            f"this {device.type.upper()} has no bf16 LSTM kernels (oneDNN needs AVX512-BF16 or AMX on a CPU; CUDA needs compute capability >= 8.0)",
+            where="train.precision=bf16",
+            fix="use train.precision=auto (bf16 where the hardware has it, else fp32) or fp32",
+        )
+    return torch.bfloat16 if supported else None
+
+
+def _cuda_has_native_bf16(device: torch.device) -> bool:
+    if not torch.cuda.is_available():
+        return False
+    with torch.cuda.device(device):  # the question is about this device, not whichever is current
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:  # oneDNN builds its bf16 LSTM only on CPUs with native bf16 (AVX512-BF16 or AMX)
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _cudnn_version_int(version: tuple[int, int, int]) -> int:

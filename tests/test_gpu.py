@@ -9,9 +9,9 @@ import torch
 from conftest import tiny_config
 
 from charrnn.model import CharLSTM, ModelShape
-from charrnn.precision import cudnn_bf16_rnn_supported, lstm_compute_dtype
+from charrnn.precision import autocast_dtype, cudnn_bf16_rnn_supported, lstm_compute_dtype
 from charrnn.prepare import prepare
-from charrnn.train import autocast_dtype, train
+from charrnn.train import train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

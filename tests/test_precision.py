@@ -1,4 +1,4 @@
-"""Precision plumbing that runs on a CPU: which dtype the LSTM computes in, and the explicit-dtype LSTM path.
+"""Precision plumbing that runs on a CPU: autocast_dtype, which dtype the LSTM computes in, the explicit-dtype LSTM path.
 
 The CUDA side (cuDNN bf16 RNNs, the fp16 autocast kernel it replaces) is in
 tests/test_gpu.py, skipped without a GPU.
@@ -6,12 +6,21 @@ tests/test_gpu.py, skipped without a GPU.
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
 import charrnn.model as model_module
+import charrnn.precision as precision
+from charrnn.errors import ConfigError
 from charrnn.model import CharLSTM, ModelShape, run_lstm
-from charrnn.precision import cudnn_bf16_rnn_supported, explicit_lstm_dtype, lstm_compute_dtype
+from charrnn.precision import (
+    autocast_dtype,
+    cudnn_bf16_rnn_supported,
+    explicit_lstm_dtype,
+    lstm_compute_dtype,
+)
 
 
 def _model() -> CharLSTM:
@@ -101,3 +110,71 @@ def test_forward_runs_the_lstm_outside_autocast_when_told_to(monkeypatch):
     with torch.no_grad():
         ref, _ = _model()(tokens)  # no autocast: the fp32 path
     torch.testing.assert_close(logits.float(), ref, atol=0.1, rtol=0)
+
+
+# --------------------------------------------------------------------------- autocast_dtype
+
+
+def _fake_cuda(monkeypatch, *, native: bool) -> None:
+    """A CUDA device whose bf16 is native (sm >= 8.0) or emulated (V100, T4: bf16 tensors work, no bf16 tensor cores)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+
+
+def test_autocast_dtype_refuses_an_unknown_precision():
+    with pytest.raises(ConfigError, match="unknown precision 'fp16'") as info:
+        autocast_dtype("fp16", torch.device("cpu"))
+    assert info.value.where == "train.precision" and "auto, fp32 or bf16" in info.value.fix
+
+
+def test_fp32_is_never_autocast():
+    assert autocast_dtype("fp32", torch.device("cpu")) is None
+    assert autocast_dtype("fp32", torch.device("cuda")) is None
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_cpu_bf16_follows_onednn(monkeypatch, has_bf16):
+    monkeypatch.setattr(precision, "_cpu_has_native_bf16", lambda: has_bf16)
+    assert autocast_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if has_bf16 else None)
+    if has_bf16:
+        assert autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    else:
+        with pytest.raises(ConfigError, match="has no bf16 LSTM kernels"):
+            autocast_dtype("bf16", torch.device("cpu"))
+
+
+def test_emulated_cuda_bf16_does_not_count(monkeypatch):
+    _fake_cuda(monkeypatch, native=False)
+    assert autocast_dtype("auto", torch.device("cuda", 0)) is None  # fp32, not emulated bf16
+    with pytest.raises(ConfigError, match="this CUDA has no bf16 LSTM kernels") as info:
+        autocast_dtype("bf16", torch.device("cuda", 0))
+    assert info.value.where == "train.precision=bf16" and "compute capability >= 8.0" in str(info.value)
+
+
+def test_native_cuda_bf16_counts(monkeypatch):
+    _fake_cuda(monkeypatch, native=True)
+    assert autocast_dtype("auto", torch.device("cuda", 0)) == torch.bfloat16
+    assert autocast_dtype("bf16", torch.device("cuda", 0)) == torch.bfloat16
+
+
+def test_no_cuda_at_all_is_fp32_for_auto(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert autocast_dtype("auto", torch.device("cuda")) is None
+
+
+def test_same_answers_and_messages_as_the_copy_in_train_on_this_cpu():
+    """charrnn.train still has the original until its owner imports this one; on a CPU they agree exactly."""
+    from charrnn import train as train_module
+
+    if not hasattr(train_module, "autocast_dtype") or train_module.autocast_dtype is autocast_dtype:
+        pytest.skip("charrnn.train uses charrnn.precision.autocast_dtype now")
+    cpu = torch.device("cpu")
+    for value in ("auto", "fp32", "bf16", "fp16"):
+        outcomes = []
+        for fn in (train_module.autocast_dtype, autocast_dtype):
+            try:
+                outcomes.append(("ok", fn(value, cpu)))
+            except ConfigError as exc:
+                outcomes.append(("error", str(exc)))
+        assert outcomes[0] == outcomes[1], value
