@@ -3,12 +3,22 @@
 A plain ``python -m charrnn ...`` run is world size 1 and never touches
 ``torch.distributed``; under ``torchrun`` the same code reads RANK /
 WORLD_SIZE / LOCAL_RANK and joins the group (NCCL on CUDA, gloo on CPU).
+
+NCCL failure handling is chosen here, not left to defaults (see
+:data:`NCCL_ENV_DEFAULTS` and :func:`init_process_group`): a collective that a
+dead peer never joins times out after ``CHARRNN_NCCL_TIMEOUT_S`` (180 s), the
+watchdog dumps its flight recorder and ends the process, and torchrun sees the
+failure (and restarts the group with ``--max-restarts``). On NCCL the process
+is torn down by the watchdog thread, so training's friendly ``PeerLostError``
+is reached only with ``TORCH_NCCL_BLOCKING_WAIT=1`` (see NOTES-for-README.md).
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 import os
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 import torch
@@ -77,17 +87,95 @@ def _attempt_store(env: DistEnv, timeout: datetime.timedelta) -> dist.Store | No
     return dist.PrefixStore(f"charrnn/attempt-{attempt}", client)
 
 
+log = logging.getLogger("charrnn")
+
+NCCL_TIMEOUT_ENV = "CHARRNN_NCCL_TIMEOUT_S"
+DEFAULT_NCCL_TIMEOUT_S = 180.0
+"""Collective timeout once the NCCL group is up: how long survivors wait for a peer that died.
+
+Long enough for the slowest rank-0-only work between two collectives
+(writing and publishing a checkpoint, W&B samples); set ``CHARRNN_NCCL_TIMEOUT_S``
+higher for slow object storage. Group start-up keeps the longer ``timeout_s``
+of :func:`init_process_group` (rendezvous and NCCL communicator set-up).
+"""
+
+# (names, value, why): each is set only when the user has set none of its names.
+# The names are PyTorch 2.x's (torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp);
+# later versions renamed the flight recorder's TORCH_NCCL_TRACE_BUFFER_SIZE to
+# TORCH_FR_BUFFER_SIZE and read both, so both are set.
+NCCL_ENV_DEFAULTS: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (
+        ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "NCCL_ASYNC_ERROR_HANDLING"),
+        "3",
+        "SkipCleanUp (PyTorch's default, made explicit): on a failed or timed-out collective the watchdog "
+        "ends the process without ncclCommAbort (which can itself hang); the flight recorder needs this mode",
+    ),
+    (("TORCH_NCCL_DUMP_ON_TIMEOUT",), "1", "write the flight recorder to TORCH_FR_DUMP_TEMP_FILE<rank> (default /tmp/nccl_trace_rank_<rank>) on timeout or error"),
+    (("TORCH_FR_BUFFER_SIZE", "TORCH_NCCL_TRACE_BUFFER_SIZE"), "2000", "flight recorder entries (0 disables it, and with it the dump)"),
+)
+
+
+def apply_nccl_env_defaults(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Set :data:`NCCL_ENV_DEFAULTS` where the user set none of a setting's names; return what was set.
+
+    Must run before the NCCL process group is created: ProcessGroupNCCL reads
+    these once, in its constructor.
+    """
+    environ = os.environ if environ is None else environ
+    applied: dict[str, str] = {}
+    for names, value, _why in NCCL_ENV_DEFAULTS:
+        if any(name in environ for name in names):
+            continue
+        for name in names if names[0] == "TORCH_FR_BUFFER_SIZE" else names[:1]:  # never the deprecated NCCL_* spellings
+            environ[name] = value
+            applied[name] = value
+    return applied
+
+
+def nccl_collective_timeout_s(environ: MutableMapping[str, str] | None = None) -> float:
+    environ = os.environ if environ is None else environ
+    raw = environ.get(NCCL_TIMEOUT_ENV, "")
+    if not raw:
+        return DEFAULT_NCCL_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        from .errors import ConfigError
+
+        raise ConfigError(f"{NCCL_TIMEOUT_ENV}={raw!r} is not a positive number of seconds", where="environment", fix=f"unset it (default {DEFAULT_NCCL_TIMEOUT_S:g} s) or set e.g. {NCCL_TIMEOUT_ENV}=300")
+    return value
+
+
 def init_process_group(env: DistEnv, device: torch.device, timeout_s: float = 600.0) -> None:
+    """Join the job's process group: gloo on CPU, NCCL on CUDA with deliberate failure settings.
+
+    ``timeout_s`` bounds start-up (and every gloo collective). On NCCL the
+    collectives after start-up get the shorter :func:`nccl_collective_timeout_s`.
+    """
     if env.distributed and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        nccl = device.type == "cuda"
+        backend = "nccl" if nccl else "gloo"
+        collective_timeout_s = nccl_collective_timeout_s() if nccl else None  # a bad value fails before any rendezvous
+        if nccl:
+            applied = apply_nccl_env_defaults()
+            if applied and env.is_main:
+                log.info("NCCL failure settings: %s", " ".join(f"{k}={v}" for k, v in applied.items()))
         timeout = datetime.timedelta(seconds=timeout_s)
         store = _attempt_store(env, timeout)
         dist.init_process_group(
             backend,
             timeout=timeout,
-            device_id=device if device.type == "cuda" else None,
+            device_id=device if nccl else None,
             **({"store": store, "rank": env.rank, "world_size": env.world_size} if store is not None else {}),
         )
+        if nccl and collective_timeout_s is not None and collective_timeout_s != timeout_s:
+            set_timeout = getattr(dist.distributed_c10d, "_set_pg_timeout", None)  # PyTorch >= 2.3
+            if set_timeout is not None:
+                set_timeout(datetime.timedelta(seconds=collective_timeout_s))
+            elif env.is_main:
+                log.warning("this PyTorch cannot shorten the NCCL timeout after start-up: collectives keep %.0f s", timeout_s)
 
 
 def destroy_process_group() -> None:

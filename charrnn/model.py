@@ -9,6 +9,12 @@ Two views of the same weights (see the seed lecture on ``nn.LSTM`` vs
   with ``torch.lstm_cell`` (the kernel behind ``nn.LSTMCell``) on the very same
   parameter tensors, which is what generation needs. A test proves the two
   give the same logits.
+
+Precision: on CUDA under bf16 autocast the LSTM runs outside autocast in the
+dtype :func:`charrnn.precision.lstm_compute_dtype` names (bf16 where cuDNN has
+bf16 RNNs, else fp32), because PyTorch's CUDA autocast runs cuDNN RNNs in fp16
+whatever the autocast dtype (see :mod:`charrnn.precision`). CPU autocast is
+left as it is: oneDNN runs the LSTM in bf16.
 """
 
 from __future__ import annotations
@@ -19,8 +25,42 @@ import torch
 from torch import Tensor, nn
 
 from .config import ModelConfig
+from .precision import explicit_lstm_dtype
 
 State = tuple[Tensor, Tensor]  # (h, c), each [num_layers, batch, hidden]
+
+
+def run_lstm(lstm: nn.LSTM, x: Tensor, state: State | None, dtype: torch.dtype) -> tuple[Tensor, State]:
+    """Run a batch-first ``nn.LSTM`` in ``dtype``: inputs, states and weights cast explicitly.
+
+    Call it outside autocast. fp32 is the module itself. Other dtypes cast the
+    fp32 master weights into one flat buffer (differentiably: gradients reach
+    the fp32 parameters), in the module's own order (per layer w_ih, w_hh,
+    b_ih, b_hh). When that order is cuDNN's layout, cuDNN uses the buffer as it
+    is; when not, it copies the weights into its layout once per call and warns
+    "RNN module weights are not part of single contiguous chunk of memory":
+    slower, same numbers.
+    """
+    if state is None:
+        zeros = torch.zeros(lstm.num_layers, x.shape[0], lstm.hidden_size, device=x.device, dtype=dtype)
+        state = (zeros, zeros.clone())
+    if dtype == torch.float32:
+        return lstm(x.float(), (state[0].float(), state[1].float()))
+    weights = [getattr(lstm, name) for name in lstm._flat_weights_names]
+    flat = torch.cat([w.reshape(-1) for w in weights]).to(dtype)
+    cast = [piece.view_as(w) for piece, w in zip(flat.split([w.numel() for w in weights]), weights, strict=True)]
+    out, h, c = torch.lstm(
+        x.to(dtype),
+        (state[0].to(dtype), state[1].to(dtype)),
+        cast,
+        lstm.bias,
+        lstm.num_layers,
+        lstm.dropout,
+        lstm.training,
+        lstm.bidirectional,
+        lstm.batch_first,
+    )
+    return out, (h, c)
 
 
 @dataclass(frozen=True)
@@ -78,7 +118,13 @@ class CharLSTM(nn.Module):
 
     def forward(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """``tokens`` [batch, time] -> logits [batch, time, vocab] and the final state."""
-        out, state = self.lstm(self.embed(tokens), state)
+        x = self.embed(tokens)
+        dtype = explicit_lstm_dtype(x.device)
+        if dtype is None:
+            out, state = self.lstm(x, state)
+        else:
+            with torch.autocast(x.device.type, enabled=False):
+                out, state = run_lstm(self.lstm, x, state, dtype)
         return self.head(self.drop(out)), state
 
     def layer_weights(self, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
