@@ -21,7 +21,7 @@ import torch
 from bench.common import REPO, Report, Target, charrnn_cmd, quiet_env, run_measured
 from charrnn.distributed import DistEnv, pick_device
 from charrnn.errors import ConfigError
-from charrnn.train import autocast_dtype
+from charrnn.precision import autocast_dtype
 
 
 def run(*, steps: int = 600, log: Callable[[str], None] = print) -> Report:

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -76,7 +77,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         destroy_process_group()
     if env.is_main:
         print(json.dumps(result.to_dict(), indent=2))
-    return 130 if result.interrupted else 0
+    if result.stopped_by:  # as a shell reports a process stopped by a signal: 130 for SIGINT, 143 for SIGTERM
+        return 128 + signal.Signals[result.stopped_by].value
+    return 130 if result.interrupted else 0  # stopped because another rank got a signal
 
 
 def _split_tokens(target: str, split: str, tokens_dir: str | None, payload: dict, vocab):

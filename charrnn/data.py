@@ -24,10 +24,26 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class Batch:
-    inputs: torch.Tensor  # [local_batch, seq_len] int64
-    targets: torch.Tensor  # [local_batch, seq_len] int64
+    tokens: torch.Tensor  # [local_batch, seq_len + 1] int64, contiguous (pinned for a CUDA copy)
     epoch: int
     window: int  # index within the stream's current segment; 0 -> the hidden state must be reset
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        return self.tokens[:, :-1]
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.tokens[:, 1:]
+
+    def to(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) on ``device``: one asynchronous copy of the contiguous window, then two views.
+
+        Copying the non-contiguous views themselves would stage each through a
+        pageable temporary with a blocking copy, every step.
+        """
+        tokens = self.tokens.to(device, non_blocking=True)
+        return tokens[:, :-1], tokens[:, 1:]
 
 
 def rank_slice(n: int, rank: int, world_size: int) -> slice:
@@ -105,7 +121,7 @@ class StreamBatcher:
         chunk = torch.from_numpy(np.asarray(self.tokens)[starts[:, None] + self._offsets].astype(np.int64))
         if pin_memory:
             chunk = chunk.pin_memory()
-        return Batch(chunk[:, :-1], chunk[:, 1:], epoch, window)
+        return Batch(chunk, epoch, window)
 
 
 def eval_windows(tokens: np.ndarray, num_streams: int, window: int, *, rank: int = 0, world_size: int = 1):

@@ -77,3 +77,32 @@ class Budget:
     def describe(self, step: int, elapsed_s: float) -> str:
         """``step 120/1000 ( 12.0%)`` for the progress line."""
         return f"step {step}" + (f"/{self.horizon}" if self.horizon else "") + f" ({min(self.fraction(step, elapsed_s), 1.0):5.1%})"
+
+
+class AgreedClock:
+    """Training time as every rank agrees on it, for the learning rate and the stop rule.
+
+    Each rank's own clock starts when it reaches the loop, and rank 0 gets there
+    later (it sets up W&B first), so a schedule read from per-rank clocks gives
+    each rank its own learning rate at the same step; DDP averages gradients
+    but never re-syncs parameters, and the replicas drift apart. This clock
+    holds the largest elapsed time over the ranks at the last agreement step
+    (an all-reduce the loop makes anyway to agree on stopping) and, between
+    agreements, extrapolates by steps at the agreed pace: a value every rank
+    computes identically.
+    """
+
+    def __init__(self, step: int, seconds: float):
+        self.start_step, self.start_s = step, seconds
+        self.step, self.seconds = step, seconds
+
+    def agree(self, step: int, seconds: float) -> None:
+        """Record the agreed (all-reduced maximum) elapsed time at ``step``."""
+        self.step, self.seconds = step, seconds
+
+    def at(self, step: int) -> float:
+        """The agreed elapsed time at ``step`` (extrapolated past the last agreement)."""
+        if step <= self.step or self.step == self.start_step:
+            return self.seconds
+        pace = (self.seconds - self.start_s) / (self.step - self.start_step)
+        return self.seconds + (step - self.step) * pace

@@ -23,17 +23,25 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed as dist_utils
-from .checkpoint import list_checkpoints, load_latest_valid, save_checkpoint
+from .checkpoint import (
+    checkpoint_dir,
+    list_checkpoints,
+    load_checkpoint,
+    load_latest_valid,
+    remove_stale_files,
+    save_checkpoint,
+)
 from .config import Config, TrainConfig, dump_config
 from .data import StreamBatcher
 from .distributed import DistEnv
-from .errors import ConfigError, DivergenceError, PeerLostError
+from .errors import CheckpointError, ConfigError, DivergenceError, PeerLostError
 from .evaluate import LN2, EvalResult, evaluate_tokens
 from .fsutil import atomic_write_json, atomic_write_text
 from .metrics import MetricsSink, score_record
 from .model import CharLSTM, ModelShape
+from .precision import autocast_dtype
 from .progress import format_duration, format_rate
-from .schedule import Budget, check_schedule, lr_factor
+from .schedule import AgreedClock, Budget, check_schedule, lr_factor
 from .state import TrainState, seed_everything
 from .storage import RunDir
 from .tokens import TokenSet, load_split
@@ -55,33 +63,12 @@ class TrainResult:
     chars_per_s: float
     train_seconds: float
     interrupted: bool = False
+    stopped_by: str | None = None  # the signal this process got that stopped the run early (SIGINT, SIGTERM)
     tracking: dict = field(default_factory=dict)  # W&B run id, mode, URL or offline dir + sync command
     remote_dir: str | None = None  # the run directory's fsspec URL when train.out_dir is one
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where the hardware has bf16 kernels (CUDA, or CPUs with AVX512-BF16/AMX)."""
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ConfigError(f"unknown precision {precision!r}", where="train.precision", fix="use auto, fp32 or bf16")
-    if precision == "fp32":
-        return None
-    if device.type == "cuda":
-        supported = torch.cuda.is_bf16_supported()
-    else:
-        try:  # oneDNN builds its bf16 LSTM only on CPUs with native bf16 (AVX512-BF16 or AMX)
-            supported = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        except (AttributeError, RuntimeError):
-            supported = False
-    if precision == "bf16" and not supported:
-        raise ConfigError(
-            f"this {device.type.upper()} has no bf16 LSTM kernels (oneDNN needs AVX512-BF16 or AMX on a CPU; CUDA needs compute capability >= 8.0)",
-            where="train.precision=bf16",
-            fix="use train.precision=auto (bf16 where the hardware has it, else fp32) or fp32",
-        )
-    return torch.bfloat16 if supported else None
 
 
 def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
@@ -119,10 +106,11 @@ def train_step(
 
 
 class _StopRequest:
-    """SIGINT/SIGTERM ask the loop to stop after the current step and checkpoint."""
+    """SIGINT/SIGTERM ask the loop to stop after the current step and checkpoint (no evaluation first)."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.signal: str | None = None  # the first signal's name: the exit code is 128 + its number
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> _StopRequest:
@@ -134,7 +122,7 @@ class _StopRequest:
     def _handle(self, signum, frame) -> None:
         if self.requested:  # second signal: stop now
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signal = True, signal.Signals(signum).name
         log.warning("received %s: stopping after this step and saving a checkpoint", signal.Signals(signum).name)
 
     def __exit__(self, *exc) -> None:
@@ -213,6 +201,7 @@ class Trainer:
         # that is cheap enough every step; on GPU it is a host sync, so only at log steps.
         self.agree_every = 1 if device.type == "cpu" else t.log_interval
         self.session_start = time.perf_counter()
+        self.clock = AgreedClock(0, 0.0)
         self.loss_sum = torch.zeros((), device=device)
         self.grad_norm = torch.zeros((), device=device)
         self.lr = 0.0
@@ -227,6 +216,7 @@ class Trainer:
         self.wrap_model()
         self.write_run_info()
         self.session_start = time.perf_counter() - s.train_seconds
+        self.clock = AgreedClock(s.step, s.train_seconds)
         loop_start = time.perf_counter()
         last_val: EvalResult | None = None
         last_path: Path | None = None
@@ -242,9 +232,9 @@ class Trainer:
                 # -- log
                 if s.step % t.log_interval == 0 or last:
                     self.log()
-                # -- evaluate
+                # -- evaluate (not on a signal: the checkpoint must land within the grace period)
                 val = None
-                if last or (t.eval_interval > 0 and s.step % t.eval_interval == 0):
+                if not interrupted and (finished or (t.eval_interval > 0 and s.step % t.eval_interval == 0)):
                     val = self.evaluate()
                     last_val = val or last_val
                 # -- checkpoint
@@ -252,7 +242,7 @@ class Trainer:
                     last_path = self.checkpoint(val) or last_path
         # -- the held-out score of the final model
         test = self.score_test() if finished and not interrupted else None
-        return self.summarise(last_path, last_val, test, interrupted, loop_start)
+        return self.summarise(last_path, last_val, test, stop.signal if interrupted else None, loop_start, interrupted=interrupted)
 
     # ------------------------------------------------------------------ stages
 
@@ -260,6 +250,8 @@ class Trainer:
         """Continue from the newest valid checkpoint (``--resume``, or a torchrun restart); never overwrite a run."""
         t, env = self.t, self.env
         restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0  # torchrun restarted the group
+        if env.is_main:  # what killed saves left (temp files, lone checksums): never newer than the newest valid checkpoint
+            remove_stale_files(self.run_dir.path)
         if not (t.resume or restarted):
             existing = self.run_dir.existing_checkpoints()
             if existing:  # every rank sees the run directory, so every rank stops here
@@ -270,7 +262,7 @@ class Trainer:
                 )
             return
         self.run_dir.pull_for_resume()
-        found = load_latest_valid(self.run_dir.path, map_location=self.device)
+        found = self.agreed_checkpoint()
         if found is None:
             if env.is_main:
                 log.info("--resume: no valid checkpoint in %s, starting from scratch", self.run_dir.path)
@@ -282,6 +274,27 @@ class Trainer:
             if restarted:
                 log.warning("worker group restarted by torchrun (restart %s)", os.environ["TORCHELASTIC_RESTART_COUNT"])
             log.info("resumed from %s (step %d, data cursor epoch %d window %d)", path, self.state.step, *divmod(self.state.step, self.batcher.windows_per_epoch))
+
+    def agreed_checkpoint(self) -> tuple[dict[str, Any], Path] | None:
+        """Rank 0 picks the newest valid checkpoint; every other rank loads that same file and verifies it.
+
+        Ranks that chose for themselves could resume at different steps (node-local or stale
+        storage) and hang at the first collective. Loaded on the CPU: the RNG states in it
+        must stay CPU tensors, and the model and optimiser copy their tensors to the device.
+        """
+        found = load_latest_valid(self.run_dir.path) if self.env.is_main else None
+        name = dist_utils.broadcast_object(found[1].name if found else None)
+        if name is None or found is not None:
+            return found
+        path = checkpoint_dir(self.run_dir.path) / name
+        try:
+            return load_checkpoint(path), path
+        except CheckpointError as exc:
+            raise CheckpointError(
+                f"rank 0 resumes from {name}, which rank {self.env.rank} cannot read ({exc.what})",
+                where=str(path),
+                fix="every machine must see the same run directory: a shared volume, or train.out_dir=s3://... (object storage)",
+            ) from None
 
     def wrap_model(self) -> None:
         if self.env.distributed:
@@ -317,11 +330,11 @@ class Trainer:
         batch = self.batcher.batch(s.step, pin_memory=self.device.type == "cuda")
         if batch.window == 0:  # each stream starts a new segment: its carried state no longer applies
             s.hidden = s.model.initial_state(self.batcher.local_batch_size, self.device)
-        self.lr = t.lr * lr_factor(s.step, self.budget.lr_progress(s.step, self.elapsed()), t.warmup_steps, t.min_lr_ratio, t.lr_schedule)
+        # The agreed clock, not this rank's own: every rank must use the same lr at the same step.
+        self.lr = t.lr * lr_factor(s.step, self.budget.lr_progress(s.step, self.clock.at(s.step)), t.warmup_steps, t.min_lr_ratio, t.lr_schedule)
         for group in s.optimizer.param_groups:
             group["lr"] = self.lr
-        x = batch.inputs.to(self.device, non_blocking=True)
-        y = batch.targets.to(self.device, non_blocking=True)
+        x, y = batch.to(self.device)
         loss, self.grad_norm, s.hidden = train_step(self.train_model, s.optimizer, x, y, s.hidden, amp_dtype=self.amp_dtype, grad_clip=t.grad_clip)
         self.loss_sum += loss
         s.step += 1
@@ -329,13 +342,14 @@ class Trainer:
         s.train_seconds = self.elapsed()  # before any evaluation: checkpoints record training time
 
     def agree_stop(self, requested: bool) -> tuple[bool, bool]:
-        """(finished, interrupted), identical on every rank."""
+        """(finished, interrupted), identical on every rank; also sets the agreed clock."""
+        elapsed = self.elapsed()
+        if self.env.distributed:  # the slowest rank's clock, and whether any rank got a signal
+            flags = dist_utils.all_reduce_max(torch.tensor([elapsed, float(requested)], dtype=torch.float64, device=self.device))
+            elapsed, requested = flags[0].item(), bool(flags[1].item())
+        self.clock.agree(self.state.step, elapsed)
         finished = self.budget.steps_done(self.state.step)
-        time_up = self.budget.time_up(self.elapsed())
-        if self.env.distributed:
-            flags = dist_utils.all_reduce_sum(torch.tensor([float(time_up), float(requested)], device=self.device))
-            time_up, requested = bool(flags[0] > 0), bool(flags[1] > 0)
-        return finished or time_up, requested and not finished
+        return finished or self.budget.time_up(elapsed), requested and not finished
 
     def log(self) -> None:
         """Mean loss and grad norm over ranks since the last log line; a diverged run stops here."""
@@ -402,7 +416,7 @@ class Trainer:
         self.sink.record(self.state.step, score_record("test", test), f"step {self.state.step} | test {test.loss_nats:.4f} nats/char | {test.bpc:.4f} bits/char")
         return test
 
-    def summarise(self, last_path: Path | None, last_val: EvalResult | None, test: EvalResult | None, interrupted: bool, loop_start: float) -> TrainResult:
+    def summarise(self, last_path: Path | None, last_val: EvalResult | None, test: EvalResult | None, stopped_by: str | None, loop_start: float, *, interrupted: bool) -> TrainResult:
         """The run's result; rank 0 writes it as ``train_summary.json``."""
         s = self.state
         if last_path is None and self.env.is_main:  # resumed at or past the end: nothing to do
@@ -412,8 +426,8 @@ class Trainer:
             run_dir=str(self.run_dir.path), checkpoint=str(last_path) if last_path else "", best_checkpoint=str(best) if best.exists() else None,
             step=s.step, resumed_from=self.resumed_from, val=last_val.to_dict() if last_val else None, test=test.to_dict() if test else None,
             best_val_loss=s.best_val_loss if math.isfinite(s.best_val_loss) else None,
-            chars_per_s=_overall_rate(s.step - self.resumed_from, self.batcher.chars_per_step, loop_start),
-            train_seconds=s.train_seconds, interrupted=interrupted, tracking=self.tracker.summary(), remote_dir=self.run_dir.url,
+            chars_per_s=self.average_rate(loop_start), train_seconds=s.train_seconds, interrupted=interrupted,
+            stopped_by=stopped_by, tracking=self.tracker.summary(), remote_dir=self.run_dir.url,
         )  # fmt: skip
         if self.env.is_main:
             atomic_write_json(self.run_dir.path / "train_summary.json", result.to_dict())
@@ -423,7 +437,8 @@ class Trainer:
     # ------------------------------------------------------------------ helpers
 
     def score(self, tokens) -> EvalResult:
-        return evaluate_tokens(self.state.model, tokens, num_streams=self.t.eval_batch_size, device=self.device, env=self.env, autocast_dtype=self.amp_dtype)
+        """Exact scores in fp32 whatever the training precision, so they match ``charrnn evaluate``."""
+        return evaluate_tokens(self.state.model, tokens, num_streams=self.t.eval_batch_size, device=self.device, env=self.env)
 
     def identity(self) -> dict[str, Any]:
         """What a checkpoint records about the run beside its state."""
@@ -435,6 +450,13 @@ class Trainer:
             "tokens": {"key": self.tokens.key, "corpus_sha256": self.tokens.corpus_sha256},
         }
 
+    def average_rate(self, loop_start: float) -> float:
+        """chars/s of this session (evaluation included); for a run resumed at its end, of the whole run's training."""
+        s, steps = self.state, self.state.step - self.resumed_from
+        if steps:
+            return steps * self.batcher.chars_per_step / max(time.perf_counter() - loop_start, 1e-9)
+        return s.step * self.batcher.chars_per_step / s.train_seconds if s.train_seconds > 0 else 0.0
+
     def elapsed(self) -> float:
         return time.perf_counter() - self.session_start
 
@@ -443,6 +465,3 @@ class Trainer:
         self.window_start, self.window_steps = time.perf_counter(), 0
 
 
-def _overall_rate(steps: int, chars_per_step: int, loop_start: float) -> float:
-    """Average training throughput of this session (evaluation included)."""
-    return steps * chars_per_step / max(time.perf_counter() - loop_start, 1e-9) if steps else 0.0

@@ -18,9 +18,10 @@ from conftest import requires_cpu_bf16, tiny_config
 
 from charrnn.checkpoint import load_model
 from charrnn.evaluate import evaluate_tokens
+from charrnn.precision import autocast_dtype
 from charrnn.prepare import prepare
 from charrnn.tokens import load_split
-from charrnn.train import autocast_dtype, train
+from charrnn.train import train
 
 pytestmark = requires_cpu_bf16
 

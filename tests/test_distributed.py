@@ -183,3 +183,33 @@ def test_two_process_checkpoint_resumes_on_one_process(tokens_dir, tmp_path):
         assert losses["mixed"][step] == pytest.approx(losses["straight"][step], abs=1e-4), step
     model, _, _ = load_model(tmp_path / "mixed" / "checkpoints" / "step-00000030.pt")
     assert model is not None
+
+
+def _probe(args: list[str], cache: str, result: Path, timeout: float = 240) -> dict:
+    """Two real torchrun workers running tests/ddp_probe.py; its JSON result (every rank's view)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(Path(__file__).with_name("ddp_probe.py")), "--result", str(result), *args]
+    out = subprocess.run(cmd, env=run_env(CHARRNN_CACHE=cache), capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads(result.read_text())
+
+
+def test_every_rank_uses_the_same_learning_rate_under_a_time_budget(tokens_dir, tmp_path):
+    """Rank 0 reaches the loop later (W&B set-up, here a 1.5 s delay); a per-rank clock gave each rank its own lr."""
+    tokens, cache = tokens_dir
+    args = ["--tokens", tokens, "--out-dir", str(tmp_path / "run"), "--rank0-delay-s", "1.5",
+            *TINY, "batch_size=8", "time_budget_s=4", "max_steps=0", "warmup_steps=0", "checkpoint_interval=100000", "eval_interval=0"]  # fmt: skip
+    found = _probe(args, cache, tmp_path / "probe.json")
+    assert found["steps"][0] == found["steps"][1] and found["steps"][0][0] > 10, found
+    assert found["max_param_gap"] == 0.0, found  # identical replicas: same gradients, same lr, every step
+
+
+def test_ranks_resume_from_the_checkpoint_rank0_chose(tokens_dir, tmp_path):
+    """Rank 1 cannot see the newest checkpoint (node-local or stale storage): it must still resume where rank 0 does."""
+    tokens, cache = tokens_dir
+    run = ["--tokens", tokens, "--out-dir", str(tmp_path / "run")]
+    common = [*TINY, "batch_size=8", "checkpoint_interval=10", "eval_interval=0", "lr_decay_steps=30"]
+    first = _probe([*run, *common, "max_steps=20"], cache, tmp_path / "first.json")
+    assert first["steps"] == [[20, 0], [20, 0]]
+    found = _probe([*run, "--hide-newest-checkpoint-on-rank1", *common, "max_steps=30", "train.resume=true"], cache, tmp_path / "resumed.json")
+    assert found["steps"] == [[30, 20], [30, 20]], found
+    assert found["max_param_gap"] == 0.0, found

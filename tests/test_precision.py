@@ -161,20 +161,3 @@ def test_native_cuda_bf16_counts(monkeypatch):
 def test_no_cuda_at_all_is_fp32_for_auto(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert autocast_dtype("auto", torch.device("cuda")) is None
-
-
-def test_same_answers_and_messages_as_the_copy_in_train_on_this_cpu():
-    """charrnn.train still has the original until its owner imports this one; on a CPU they agree exactly."""
-    from charrnn import train as train_module
-
-    if not hasattr(train_module, "autocast_dtype") or train_module.autocast_dtype is autocast_dtype:
-        pytest.skip("charrnn.train uses charrnn.precision.autocast_dtype now")
-    cpu = torch.device("cpu")
-    for value in ("auto", "fp32", "bf16", "fp16"):
-        outcomes = []
-        for fn in (train_module.autocast_dtype, autocast_dtype):
-            try:
-                outcomes.append(("ok", fn(value, cpu)))
-            except ConfigError as exc:
-                outcomes.append(("error", str(exc)))
-        assert outcomes[0] == outcomes[1], value

@@ -168,3 +168,40 @@ def test_sigint_checkpoints_then_resume_finishes(small_corpus, tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"resumed from {run / 'checkpoints'}" in done.stderr
     assert json.loads(done.stdout)["step"] == target
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_first_without_evaluating_and_exits_143(small_corpus, tmp_path):
+    """Docker gives 10 s and Kubernetes 30 s between SIGTERM and SIGKILL: the checkpoint must land first."""
+    run = tmp_path / "run"
+    args = [
+        sys.executable, "-m", "charrnn", "train", "--out-dir", str(run), f"data.corpus={small_corpus}", "precision=fp32",
+        "hidden_size=32", "embedding_dim=16", "batch_size=8", "seq_len=32", "max_steps=100000", "log_interval=1",
+        "eval_interval=0", "checkpoint_interval=100000", "data.val_fraction=0.4",
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (run / "metrics.jsonl").exists() or len((run / "metrics.jsonl").read_text().splitlines()) < 3:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "no progress"
+        time.sleep(0.1)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    while not list_checkpoints(run):
+        assert time.monotonic() - sent < 10, "no checkpoint within 10 s of SIGTERM"
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err  # 128 + SIGTERM, as a shell reports it
+    assert "received SIGTERM" in err
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert not any("val/loss_nats" in r for r in records), "evaluated before saving the checkpoint"
+    assert load_checkpoint(list_checkpoints(run)[-1])["step"] == records[-1]["step"]
+
+
+def test_a_run_resumed_at_its_end_reports_the_runs_own_throughput(small_corpus, tmp_path):
+    cfg = tiny_config(small_corpus, tmp_path / "run", max_steps=10)
+    tokens = prepare(cfg)[1]
+    first = train(cfg, tokens)
+    cfg.train.resume = True
+    again = train(cfg, tokens)  # nothing left to do: no steps this session
+    assert again.step == again.resumed_from == 10
+    assert again.chars_per_s > 0 and again.train_seconds == pytest.approx(first.train_seconds)
