@@ -96,7 +96,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
             return 2
         sources[name] = uri
     for row in corpus_watch(sources=sources or None, emit_on_first_sight=args.emit_on_first_sight):
-        print(f"{row['name']}: {'CHANGED' if row['changed'] else 'unchanged'} ({row['uri']}, sha256 {row['sha256'][:12]})")
+        if row["changed"]:
+            what = "CHANGED (emitted charrnn.corpus.updated)"
+        elif row.get("first_sight"):
+            what = "first sight: baseline recorded, no training started"
+        else:
+            what = "unchanged"
+        print(f"{row['name']}: {what} ({row['uri']}, sha256 {row['sha256'][:12]})")
+        if row.get("first_sight") and not row["changed"]:
+            print(f"  later changes will trigger training; to train on it now: python -m flows run --corpus {row['uri']}")
+            print(f"  (or, with `make serve` running: prefect deployment run train-pipeline/train --param corpus={row['uri']})")
     return 0
 
 
@@ -105,9 +114,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"Prefect server: {local.ui_url} (API {local.api_url}), database and logs in {local.state_dir}")
     print(f"work pool {WORK_POOL} (process) with a worker; deployments from prefect.yaml: train, nightly, corpus-watch")
     print(f"flow runs send a heartbeat every {heartbeat_s()}s; a charrnn run silent for {args.zombie_after_s or after_s():g}s is marked Crashed")
-    print("to use the prefect CLI against it:")
+    print("to use the prefect CLI against it (the shakespeare corpus is embedded: no network needed):")
     print(f"  export PREFECT_API_URL={local.api_url}")
-    print("  prefect deployment run train-pipeline/train --param corpus=tinyshakespeare")
+    print("  prefect deployment run train-pipeline/train --param corpus=shakespeare")
     print("stop everything with `make serve-stop` (python -m flows stop)")
     return 0
 
