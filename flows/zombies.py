@@ -70,7 +70,7 @@ def check_window(after: float, heartbeat: int) -> None:
         raise ValueError(f"heartbeat period {heartbeat}s ({HEARTBEAT_ENV}): Prefect's minimum is {MIN_HEARTBEAT_S}s")
     if after < MIN_WINDOW_S or after <= heartbeat:
         raise ValueError(
-            f"zombie window {after:g}s ({WINDOW_ENV}) must exceed the heartbeat period {heartbeat}s"
+            f"zombie window {after:g}s (--after-s, --zombie-after-s or {WINDOW_ENV}) must exceed the heartbeat period {heartbeat}s"
             f" (and be at least {MIN_WINDOW_S}s), or live runs would be marked crashed; 3-4x the period is safe"
         )
 

@@ -135,7 +135,7 @@ def test_a_run_killed_with_its_worker_is_marked_crashed_and_frees_the_training_s
         deadline = killed_at + 10
         while any(alive(p) for p in doomed) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not [p for p in doomed if alive(p)]
+        assert pid in doomed and not [p for p in doomed if alive(p)]
 
         second_worker = start_worker(prefect_server, POOL, **env)  # the machine is back (or another worker serves the pool)
         assert _wait_state(first.id, {"Crashed"}, WINDOW_S + 30) == "Crashed", "the dead run was never marked crashed"
