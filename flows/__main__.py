@@ -4,6 +4,7 @@
     python -m flows watch NAME=URI [NAME=URI ...]
     python -m flows serve [--port 4200]      # server + work pool + deployments + worker
     python -m flows stop
+    python -m flows zombie-guard [--after-s 120]   # on any server: crash charrnn runs without heartbeats
 
 ``run`` talks to the server that ``serve`` started when there is one (so the
 run shows up in its UI); otherwise Prefect starts a temporary local server for
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 from flows.local import PROJECT_DIR, WORK_POOL, healthy, load, stop, up
+from flows.zombies import DEFAULT_AFTER_S, HEARTBEAT_ENV, WINDOW_ENV, after_s, heartbeat_s
 
 DEFAULT_STATE = Path(os.environ.get("CHARRNN_PREFECT_DIR", PROJECT_DIR / ".prefect"))
 
@@ -27,6 +29,7 @@ def _use_local_prefect(state_dir: Path) -> str | None:
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "charrnn")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls from an offline box
+    os.environ.setdefault(HEARTBEAT_ENV, str(heartbeat_s()))  # what the zombie-run automation expects (flows/zombies.py)
     if "PREFECT_API_URL" in os.environ:
         return os.environ["PREFECT_API_URL"]
     os.environ.setdefault("PREFECT_HOME", str((state_dir / "home").resolve()))
@@ -43,24 +46,28 @@ def _use_local_prefect(state_dir: Path) -> str | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     api_url = _use_local_prefect(args.state_dir)
+    from prefect import tags
+
     from charrnn.evaluate import format_score
     from flows.pipeline import train_pipeline
+    from flows.zombies import TAG
 
-    result = train_pipeline(
-        corpus=args.corpus,
-        config_file=args.config,
-        overrides=args.overrides,
-        nproc_per_node=args.nproc_per_node,
-        time_budget_s=args.time_budget_s,
-        max_steps=args.max_steps,
-        wandb_mode=args.wandb_mode,
-        runs_dir=args.runs_dir,
-        registry_dir=args.registry_dir or str(Path(args.runs_dir) / "registry"),
-        skip_if_trained=args.skip_if_trained,
-        sample_prompts=[args.prime],
-        num_samples=1,
-        sample_length=args.length,
-    )
+    with tags(TAG):  # like the deployments' runs: the zombie-run automation watches runs with this tag
+        result = train_pipeline(
+            corpus=args.corpus,
+            config_file=args.config,
+            overrides=args.overrides,
+            nproc_per_node=args.nproc_per_node,
+            time_budget_s=args.time_budget_s,
+            max_steps=args.max_steps,
+            wandb_mode=args.wandb_mode,
+            runs_dir=args.runs_dir,
+            registry_dir=args.registry_dir or str(Path(args.runs_dir) / "registry"),
+            skip_if_trained=args.skip_if_trained,
+            sample_prompts=[args.prime],
+            num_samples=1,
+            sample_length=args.length,
+        )
     print()
     print(f"=== train-pipeline finished: step {result['step']}, {result['train_seconds']:.0f}s of training, {result['chars_per_s']:,.0f} chars/s")
     for split in ("val", "test"):
@@ -89,18 +96,46 @@ def cmd_watch(args: argparse.Namespace) -> int:
             return 2
         sources[name] = uri
     for row in corpus_watch(sources=sources or None, emit_on_first_sight=args.emit_on_first_sight):
-        print(f"{row['name']}: {'CHANGED' if row['changed'] else 'unchanged'} ({row['uri']}, sha256 {row['sha256'][:12]})")
+        if row["changed"]:
+            what = "CHANGED (emitted charrnn.corpus.updated)"
+        elif row.get("first_sight"):
+            what = "first sight: baseline recorded, no training started"
+        else:
+            what = "unchanged"
+        print(f"{row['name']}: {what} ({row['uri']}, sha256 {row['sha256'][:12]})")
+        if row.get("first_sight") and not row["changed"]:
+            print(f"  later changes will trigger training; to train on it now: python -m flows run --corpus {row['uri']}")
+            print(f"  (or, with `make serve` running: prefect deployment run train-pipeline/train --param corpus={row['uri']})")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    local = up(args.state_dir, args.port)
+    local = up(args.state_dir, args.port, args.zombie_after_s)
     print(f"Prefect server: {local.ui_url} (API {local.api_url}), database and logs in {local.state_dir}")
     print(f"work pool {WORK_POOL} (process) with a worker; deployments from prefect.yaml: train, nightly, corpus-watch")
-    print("to use the prefect CLI against it:")
+    print(f"flow runs send a heartbeat every {heartbeat_s()}s; a charrnn run silent for {args.zombie_after_s or after_s():g}s is marked Crashed")
+    print("to use the prefect CLI against it (the shakespeare corpus is embedded: no network needed):")
     print(f"  export PREFECT_API_URL={local.api_url}")
-    print("  prefect deployment run train-pipeline/train --param corpus=tinyshakespeare")
+    print("  prefect deployment run train-pipeline/train --param corpus=shakespeare")
     print("stop everything with `make serve-stop` (python -m flows stop)")
+    return 0
+
+
+def cmd_zombie_guard(args: argparse.Namespace) -> int:
+    api_url = _use_local_prefect(args.state_dir)
+    if api_url is None:
+        print("error: no Prefect server: set PREFECT_API_URL, or start one with `make serve`", file=sys.stderr)
+        return 2
+    from flows.zombies import AUTOMATION_NAME, ensure_zombie_automation
+
+    after = args.after_s if args.after_s is not None else after_s()
+    try:
+        automation_id, done = ensure_zombie_automation(after, heartbeat_s())
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"automation {AUTOMATION_NAME!r} ({automation_id}) {done} on {api_url}: runs tagged charrnn silent for {after:g}s are marked Crashed")
+    print(f"flow runs must send heartbeats: {HEARTBEAT_ENV}={heartbeat_s()} on the workers (prefect.yaml sets it for the deployments)")
     return 0
 
 
@@ -136,7 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="start local Prefect: server, work pool, deployments, worker", description="Start `prefect server start` on 127.0.0.1 (SQLite), a process work pool, every deployment of prefect.yaml and a worker, in the background.")
     p.add_argument("--port", type=int, default=4200, help="server port (default: 4200)")
+    p.add_argument("--zombie-after-s", type=float, default=None, help=f"mark a flow run Crashed after this long without a heartbeat (default: ${WINDOW_ENV} or {DEFAULT_AFTER_S})")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "zombie-guard",
+        help="install the automation that marks flow runs without heartbeats Crashed",
+        description=f"Create or update (idempotent) the automation that marks flow runs tagged charrnn Crashed when no heartbeat came for a while, on the server of PREFECT_API_URL (or `serve`'s). Flow runs must send heartbeats: {HEARTBEAT_ENV} (default {heartbeat_s()}).",
+    )
+    p.add_argument("--after-s", type=float, default=None, help=f"seconds without a heartbeat (default: ${WINDOW_ENV} or {DEFAULT_AFTER_S}); must exceed {HEARTBEAT_ENV}")
+    p.set_defaults(func=cmd_zombie_guard)
 
     p = sub.add_parser("stop", help="stop what `serve` started", description="Stop the worker (and its flow runs) and the server.")
     p.set_defaults(func=cmd_stop)

@@ -1,5 +1,6 @@
 """Local Prefect for one machine: ``prefect server start`` on 127.0.0.1 (SQLite), the work pool,
-every deployment in ``prefect.yaml``, and a process worker; and a clean stop.
+every deployment in ``prefect.yaml``, the zombie-run automation (flows/zombies.py), and a
+process worker whose flow runs send heartbeats; and a clean stop.
 
 Everything lives in a state directory (default ``.prefect/``): ``PREFECT_HOME``
 (the SQLite database and persisted task results), the server and worker logs,
@@ -132,7 +133,20 @@ def deploy(local: LocalPrefect, *names: str, params: dict | None = None) -> None
     run_cli(local, *args)
 
 
+def install_zombie_guard(local: LocalPrefect, after_s: float | None = None) -> None:
+    """The automation that marks charrnn flow runs without heartbeats CRASHED (flows/zombies.py); idempotent."""
+    args = ["--after-s", f"{after_s:g}"] if after_s is not None else []
+    cmd = [sys.executable, "-m", "flows", "zombie-guard", *args]
+    result = subprocess.run(cmd, env=local.env(), cwd=PROJECT_DIR, capture_output=True, text=True, timeout=180)
+    if result.returncode != 0:
+        raise RuntimeError(f"`python -m flows zombie-guard` failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+
+
 def start_worker(local: LocalPrefect, pool: str = WORK_POOL, **env: str) -> subprocess.Popen:
+    """``prefect worker start``; its flow runs send a heartbeat every $PREFECT_FLOWS_HEARTBEAT_FREQUENCY s (default 30)."""
+    from flows.zombies import HEARTBEAT_ENV, heartbeat_s
+
+    env = {HEARTBEAT_ENV: str(heartbeat_s()), **env}
     proc = _spawn(_prefect("worker", "start", "--pool", pool, "--type", "process"), Path(local.state_dir) / "worker.log", local.env(**env))
     local.worker_pid = proc.pid
     _save(local)
@@ -183,12 +197,13 @@ def stop(state_dir: Path) -> bool:
     return True
 
 
-def up(state_dir: Path, port: int = 4200) -> LocalPrefect:
-    """Server, work pool, deployments and a worker: everything ``make serve`` promises."""
+def up(state_dir: Path, port: int = 4200, zombie_after_s: float | None = None) -> LocalPrefect:
+    """Server, work pool, deployments, zombie-run automation and a worker: everything ``make serve`` promises."""
     local = start_server(state_dir, port)
     try:
         create_work_pool(local)
         deploy(local)
+        install_zombie_guard(local, zombie_after_s)
         start_worker(local)
     except BaseException:
         stop(state_dir)

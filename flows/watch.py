@@ -39,7 +39,7 @@ def check_source(name: str, uri: str, emit_on_first_sight: bool, cache_dir: str 
     validator = source_validator(uri, timeout_s=timeout_s)
     if previous and previous.get("uri") == uri and validator is not None and previous.get("validator") == validator:
         logger.info("%s (%s): unchanged (%s)", name, uri, validator)
-        return {"name": name, "uri": uri, "changed": False, "sha256": previous["sha256"]}
+        return {"name": name, "uri": uri, "changed": False, "first_sight": False, "sha256": previous["sha256"]}
 
     corpus = fetch_corpus(uri, cache_dir or None, timeout_s=timeout_s)
     if previous is None:
@@ -55,10 +55,17 @@ def check_source(name: str, uri: str, emit_on_first_sight: bool, cache_dir: str 
             payload={"uri": uri, "sha256": corpus.sha256},
         )
         logger.info("%s (%s): changed (%s); emitted %s", name, uri, why, EVENT)
+    elif previous is None:
+        logger.info(
+            "%s (%s): first sight, baseline recorded (sha256 %s); no training started, later changes will start one."
+            " To train on it now: run the train deployment with corpus=%s"
+            " (`prefect deployment run train-pipeline/train --param corpus=%s`), or watch with emit_on_first_sight=true",
+            name, uri, corpus.sha256[:12], uri, uri,
+        )  # fmt: skip
     else:
-        logger.info("%s (%s): content unchanged (%s)", name, uri, "first sight, baseline recorded" if previous is None else "same sha256")
+        logger.info("%s (%s): content unchanged (same sha256)", name, uri)
     Variable.set(key, {"uri": uri, "validator": validator, "sha256": corpus.sha256}, overwrite=True)
-    return {"name": name, "uri": uri, "changed": changed, "sha256": corpus.sha256}
+    return {"name": name, "uri": uri, "changed": changed, "first_sight": previous is None, "sha256": corpus.sha256}
 
 
 @flow(name="corpus-watch", description="Fingerprint watched corpora and emit charrnn.corpus.updated for each that changed.")
