@@ -14,8 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from .config import Config, dump_config, load_config
-from .errors import CharRNNError, ConfigError
+from .config import Config, check_batch_split, dump_config, load_config
+from .errors import CharRNNError
 
 log = logging.getLogger("charrnn")
 
@@ -208,16 +208,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _check_launch_config(train_args: list[str], processes: int, nproc_per_node: int, nnodes: int) -> None:
     """Read the config as every worker's `charrnn train` will, and refuse it here, once, before torchrun starts."""
     train = parse_args(["train", *train_args])
-    cfg = _config(train, _train_extra(train))
-    batch = cfg.train.batch_size
-    if batch % processes:
-        lower, higher = batch - batch % processes, batch + processes - batch % processes
-        raise ConfigError(
-            f"train.batch_size={batch} (global streams) is not divisible by the {processes} training processes "
-            f"(--nproc-per-node {nproc_per_node} x --nnodes {nnodes}): every process must own the same number of streams",
-            where="charrnn launch",
-            fix=f"set train.batch_size to a multiple of {processes} ({', '.join(str(b) for b in (lower, higher) if b > 0)}), or change --nproc-per-node/--nnodes",
-        )
+    check_batch_split(
+        _config(train, _train_extra(train)),
+        processes,
+        layout=f"--nproc-per-node {nproc_per_node} x --nnodes {nnodes}",
+        where="charrnn launch",
+    )
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -311,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local-addr", metavar="ADDR", help="this node's address for rendezvous (multi-homed hosts)")
     p.add_argument("--socket-ifname", metavar="IFACE", help="network interface for gloo/NCCL traffic (sets GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME)")
     p.add_argument("--rdzv-is-host", action="store_true", help="this node hosts the rendezvous store (needed when the endpoint is a DNS name of this node, e.g. pod 0 of a Job)")
-    p.add_argument("--print-command", action="store_true", help="print the torchrun command as JSON instead of running it")
+    p.add_argument("--print-command", action="store_true", help="print the torchrun command as JSON instead of running it (reads no config)")
     p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the arguments of `charrnn train`")
     p.set_defaults(func=cmd_launch)
 

@@ -412,5 +412,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return _validate(_merge(raw, overrides or [], sources), sources, "command line" if not path else str(path))
 
 
+def check_batch_split(cfg: Config, processes: int, *, layout: str = "", where: str = "train.batch_size") -> None:
+    """Refuse a global batch that ``processes`` training processes cannot share equally (before starting them)."""
+    batch = cfg.train.batch_size
+    if processes >= 1 and batch % processes:
+        lower, higher = batch - batch % processes, batch + processes - batch % processes
+        raise ConfigError(
+            f"train.batch_size={batch} (global streams) is not divisible by the {processes} training processes"
+            f"{f' ({layout})' if layout else ''}: every process must own the same number of streams",
+            where=where,
+            fix=f"set train.batch_size to a multiple of {processes} ({', '.join(str(b) for b in (lower, higher) if b > 0)}), or use another number of processes",
+        )
+
+
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
