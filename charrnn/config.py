@@ -425,5 +425,14 @@ def check_batch_split(cfg: Config, processes: int, *, layout: str = "", where: s
         )
 
 
+class _Dumper(yaml.SafeDumper):
+    """Strings with line breaks as one double-quoted line ("ROMEO:\\n"), not YAML's folded blocks."""
+
+
+_Dumper.add_representer(
+    str, lambda dumper, text: dumper.represent_scalar("tag:yaml.org,2002:str", text, style='"' if "\n" in text else None)
+)
+
+
 def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    return yaml.dump(cfg.to_dict(), Dumper=_Dumper, sort_keys=False)
