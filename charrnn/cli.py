@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import Config, dump_config, load_config
+from .config import Config, check_batch_split, dump_config, load_config
 from .errors import CharRNNError
 
 log = logging.getLogger("charrnn")
@@ -37,6 +37,14 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace, extra: list[str] | None = None) -> Config:
     return load_config(args.config, [*args.overrides, *(extra or [])])
+
+
+def _train_extra(args: argparse.Namespace) -> list[str]:
+    """`charrnn train`'s own options as overrides (also read by `charrnn launch` before torchrun starts)."""
+    extra = [f"train.out_dir={args.out_dir}"] if args.out_dir else []
+    if args.resume:
+        extra.append("train.resume=true")
+    return extra
 
 
 # --------------------------------------------------------------------------- commands
@@ -66,10 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .distributed import DistEnv, destroy_process_group
     from .train import train
 
-    extra = [f"train.out_dir={args.out_dir}"] if args.out_dir else []
-    if args.resume:
-        extra.append("train.resume=true")
-    cfg = _config(args, extra)
+    cfg = _config(args, _train_extra(args))
     env = DistEnv.from_env()
     try:
         result = train(cfg, _tokens_for_training(args, cfg), env)
@@ -82,8 +87,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0  # stopped because another rank got a signal
 
 
-def _split_tokens(target: str, split: str, tokens_dir: str | None, payload: dict, vocab):
-    """Token ids for ``--split val|test|PATH`` of a checkpoint."""
+def _split_tokens(target: str, split: str, tokens_dir: str | None, payload: dict, vocab, unk_policy: str = "unk"):
+    """Token ids for ``--split val|test|PATH`` of a checkpoint; a PATH's unseen characters follow ``unk_policy``."""
     import numpy as np
 
     from .corpus import cache_root, normalise_and_validate
@@ -101,7 +106,15 @@ def _split_tokens(target: str, split: str, tokens_dir: str | None, payload: dict
     if not path.is_file():
         raise CorpusError("no such split or file", where=split, fix="use --split val, --split test or a path to a UTF-8 text file")
     text = normalise_and_validate(path.read_bytes(), split)
-    return vocab.encode(text, dtype=np.int64), str(path)
+    return vocab.encode(text, dtype=np.int64, unk_policy=unk_policy, source=str(path)), str(path)
+
+
+def _unk_policy(cfg: Config, payload: dict) -> str:
+    """data.unk_policy as set by --config or key=value, else the one the checkpoint was trained with."""
+    if "unk_policy" in cfg.data.model_fields_set:
+        return cfg.data.unk_policy
+    trained = payload.get("config", {}).get("data", {}).get("unk_policy", "unk")
+    return trained if trained in ("unk", "error") else "unk"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -112,12 +125,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .distributed import DistEnv, destroy_process_group, init_process_group, pick_device
     from .evaluate import evaluate_tokens, format_score
 
+    cfg = _config(args, [f"train.device={args.device}"] if args.device else [])
     env = DistEnv.from_env()
-    device = pick_device(args.device, env)
+    device = pick_device(cfg.train.device, env)
     init_process_group(env, device)
     try:
         model, vocab, payload = load_model(args.checkpoint, device)
-        ids, described = _split_tokens(args.checkpoint, args.split, args.tokens, payload, vocab)
+        ids, described = _split_tokens(args.checkpoint, args.split, args.tokens, payload, vocab, _unk_policy(cfg, payload))
         result = evaluate_tokens(model, ids, num_streams=args.streams, device=device, env=env)
     finally:
         destroy_process_group()
@@ -200,6 +214,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_launch_config(train_args: list[str], processes: int, nproc_per_node: int, nnodes: int) -> None:
+    """Read the config as every worker's `charrnn train` will, and refuse it here, once, before torchrun starts."""
+    train = parse_args(["train", *train_args])
+    check_batch_split(
+        _config(train, _train_extra(train)),
+        processes,
+        layout=f"--nproc-per-node {nproc_per_node} x --nnodes {nnodes}",
+        where="charrnn launch",
+    )
+
+
 def cmd_launch(args: argparse.Namespace) -> int:
     from .launch import LaunchSpec, run_torchrun, torchrun_command
 
@@ -217,6 +242,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if args.print_command:  # what would run, as a JSON list (tests check the cluster manifests with it)
         print(json.dumps(torchrun_command(spec, train_args)))
         return 0
+    if args.nproc_per_node >= 1 and args.nnodes >= 1:  # else torchrun_command refuses them
+        _check_launch_config(train_args, args.nproc_per_node * args.nnodes, args.nproc_per_node, args.nnodes)
     return run_torchrun(spec, train_args)
 
 
@@ -248,8 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="val, test, train, or a path to a UTF-8 text file (default: val)")
     p.add_argument("--tokens", metavar="DIR", help="token directory (default: the one the checkpoint was trained on)")
     p.add_argument("--streams", type=int, default=128, help="parallel evaluation streams (default: 128)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", help="auto, cpu or cuda (train.device; default: auto)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_config_args(p)
+    p.epilog = "data.unk_policy=error refuses a PATH with characters outside the vocabulary (default: the checkpoint's own policy; unk maps them to <unk>)"
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("sample", help="generate text from a checkpoint", description="Generate text with the step-wise (LSTMCell) view of a trained model.")
@@ -287,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local-addr", metavar="ADDR", help="this node's address for rendezvous (multi-homed hosts)")
     p.add_argument("--socket-ifname", metavar="IFACE", help="network interface for gloo/NCCL traffic (sets GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME)")
     p.add_argument("--rdzv-is-host", action="store_true", help="this node hosts the rendezvous store (needed when the endpoint is a DNS name of this node, e.g. pod 0 of a Job)")
-    p.add_argument("--print-command", action="store_true", help="print the torchrun command as JSON instead of running it")
+    p.add_argument("--print-command", action="store_true", help="print the torchrun command as JSON instead of running it (reads no config)")
     p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the arguments of `charrnn train`")
     p.set_defaults(func=cmd_launch)
 
@@ -305,8 +334,20 @@ def main(argv: list[str] | None = None) -> int:
     return _main(argv)  # torch is imported only by the commands that need it: `prepare` and `--help` start fast
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    # key=value after an option (`charrnn evaluate RUN --split test data.unk_policy=error`): argparse
+    # hands positionals after the first option group back unparsed; they are overrides too.
+    if rest and hasattr(args, "overrides") and all("=" in r and not r.startswith("-") for r in rest):
+        args.overrides = [*args.overrides, *rest]
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
 def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     _setup_logging(int(os.environ.get("RANK", 0)))
     try:
         return args.func(args)

@@ -76,6 +76,21 @@ def utf8_codepoints(utf8: np.ndarray) -> np.ndarray:
     return cps
 
 
+def unseen_characters(cps: np.ndarray, bad: np.ndarray, limit: int = 10) -> str:
+    """Which characters (code points ``cps[bad]``) are not in the vocabulary, and where each first occurs."""
+    values, first = np.unique(cps[bad], return_index=True)
+    newlines = np.flatnonzero(cps == 10)
+    parts = []
+    for i in np.argsort(first)[:limit]:
+        pos = int(bad[first[i]])
+        line = int(np.searchsorted(newlines, pos))  # newlines before pos
+        column = pos - (int(newlines[line - 1]) if line else -1)
+        ch = chr(int(values[i]))
+        parts.append(f"{ch!r} (U+{ord(ch):04X}) first at line {line + 1}, column {column} (position {pos})")
+    more = f", and {len(values) - limit} more" if len(values) > limit else ""
+    return f"{len(values)} character(s) not in the vocabulary ({bad.size} occurrence(s)): {'; '.join(parts)}{more}"
+
+
 @dataclass(frozen=True)
 class Vocab:
     chars: tuple[str, ...]  # real characters in code-point order; id = index + 1
@@ -108,14 +123,15 @@ class Vocab:
     def encode_codepoints(self, cps: np.ndarray, *, dtype=np.int64, unk_policy: str = "unk", source: str = "text") -> np.ndarray:
         lut = self._table()
         ids = lut[:256].astype(dtype)[cps] if cps.dtype == np.uint8 else lut[cps]
+        if unk_policy not in ("unk", "error"):  # a library guard: the config only lets these two through
+            raise CorpusError(f"unknown unk_policy {unk_policy!r}", where="data.unk_policy", fix="use unk or error")
         if unk_policy == "error" and self.size > 1:
             bad = np.flatnonzero(ids == UNK_ID)
             if bad.size:
-                ch = chr(int(cps[bad[0]]))
                 raise CorpusError(
-                    f"character {ch!r} (U+{ord(ch):04X}) at position {bad[0]} is not in the vocabulary",
+                    unseen_characters(cps, bad),
                     where=source,
-                    fix="use data.unk_policy=unk to map unseen characters to <unk>",
+                    fix="use data.unk_policy=unk to map them to <unk>, or a model trained on text that has them",
                 )
         return ids.astype(dtype, copy=False)
 

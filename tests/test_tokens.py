@@ -45,8 +45,16 @@ def test_unseen_characters_map_to_unk_or_raise():
     vocab = Vocab.from_text("abc")
     ids = vocab.encode("abz")
     assert ids.tolist() == [1, 2, UNK_ID]
-    with pytest.raises(CorpusError, match=r"'z' \(U\+007A\) at position 2"):
+    with pytest.raises(CorpusError, match=r"'z' \(U\+007A\) first at line 1, column 3 \(position 2\)"):
         vocab.encode("abz", unk_policy="error")
+    with pytest.raises(CorpusError) as info:
+        Vocab.from_text("abc\n").encode("ab\ncé\n€a😀é", unk_policy="error", source="held_out.txt")
+    text = str(info.value)
+    assert text.startswith("held_out.txt: 3 character(s) not in the vocabulary (4 occurrence(s))")
+    assert "'é' (U+00E9) first at line 2, column 2 (position 4)" in text
+    assert "'€' (U+20AC) first at line 3, column 1 (position 6)" in text
+    assert "'😀' (U+1F600) first at line 3, column 3 (position 8)" in text
+    assert "data.unk_policy=unk" in text
 
 
 def test_vocab_json_round_trip(tmp_path):
