@@ -13,14 +13,6 @@ from dataclasses import dataclass
 from .config import TrainConfig
 from .errors import ConfigError
 
-LR_SCHEDULES = ("linear", "cosine")
-
-
-def check_schedule(schedule: str) -> None:
-    """Refuse an unknown schedule before the run writes anything."""
-    if schedule not in LR_SCHEDULES:
-        raise ConfigError(f"unknown learning-rate schedule {schedule!r}", where="train.lr_schedule", fix=f"use one of: {', '.join(LR_SCHEDULES)}")
-
 
 def lr_factor(step: int, progress: float, warmup_steps: int, min_ratio: float, schedule: str = "linear") -> float:
     """Linear warm-up over steps, then a linear or cosine decay to ``min_ratio`` over ``progress`` in [0, 1]."""

@@ -41,7 +41,7 @@ from .metrics import MetricsSink, score_record
 from .model import CharLSTM, ModelShape
 from .precision import autocast_dtype
 from .progress import format_duration, format_rate
-from .schedule import AgreedClock, Budget, check_schedule, lr_factor
+from .schedule import AgreedClock, Budget, lr_factor
 from .state import TrainState, seed_everything
 from .storage import RunDir
 from .tokens import TokenSet, load_split
@@ -186,7 +186,6 @@ class Trainer:
         )  # fmt: skip
         self.val_tokens = load_split(tokens, "val")
         self.budget = Budget.from_config(t, self.batcher.windows_per_epoch)
-        check_schedule(t.lr_schedule)
 
         seed_everything(t.seed + env.rank)
         self.shape = ModelShape.from_config(cfg.model, tokens.vocab.size)
