@@ -97,7 +97,11 @@ def launch_env(spec: LaunchSpec) -> dict[str, str]:
     return env
 
 
-def kill_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+# torchrun forwards SIGTERM to its workers and waits 30 s before SIGKILL; give it a little more.
+KILL_GRACE_S = 35.0
+
+
+def kill_group(proc: subprocess.Popen, grace_s: float = KILL_GRACE_S) -> None:
     """SIGTERM the whole process group, then SIGKILL whatever is left after ``grace_s``."""
     if proc.poll() is not None:
         return

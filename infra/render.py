@@ -89,6 +89,9 @@ def _container(spec: ClusterSpec, command: list[str]) -> dict:
 def _pod_spec(spec: ClusterSpec, command: list[str], restart: str) -> dict:
     return {
         "restartPolicy": restart,
+        # SIGTERM -> torchrun forwards it and waits 30 s for its workers, which checkpoint and
+        # exit; 45 s lets that finish before the kubelet's SIGKILL (README: Stopping).
+        "terminationGracePeriodSeconds": 45,
         "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000},
         "nodeSelector": dict(spec.node_selector),
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
