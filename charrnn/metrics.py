@@ -11,6 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .evaluate import EvalResult
 from .fsutil import atomic_write_text
 from .tracking import NullTracker, Tracker
@@ -21,6 +23,16 @@ log = logging.getLogger("charrnn")
 def score_record(split: str, result: EvalResult) -> dict[str, float]:
     """``{split}/loss_nats``, ``{split}/bpc`` and ``{split}/perplexity`` of one evaluation."""
     return {f"{split}/loss_nats": result.loss_nats, f"{split}/bpc": result.bpc, f"{split}/perplexity": result.perplexity}
+
+
+def memory_metrics(device) -> dict[str, float]:
+    """Peak resident memory of this process, and on CUDA the peak allocated by torch, in MiB."""
+    import resource  # POSIX only: imported where it is used
+
+    metrics = {"perf/max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if getattr(device, "type", "cpu") == "cuda":
+        metrics["perf/cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return metrics
 
 
 class MetricsSink:

@@ -2,7 +2,8 @@
 
 The prime is run through the fused LSTM once; then each new character costs
 one :meth:`CharLSTM.step` for all streams together, so ``num_samples`` streams
-cost little more than one.
+cost little more than one. :func:`sample_rows` is the table of samples that
+training logs at each validation.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import TrackConfig
 from .model import CharLSTM
 from .vocab import Vocab
 
@@ -64,29 +66,46 @@ def generate(
     device: torch.device | str = "cpu",
     on_chars: Callable[[list[str]], None] | None = None,
 ) -> list[str]:
-    """Return ``num_samples`` continuations of ``prime``; ``on_chars`` sees each new column."""
+    """Return ``num_samples`` continuations of ``prime``; ``on_chars`` sees each new column.
+
+    Runs the model in eval mode and gives it back in the mode it came in.
+    """
+    was_training = model.training
     model.eval()
-    generator = torch.Generator(device=device)
-    generator.manual_seed(settings.seed if settings.seed is not None else torch.seed())
-    n = settings.num_samples
-    prime_ids = torch.as_tensor(vocab.encode(prime or "\n"), device=device)
-    batch_prime = prime_ids.unsqueeze(0).expand(n, -1)
-    state = model.initial_state(n, device)
-    if batch_prime.shape[1] > 1:  # fused pass over all but the last prime character
-        _, state = model(batch_prime[:, :-1], state)
-    token = batch_prime[:, -1]
-    table = ("\ufffd", *vocab.chars)
-    out: list[list[str]] = [[] for _ in range(n)]
-    for _ in range(settings.length):
-        logits, state = model.step(token, state)
-        if settings.argmax:
-            token = logits.argmax(-1)
-        else:
-            logits = filter_logits(logits.float() / max(settings.temperature, 1e-6), settings.top_k, settings.top_p)
-            token = sample_tokens(logits.softmax(-1), generator)
-        chars = [table[i] for i in token.tolist()]
-        for row, ch in zip(out, chars, strict=True):
-            row.append(ch)
-        if on_chars:
-            on_chars(chars)
-    return ["".join(row) for row in out]
+    try:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(settings.seed if settings.seed is not None else torch.seed())
+        n = settings.num_samples
+        prime_ids = torch.as_tensor(vocab.encode(prime or "\n"), device=device)
+        batch_prime = prime_ids.unsqueeze(0).expand(n, -1)
+        state = model.initial_state(n, device)
+        if batch_prime.shape[1] > 1:  # fused pass over all but the last prime character
+            _, state = model(batch_prime[:, :-1], state)
+        token = batch_prime[:, -1]
+        table = ("\ufffd", *vocab.chars)
+        out: list[list[str]] = [[] for _ in range(n)]
+        for _ in range(settings.length):
+            logits, state = model.step(token, state)
+            if settings.argmax:
+                token = logits.argmax(-1)
+            else:
+                logits = filter_logits(logits.float() / max(settings.temperature, 1e-6), settings.top_k, settings.top_p)
+                token = sample_tokens(logits.softmax(-1), generator)
+            chars = [table[i] for i in token.tolist()]
+            for row, ch in zip(out, chars, strict=True):
+                row.append(ch)
+            if on_chars:
+                on_chars(chars)
+        return ["".join(row) for row in out]
+    finally:
+        model.train(was_training)
+
+
+def sample_rows(model: CharLSTM, vocab: Vocab, cfg: TrackConfig, device, *, seed: int) -> list[tuple[float, str, str]]:
+    """(temperature, prompt, sample) for every configured prompt and temperature, seeded."""
+    rows = []
+    for temperature in cfg.sample_temperatures:
+        for prompt in cfg.sample_prompts:
+            settings = SampleSettings(length=cfg.sample_length, temperature=temperature, seed=seed)
+            rows.append((temperature, prompt, prompt + generate(model, vocab, prompt, settings, device=device)[0]))
+    return rows

@@ -253,26 +253,3 @@ def publish_to_wandb(
     finally:
         tracker.finish()
 
-
-def sample_rows(model, vocab, cfg: TrackConfig, device, *, seed: int) -> list[tuple[float, str, str]]:
-    """(temperature, prompt, sample) for every configured prompt and temperature, seeded."""
-    from .sample import SampleSettings, generate
-
-    rows = []
-    for temperature in cfg.sample_temperatures:
-        for prompt in cfg.sample_prompts:
-            settings = SampleSettings(length=cfg.sample_length, temperature=temperature, seed=seed)
-            rows.append((temperature, prompt, prompt + generate(model, vocab, prompt, settings, device=device)[0]))
-    model.train()
-    return rows
-
-
-def memory_metrics(device) -> dict[str, float]:
-    import resource
-
-    import torch
-
-    metrics = {"perf/max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if getattr(device, "type", "cpu") == "cuda":
-        metrics["perf/cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return metrics

@@ -37,15 +37,16 @@ from .distributed import DistEnv
 from .errors import CheckpointError, ConfigError, DivergenceError, PeerLostError
 from .evaluate import LN2, EvalResult, evaluate_tokens
 from .fsutil import atomic_write_json, atomic_write_text
-from .metrics import MetricsSink, score_record
+from .metrics import MetricsSink, memory_metrics, score_record
 from .model import CharLSTM, ModelShape
 from .precision import autocast_dtype
 from .progress import format_duration, format_rate
+from .sample import sample_rows
 from .schedule import AgreedClock, Budget, lr_factor
 from .state import TrainState, seed_everything
 from .storage import RunDir
 from .tokens import TokenSet, load_split
-from .tracking import Tracker, dataset_artifact_name, make_tracker, memory_metrics, sample_rows
+from .tracking import Tracker, dataset_artifact_name, make_tracker
 
 log = logging.getLogger("charrnn")
 

@@ -7,6 +7,7 @@ import types
 
 from charrnn import tracking
 from charrnn.config import TrackConfig, load_config
+from charrnn.sample import sample_rows
 
 
 def test_tags_reach_wandb_as_a_list(monkeypatch, tmp_path):
@@ -31,6 +32,6 @@ def test_sample_rows_use_every_prompt_at_every_temperature(monkeypatch):
     monkeypatch.setattr("charrnn.sample.generate", lambda model, vocab, prompt, settings, device: [f"<{settings.temperature}>"])
     model = types.SimpleNamespace(train=lambda: None)
     cfg = load_config(None, ['track.sample_prompts=["A:\\n", "B|C"]', "track.sample_temperatures=[0.5, 1]"]).track
-    rows = tracking.sample_rows(model, None, cfg, "cpu", seed=1)
+    rows = sample_rows(model, None, cfg, "cpu", seed=1)
     assert rows == [(0.5, "A:\n", "A:\n<0.5>"), (0.5, "B|C", "B|C<0.5>"), (1.0, "A:\n", "A:\n<1.0>"), (1.0, "B|C", "B|C<1.0>")]
-    assert len(tracking.sample_rows(model, None, TrackConfig(), "cpu", seed=1)) == 6  # defaults: 2 prompts x 3 temperatures
+    assert len(sample_rows(model, None, TrackConfig(), "cpu", seed=1)) == 6  # defaults: 2 prompts x 3 temperatures
