@@ -59,12 +59,17 @@ def pick_device(requested: str, env: DistEnv) -> torch.device:
     return torch.device(requested)
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one), at least 1."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def configure_threads(env: DistEnv) -> int:
     """Give each local process an equal share of the cores unless the user chose."""
     if "OMP_NUM_THREADS" in os.environ:
         threads = int(os.environ["OMP_NUM_THREADS"])
     else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = available_cores()
         threads = max(1, cores // env.local_world_size)
     torch.set_num_threads(threads)
     return threads

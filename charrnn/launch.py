@@ -91,7 +91,8 @@ def launch_env(spec: LaunchSpec) -> dict[str, str]:
     if spec.socket_ifname:  # both backends: gloo on CPU, NCCL's bootstrap and sockets on GPU
         env["GLOO_SOCKET_IFNAME"] = env["NCCL_SOCKET_IFNAME"] = spec.socket_ifname
     if "OMP_NUM_THREADS" not in env:  # torchrun would default every worker to 1 thread
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        from .distributed import available_cores  # torch: imported only when needed
+        cores = available_cores()
         env["OMP_NUM_THREADS"] = str(max(1, cores // spec.nproc_per_node))
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
