@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import CorpusError
-from .fsutil import atomic_path, atomic_write_json, file_lock, sha256_bytes
+from .fsutil import atomic_path, atomic_write_json, file_lock, sha256_bytes, url_scheme
 
 NAMED_HINT = "or use a named corpus: shakespeare (offline), tinyshakespeare"
 TINY_SHAKESPEARE_URL = (
@@ -243,7 +243,7 @@ def source_validator(uri: str, *, timeout_s: float = 10.0) -> str | None:
         if modified := headers.get("Last-Modified"):
             return f"last-modified:{modified};length:{headers.get('Content-Length', '?')}"
         return None
-    if parsed.scheme == "file" or not parsed.scheme or len(parsed.scheme) == 1:
+    if url_scheme(target) in ("", "file"):
         path = Path(urllib.parse.unquote(parsed.path)) if parsed.scheme == "file" else Path(target).expanduser()
         try:
             st = path.stat()
@@ -280,7 +280,7 @@ def fetch_corpus(
             raw = named()
         else:
             target = named or uri
-            scheme = urllib.parse.urlparse(target).scheme
+            scheme = url_scheme(target)
             if scheme in ("http", "https"):
                 dest = Path(scratch) / "download"
                 _http_get(target, dest, timeout_s=timeout_s, retries=retries)
@@ -289,7 +289,7 @@ def fetch_corpus(
                 raw = _read_hf_dataset(target)
             elif scheme == "file":
                 raw = _read_local(Path(urllib.parse.unquote(urllib.parse.urlparse(target).path)), source)
-            elif scheme and len(scheme) > 1:  # a single letter would be a Windows drive
+            elif scheme:  # any other URL: fsspec (s3://, gs:// ...)
                 raw = _read_fsspec(target)
             else:
                 raw = _read_local(Path(target).expanduser(), source)

@@ -2,6 +2,7 @@
 
 Everything the pipeline leaves on disk goes through here, so a crash (or a
 concurrent writer) can never leave a half-written file under its final name.
+:func:`url_scheme` tells a local path from a URL.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -93,3 +95,12 @@ def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def url_scheme(location: str | os.PathLike[str]) -> str:
+    """The URL scheme of ``location`` (``file``, ``s3``, ``https``...), or ``""`` for a plain path.
+
+    A one-letter scheme is a Windows drive (``C:\\data\\corpus.txt``), so a plain path too.
+    """
+    scheme = urllib.parse.urlparse(str(location)).scheme
+    return scheme if len(scheme) > 1 else ""

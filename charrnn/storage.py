@@ -19,20 +19,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import urllib.parse
 from pathlib import Path
 
 from .checkpoint import STEP_FILE, list_checkpoints, verify_checkpoint
 from .errors import CheckpointError, ConfigError
-from .fsutil import atomic_path, file_lock, sha256_bytes
+from .fsutil import atomic_path, file_lock, sha256_bytes, url_scheme
 
 log = logging.getLogger("charrnn")
 SMALL_FILES = ("config.yaml", "vocab.json", "metrics.jsonl", "train_summary.json")
 
 
 def is_remote(location: str | os.PathLike[str]) -> bool:
-    scheme = urllib.parse.urlparse(str(location)).scheme
-    return len(scheme) > 1 and scheme != "file"
+    return url_scheme(location) not in ("", "file")
 
 
 def staging_dir(url: str) -> Path:
