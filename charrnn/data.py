@@ -73,6 +73,7 @@ class StreamBatcher:
                 f"train.batch_size={batch_size} (global streams) is not divisible by {world_size} processes",
                 fix=f"use a multiple of {world_size}, e.g. {batch_size - batch_size % world_size or world_size}",
             )
+        # prepare() and the pipeline flow refuse such a split earlier; this is the only check on `train --tokens DIR`.
         check_trainable(len(tokens), batch_size, seq_len, source)
         self.tokens = tokens
         self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed

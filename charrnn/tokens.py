@@ -95,7 +95,11 @@ def split_sizes(n: int, val_fraction: float, test_fraction: float, source: str) 
 
 
 def check_trainable(num_train: int, batch_size: int, seq_len: int, source: str) -> None:
-    """Training needs at least one (seq_len + 1)-character window per stream."""
+    """Training needs at least one (seq_len + 1)-character window per stream: :class:`~charrnn.data.StreamBatcher`'s layout.
+
+    The rule lives here, not in ``data`` (which imports torch), so ``prepare`` and the flow can
+    refuse a corpus before caching it or starting torchrun.
+    """
     need = batch_size * (seq_len + 1)
     if num_train < need:
         raise CorpusError(
