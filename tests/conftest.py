@@ -1,10 +1,12 @@
-"""Shared fixtures: an isolated cache, small corpora, and a real HTTP server on 127.0.0.1."""
+"""Shared fixtures: an isolated cache, small corpora, a real HTTP server on 127.0.0.1, a Prefect server.
+
+Plain helpers (the tiny model, make_text, run_env ...) are in helpers.py: ``from helpers import ...``.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import random
 import socket
 import threading
 import time
@@ -15,13 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from charrnn.config import Config
-
-# oneDNN builds its bf16 LSTM only on CPUs with native bf16 (AVX512-BF16 or AMX): there
-# precision=auto trains in bf16. Tests that compare numbers pin fp32 so they hold on every
-# machine; the bf16 paths have tests of their own (test_bf16.py), which run only here.
-CPU_BF16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-requires_cpu_bf16 = pytest.mark.skipif(not CPU_BF16, reason="this CPU has no bf16 LSTM kernels (needs AVX512-BF16 or AMX)")
+# TINY_OVERRIDES, alive, process_tree, task_states: re-exported only until tests/test_pipeline.py
+# and tests/test_deployments.py import them from helpers (at the merge).
+from helpers import CPU_BF16, TINY_OVERRIDES, alive, make_text, process_tree, task_states  # noqa: F401
 
 
 def pytest_report_header(config) -> str:
@@ -39,48 +37,11 @@ def cache_dir(tmp_path, monkeypatch) -> Path:
     return path
 
 
-def make_text(num_chars: int, seed: int = 0) -> str:
-    """A small, learnable play-like corpus (speaker lines and verse) with non-ASCII characters."""
-    rng = random.Random(seed)
-    names = ["ROMEO", "JULIET", "NURSE", "FRIAR", "MERCUTIO"]
-    words = ["the", "of", "and", "to", "my", "thou", "thy", "love", "night", "day", "sweet", "fair", "death", "light", "heart", "is", "not", "but", "with", "be"]
-    words += ["café", "naïve", "—"]
-    parts: list[str] = []
-    size = 0
-    while size < num_chars:
-        lines = [" ".join(rng.choice(words) for _ in range(rng.randint(4, 9))).capitalize() for _ in range(rng.randint(1, 4))]
-        speech = f"{rng.choice(names)}:\n" + "\n".join(lines) + "\n\n"
-        parts.append(speech)
-        size += len(speech)
-    return "".join(parts)[:num_chars]
-
-
 @pytest.fixture
 def small_corpus(tmp_path) -> Path:
     path = tmp_path / "small.txt"
     path.write_text(make_text(60_000), encoding="utf-8")
     return path
-
-
-def tiny_config(corpus: Path | str, out_dir: Path, **train) -> Config:
-    """A config that trains in seconds on one CPU core."""
-    cfg = Config()
-    cfg.data.corpus = str(corpus)
-    cfg.data.val_fraction, cfg.data.test_fraction = 0.1, 0.05
-    cfg.model.embedding_dim, cfg.model.hidden_size, cfg.model.num_layers = 16, 32, 2
-    cfg.model.dropout = 0.1
-    cfg.train.out_dir = str(out_dir)
-    cfg.train.batch_size, cfg.train.seq_len = 8, 32
-    cfg.train.warmup_steps, cfg.train.log_interval = 5, 5
-    cfg.train.eval_interval, cfg.train.checkpoint_interval = 10, 10
-    cfg.train.eval_batch_size = 16
-    cfg.train.max_steps = 20
-    cfg.train.device = "cpu"
-    cfg.train.precision = "fp32"  # exact comparisons hold on every CPU; bf16 has its own tests
-    cfg.track.mode = "disabled"  # W&B has its own tests (test_tracking.py)
-    for key, value in train.items():
-        setattr(cfg.train, key, value)
-    return cfg
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -152,31 +113,7 @@ def refused_port() -> int:
         return sock.getsockname()[1]
 
 
-def cache_listing(root: Path) -> list[str]:
-    """Every file under the cache (locks excluded), to show a failure left it untouched."""
-    if not root.exists():
-        return []
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "locks" not in p.parts and not p.name.endswith(".lock"))
-
-
-def run_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("WANDB_SERVICE", None)  # set by in-process W&B use (the pipeline tests): children start their own
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.setdefault("WANDB_MODE", "disabled")  # W&B has its own tests
-    env.update(extra)
-    return env
-
-
 # --------------------------------------------------------------------------- Prefect
-
-# A model small enough that a whole pipeline run takes seconds.
-TINY_OVERRIDES = [
-    "embedding_dim=16", "hidden_size=32", "batch_size=8", "seq_len=32", "warmup_steps=5",
-    "log_interval=10", "checkpoint_interval=20", "eval_batch_size=8",
-    "data.val_fraction=0.1", "data.test_fraction=0.05",
-]  # fmt: skip
-
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
@@ -216,44 +153,3 @@ def prefect_server(tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def task_states(flow_run_id) -> dict[str, list[str]]:
-    """Task name -> the state names of its runs in one flow run (e.g. {"tokenise": ["Cached"]})."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    states: dict[str, list[str]] = {}
-    for run in runs:
-        states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name if run.state else "?")
-    return states
-
-
-def process_tree(root_pid: int) -> set[int]:
-    """``root_pid`` and every live descendant, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [root_pid]
-    while todo:
-        pid = todo.pop()
-        if Path(f"/proc/{pid}").exists():
-            found.add(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
-def alive(pid: int) -> bool:
-    """True for a running process (a zombie has finished)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_env
+from helpers import run_env
 
 REPO = Path(__file__).resolve().parent.parent
 SECTIONS = ("Training throughput", "Quality per second", "Tokenisation", "Generation", "bf16 accuracy guard")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import requires_cpu_bf16, tiny_config
+from helpers import requires_cpu_bf16, tiny_config
 
 from charrnn.checkpoint import load_model
 from charrnn.evaluate import evaluate_tokens

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import yaml
-from conftest import make_text, tiny_config
+from helpers import make_text, tiny_config
 
 from charrnn import cli
 

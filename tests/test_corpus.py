@@ -6,7 +6,7 @@ import multiprocessing as mp
 from pathlib import Path
 
 import pytest
-from conftest import cache_listing
+from helpers import cache_listing
 
 from charrnn.corpus import fetch_corpus
 from charrnn.errors import CorpusError

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_text, requires_cpu_bf16, run_env
+from helpers import make_text, requires_cpu_bf16, run_env, tiny_overrides
 
 from charrnn.checkpoint import list_checkpoints, load_checkpoint, load_model
 from charrnn.launch import LaunchSpec, torchrun_command
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
-TINY = ["hidden_size=32", "embedding_dim=16", "num_layers=2", "seq_len=16", "warmup_steps=2", "log_interval=5", "eval_batch_size=12", "time_budget_s=0", "device=cpu", "precision=fp32"]
-# precision=fp32: the exactness checks below would not hold under bf16 autocast (test_bf16.py covers it)
+TINY = tiny_overrides(seq_len=16, warmup_steps=2, log_interval=5, eval_batch_size=12, time_budget_s=0)
+# tiny_overrides pins precision=fp32: the exactness checks below would not hold under bf16 autocast (test_bf16.py covers it)
 
 
 @pytest.fixture(scope="module")

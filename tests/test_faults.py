@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import alive, cache_listing, make_text, process_tree, run_env, tiny_config
+from helpers import alive, cache_listing, make_text, process_tree, run_env, tiny_config
 
 from charrnn.checkpoint import (
     list_checkpoints,

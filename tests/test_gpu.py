@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 
 from charrnn.model import CharLSTM, ModelShape
 from charrnn.precision import autocast_dtype, cudnn_bf16_rnn_supported, lstm_compute_dtype

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_env
+from helpers import run_env
 
 from bench.gpu_check import Checklist, Spec, main
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import run_env, tiny_config
+from helpers import run_env, tiny_config
 
 from charrnn.config import dump_config
 from charrnn.prepare import prepare

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_env, tiny_config
+from helpers import run_env, tiny_config
 
 from charrnn.config import dump_config
 from charrnn.prepare import prepare

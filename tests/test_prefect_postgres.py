@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_OVERRIDES, make_text
+from helpers import TINY_OVERRIDES, make_text
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import run_env, tiny_config
+from helpers import run_env, tiny_config
 
 from charrnn.checkpoint import load_model
 from charrnn.evaluate import evaluate_tokens
@@ -22,7 +22,7 @@ from charrnn.train import train
 def trained(tmp_path_factory):
     import os
 
-    from conftest import make_text
+    from helpers import make_text
 
     root = tmp_path_factory.mktemp("trained")
     os.environ["CHARRNN_CACHE"] = str(root / "cache")

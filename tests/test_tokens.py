@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_text
+from helpers import make_text
 
 from charrnn.corpus import fetch_corpus
 from charrnn.errors import CorpusError

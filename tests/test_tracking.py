@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_text, run_env
+from helpers import make_text, run_env
 
 pytest.importorskip("wandb")
 pytestmark = pytest.mark.slow

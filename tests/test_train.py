@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_env, tiny_config
+from helpers import run_env, tiny_config
 
 from charrnn.checkpoint import (
     list_checkpoints,

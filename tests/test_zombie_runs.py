@@ -17,7 +17,7 @@ from uuid import uuid4
 
 import pytest
 import yaml
-from conftest import alive, process_tree
+from helpers import alive, process_tree
 from prefect import flow
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
