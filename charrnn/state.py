@@ -37,15 +37,18 @@ class TrainState:
     train_seconds: float = 0.0
     best_val_loss: float = math.inf
 
-    def to_payload(self, env: DistEnv, *, val: EvalResult | None, identity: dict[str, Any]) -> dict[str, Any]:
-        """The checkpoint payload (a collective when distributed: every rank must call it)."""
+    def to_payload(self, env: DistEnv, *, batch_size: int, val: EvalResult | None, identity: dict[str, Any]) -> dict[str, Any] | None:
+        """The checkpoint payload on rank 0, None on the others (a collective: every rank must call it)."""
+        hidden, rng = gather_hidden(self.hidden, env, batch_size), gather_rng(env)
+        if not env.is_main:
+            return None
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": gather_rng(env),
+            "rng": rng,
             "step": self.step,
             "train_seconds": self.train_seconds,
-            "hidden": gather_hidden(self.hidden, env),
+            "hidden": hidden,
             "world_size": env.world_size,
             "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
             "val": val.to_dict() if val else None,
@@ -90,23 +93,30 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def gather_hidden(hidden: Hidden, env: DistEnv) -> Hidden:
-    """The carried hidden state of every stream, on CPU (collective when distributed)."""
-    h, c = (s.detach().float() for s in hidden)
-    if env.distributed:
-        parts_h = [torch.empty_like(h) for _ in range(env.world_size)]
-        parts_c = [torch.empty_like(c) for _ in range(env.world_size)]
-        dist.all_gather(parts_h, h.contiguous())
-        dist.all_gather(parts_c, c.contiguous())
-        h, c = torch.cat(parts_h, dim=1), torch.cat(parts_c, dim=1)
-    return h.cpu(), c.cpu()
+def gather_hidden(hidden: Hidden, env: DistEnv, batch_size: int) -> Hidden | None:
+    """The carried hidden state of every stream, on rank 0's CPU; None elsewhere (a collective when distributed).
+
+    Gathered to rank 0 only, which alone writes checkpoints: an all-gather would send every
+    rank the whole state at every checkpoint for nothing. Ranks own contiguous, balanced
+    stream ranges (``rank_slice``), so the parts can differ in size by one row.
+    """
+    h, c = (s.detach().float().contiguous() for s in hidden)
+    if not env.distributed:
+        return h.cpu(), c.cpu()
+    rows = [len(range(batch_size)[rank_slice(batch_size, r, env.world_size)]) for r in range(env.world_size)]
+    parts = {name: [torch.empty(h.shape[0], n, h.shape[2], device=h.device) for n in rows] if env.is_main else None for name in ("h", "c")}
+    dist.gather(h, parts["h"], dst=0)
+    dist.gather(c, parts["c"], dst=0)
+    if not env.is_main:
+        return None
+    return torch.cat(parts["h"], dim=1).cpu(), torch.cat(parts["c"], dim=1).cpu()
 
 
-def gather_rng(env: DistEnv) -> list[dict[str, Any]]:
-    """Every rank's RNG state (index = rank)."""
+def gather_rng(env: DistEnv) -> list[dict[str, Any]] | None:
+    """Every rank's RNG state (index = rank) on rank 0; None elsewhere."""
     mine = rng_state()
     if not env.distributed:
         return [mine]
-    states: list = [None] * env.world_size
-    dist.all_gather_object(states, mine)
+    states: list | None = [None] * env.world_size if env.is_main else None
+    dist.gather_object(mine, states, dst=0)
     return states

@@ -170,6 +170,7 @@ def _is_peer_failure(exc: RuntimeError) -> bool:
 def _first_line(exc: BaseException) -> str:
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:300]
 
+
 class Trainer:
     """One rank's share of a run. Each part owns its state: the :class:`TrainState` (what a
     checkpoint holds), the :class:`Budget` (how far along the run is), the :class:`MetricsSink`
@@ -198,8 +199,9 @@ class Trainer:
         # Every rank must take the same stop decision at the same step, or the next
         # collective hangs: the step horizon is deterministic, but the wall clock and
         # signals are per process, so those are agreed through an all-reduce. On CPU
-        # that is cheap enough every step; on GPU it is a host sync, so only at log steps.
-        self.agree_every = 1 if device.type == "cpu" else t.log_interval
+        # that is cheap enough every step; on GPU it is a host sync, so every 10 steps
+        # (at most): a signal still stops the run within seconds.
+        self.agree_every = 1 if device.type == "cpu" else min(t.log_interval, 10)
         self.session_start = time.perf_counter()
         self.clock = AgreedClock(0, 0.0)
         self.loss_sum = torch.zeros((), device=device)
@@ -381,21 +383,21 @@ class Trainer:
         """The exact validation score (every rank takes part); rank 0 logs it with a row of samples."""
         if len(self.val_tokens) < 2:
             return None
-        s = self.state
+        s, started = self.state, time.perf_counter()
         val = self.score(self.val_tokens)
         self.sink.record(s.step, score_record("val", val) | {"time_s": s.train_seconds}, f"step {s.step} | val {val.loss_nats:.4f} nats/char | {val.bpc:.4f} bits/char | ppl {val.perplexity:.3f}")
         if self.env.is_main and self.tracker.run_id is not None:
             self.tracker.log_samples(s.step, sample_rows(s.model, self.tokens.vocab, self.cfg.track, self.device, seed=self.t.seed))
-        self.restart_window()  # evaluation time is not training throughput
+        self.off_the_clock(started)
         return val
 
     def checkpoint(self, val: EvalResult | None) -> Path | None:
         """Every rank gathers its share; rank 0 saves (best.pt too when ``val`` is the best yet) and publishes."""
-        s, env = self.state, self.env
+        s, env, started = self.state, self.env, time.perf_counter()
         is_best = val is not None and val.loss_nats < s.best_val_loss
         if is_best:
             s.best_val_loss = val.loss_nats
-        payload = s.to_payload(env, val=val, identity=self.identity())  # collective when distributed
+        payload = s.to_payload(env, batch_size=self.t.batch_size, val=val, identity=self.identity())  # collective when distributed
         path = None
         if env.is_main:
             path = save_checkpoint(self.run_dir.path, payload, step=s.step, is_best=is_best, keep_last=self.t.keep_last)
@@ -404,7 +406,7 @@ class Trainer:
                 metadata = {"val_bpc": val.bpc if val else None, "val_loss_nats": val.loss_nats if val else None, "corpus_sha256": self.tokens.corpus_sha256, "config": self.cfg.to_dict()}
                 self.tracker.log_model(path, step=s.step, aliases=["latest", "best"] if is_best else ["latest"], metadata=metadata)
         dist_utils.barrier()
-        self.restart_window()
+        self.off_the_clock(started)
         return path
 
     def score_test(self) -> EvalResult | None:
@@ -460,8 +462,12 @@ class Trainer:
     def elapsed(self) -> float:
         return time.perf_counter() - self.session_start
 
+    def off_the_clock(self, started: float) -> None:
+        """Leave the time since ``started`` (an evaluation, a checkpoint) out of the throughput window."""
+        self.window_start += time.perf_counter() - started
+
     def restart_window(self) -> None:
-        """Start a new throughput window (after a log line, an evaluation or a checkpoint)."""
+        """Start a new window of logged loss and throughput (after each log line)."""
         self.window_start, self.window_steps = time.perf_counter(), 0
 
 

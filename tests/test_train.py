@@ -204,3 +204,14 @@ def test_a_run_resumed_at_its_end_reports_the_runs_own_throughput(small_corpus, 
     again = train(cfg, tokens)  # nothing left to do: no steps this session
     assert again.step == again.resumed_from == 10
     assert again.chars_per_s > 0 and again.train_seconds == pytest.approx(first.train_seconds)
+
+
+def test_logged_loss_does_not_depend_on_evaluation_or_checkpoint_cadence(small_corpus, tmp_path):
+    """Evaluations and checkpoints between log lines are left out of the throughput window, not the loss."""
+    tokens = None
+    logged = {}
+    for name, cadence in (("rare", 1000), ("often", 3)):
+        cfg = tiny_config(small_corpus, tmp_path / name, max_steps=20, log_interval=10, eval_interval=cadence, checkpoint_interval=cadence)
+        tokens = tokens or prepare(cfg)[1]
+        logged[name] = _losses(Path(train(cfg, tokens).run_dir))
+    assert logged["often"] == logged["rare"]  # fp32, same data, same steps: bit for bit
