@@ -166,18 +166,8 @@ def promote(
     return record
 
 
-def challenge_and_promote(
-    registry_dir: str | os.PathLike[str],
-    checkpoint: str | os.PathLike[str],
-    tokens: TokenSet,
-    *,
-    run_dir: str,
-    corpus: CorpusRef,
-    challenger_bpc: float,
-    wandb_run_id: str | None = None,
-    num_streams: int = 32,
-) -> Promotion:
-    """:func:`challenge`, then :func:`promote` the challenger if it won."""
+def challenge_and_promote(registry_dir: str | os.PathLike[str], checkpoint: str, tokens: TokenSet, *, run_dir: str, corpus: CorpusRef, challenger_bpc: float, wandb_run_id: str | None = None, num_streams: int = 32) -> Promotion:
+    """:func:`challenge` (``challenger_bpc``: the checkpoint's known held-out score), then :func:`promote` it if it won."""
     decision = challenge(registry_dir, checkpoint, tokens, num_streams=num_streams, challenger_bpc=challenger_bpc)
     log.info("champion/challenger: %s -> %s", decision.reason, "PROMOTED" if decision.promoted else "not promoted")
     if not decision.promoted:
