@@ -45,12 +45,14 @@ def checkpoint_dir(run_dir: str | os.PathLike[str]) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def _sums_path(path: Path) -> Path:
+def checksum_path(path: str | os.PathLike[str]) -> Path:
+    """The ``.sha256`` sidecar of ``path`` ("<hex>  <name>", sha256sum -c compatible)."""
+    path = Path(path)
     return path.with_name(path.name + ".sha256")
 
 
 @contextlib.contextmanager
-def _with_checksum(path: Path, digest: str) -> Iterator[Path]:
+def write_with_checksum(path: Path, digest: str) -> Iterator[Path]:
     """Yield a temp path for ``path``; on success rename it, then its checksum file, into place.
 
     The checksum's temp file is written first, so a disk that fills up fails
@@ -58,7 +60,7 @@ def _with_checksum(path: Path, digest: str) -> Iterator[Path]:
     then checksum) keeps the rule that a checkpoint without its checksum is
     incomplete.
     """
-    with atomic_path(_sums_path(path)) as sums_tmp:
+    with atomic_path(checksum_path(path)) as sums_tmp:
         sums_tmp.write_text(f"{digest}  {path.name}\n")
         with atomic_path(path) as tmp:
             yield tmp
@@ -77,11 +79,11 @@ def save_checkpoint(run_dir: str | os.PathLike[str], payload: dict[str, Any], *,
     digest = sha256_bytes(data)
     path = target = checkpoint_dir(run_dir) / f"step-{step:08d}.pt"
     try:
-        with _with_checksum(path, digest) as tmp:
+        with write_with_checksum(path, digest) as tmp:
             tmp.write_bytes(data)
         if is_best:
             target = Path(run_dir) / "best.pt"
-            with _with_checksum(target, digest) as tmp:  # a hard link: no second copy of the bytes
+            with write_with_checksum(target, digest) as tmp:  # a hard link: no second copy of the bytes
                 tmp.unlink()
                 os.link(path, tmp)
     except OSError as exc:
@@ -172,7 +174,7 @@ def _prune(run_dir: str | os.PathLike[str], keep_last: int) -> None:
     steps = list_checkpoints(run_dir)
     for old in steps[: max(0, len(steps) - max(1, keep_last))]:
         old.unlink(missing_ok=True)  # best.pt is a separate link and survives
-        old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+        checksum_path(old).unlink(missing_ok=True)
 
 
 def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
@@ -188,7 +190,7 @@ def verify_checkpoint(path: str | os.PathLike[str]) -> None:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError("checkpoint not found", where=str(path), fix="check the path (a run directory works too)")
-    sums = path.with_name(path.name + ".sha256")
+    sums = checksum_path(path)
     if not sums.is_file():
         raise CheckpointError(
             "no checksum file beside the checkpoint (the save did not finish)",

@@ -184,9 +184,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """The whole job in one process: prepare -> train -> evaluate (val, test) -> sample."""
     from .checkpoint import load_model
-    from .evaluate import final_scores, format_score
+    from .evaluate import final_scores
     from .fsutil import atomic_write_text
     from .prepare import prepare
+    from .report import end_of_run, wandb_where
     from .sample import SampleSettings, generate
     from .train import train
 
@@ -194,23 +195,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     _, tokens = prepare(cfg)
     result = train(cfg, tokens)
     model, vocab, payload = load_model(result.best_checkpoint or result.checkpoint)
-    scores, _ = final_scores(model, tokens, step=payload["step"], num_streams=cfg.train.eval_batch_size, trained=result.to_dict())
+    scores, _ = final_scores(model, tokens, step=payload["step"], num_streams=cfg.train.eval_batch_size, trained=result)
     sample = generate(model, vocab, args.prime, SampleSettings(length=args.length, temperature=0.8, seed=cfg.train.seed))[0]
     run_dir = Path(result.run_dir)
     atomic_write_text(run_dir / "sample.txt", args.prime + sample + "\n")
-    print()
-    print(f"=== charrnn run finished: step {result.step}, {result.train_seconds:.0f}s of training, {result.chars_per_s:,.0f} chars/s")
-    for split, score in scores.items():
-        print(f"{split:>5}: {format_score(score)}")
-    print(f"--- sample (temperature 0.8, model from step {payload['step']}) ---\n{args.prime}{sample}\n---")
-    print(f"checkpoint: {result.best_checkpoint or result.checkpoint}")
-    print(f"sample:     {run_dir / 'sample.txt'}")
-    print(f"metrics:    {run_dir / 'metrics.jsonl'}")
-    tracking = result.tracking
-    if "wandb_url" in tracking:
-        print(f"W&B run:    {tracking['wandb_url']}")
-    elif "wandb_dir" in tracking:
-        print(f"W&B run:    {tracking['wandb_dir']} (offline; upload with `{tracking['wandb_sync']}`)")
+    paths = [("checkpoint", result.best_checkpoint or result.checkpoint), ("sample", str(run_dir / "sample.txt")), ("metrics", str(run_dir / "metrics.jsonl")), ("W&B run", wandb_where(result.tracking))]
+    sample_title = f"sample (temperature 0.8, model from step {payload['step']})"
+    print(end_of_run("charrnn run", result.step, result.train_seconds, result.chars_per_s, scores, sample_title, args.prime + sample, paths))
     return 0
 
 
@@ -255,14 +246,13 @@ def cmd_config(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="charrnn", description="Character-level stacked-LSTM language models.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="fetch a corpus and tokenise it (cached by content)", description="Fetch data.corpus, validate it, and write vocab + train/val/test token files to the cache.")
     _add_config_args(p)
     p.set_defaults(func=cmd_prepare)
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train or resume a model (runs under torchrun unchanged)", description="Train a CharLSTM. Under torchrun every rank runs this same command.")
     p.add_argument("--out-dir", help="run directory (train.out_dir)")
     p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in the run directory")
@@ -270,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="bits/char of a checkpoint on a split or a text file", description="Exact mean loss over a whole split, in nats/char, bits/char and perplexity.")
     p.add_argument("checkpoint", help="a .pt checkpoint or a run directory (uses its best.pt)")
     p.add_argument("--split", default="val", help="val, test, train, or a path to a UTF-8 text file (default: val)")
@@ -281,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.epilog = "data.unk_policy=error refuses a PATH with characters outside the vocabulary (default: the checkpoint's own policy; unk maps them to <unk>)"
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="generate text from a checkpoint", description="Generate text with the step-wise (LSTMCell) view of a trained model.")
     p.add_argument("checkpoint", help="a .pt checkpoint or a run directory (uses its best.pt)")
     p.add_argument("--prime", default="\n", help="text to start from (default: a newline)")
@@ -295,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of streaming text")
     p.set_defaults(func=cmd_sample)
 
+
+def _add_run(sub) -> None:
     p = sub.add_parser("run", help="prepare -> train -> evaluate -> sample in one go", description="The whole job in one process, ending with val/test bits/char, a sample and the paths.")
     p.add_argument("--out-dir", help="run directory (train.out_dir)")
     p.add_argument("--prime", default="ROMEO:\n", help="prime for the final sample")
@@ -302,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_run)
 
+
+def _add_launch(sub) -> None:
     p = sub.add_parser(
         "launch",
         help="run `charrnn train` under torchrun (many processes, many machines)",
@@ -320,9 +318,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the arguments of `charrnn train`")
     p.set_defaults(func=cmd_launch)
 
+
+def _add_config(sub) -> None:
     p = sub.add_parser("config", help="print the effective configuration as YAML")
     _add_config_args(p)
     p.set_defaults(func=cmd_config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="charrnn", description="Character-level stacked-LSTM language models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_prepare, _add_train, _add_evaluate, _add_sample, _add_run, _add_launch, _add_config):
+        add(sub)
     return parser
 
 

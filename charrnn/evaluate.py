@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ import torch.nn.functional as F
 from .data import IGNORE_INDEX, eval_windows
 from .distributed import DistEnv, all_reduce_sum
 from .model import CharLSTM
+
+if TYPE_CHECKING:
+    from .train import TrainResult
 
 LN2 = math.log(2.0)
 
@@ -74,11 +78,11 @@ def format_score(score: dict) -> str:
     return f"{score['loss_nats']:.4f} nats/char | {score['bpc']:.4f} bits/char | perplexity {score['perplexity']:.3f}"
 
 
-def final_scores(model: CharLSTM, tokens, *, step: int, num_streams: int, trained: dict | None = None, device: torch.device | str = "cpu") -> tuple[dict[str, dict], set[str]]:
+def final_scores(model: CharLSTM, tokens, *, step: int, num_streams: int, trained: TrainResult | None = None, device: torch.device | str = "cpu") -> tuple[dict[str, dict], set[str]]:
     """Exact scores of ``model`` (at ``step``) on the whole val and test splits of ``tokens``.
 
     Training scores its final model on both splits at the end (in DDP, on all
-    ranks); when ``trained`` (a ``TrainResult.to_dict()``) is that run at the same
+    ranks); when ``trained`` (its ``TrainResult``) is that run at the same
     step, those exact scores are reused instead of computed twice. Returns
     (split -> score, the splits that were reused).
     """
@@ -88,7 +92,7 @@ def final_scores(model: CharLSTM, tokens, *, step: int, num_streams: int, traine
     for split in ("val", "test"):
         if tokens.num_tokens[split] <= 1:
             continue
-        known = trained.get(split) if trained and trained.get("step") == step else None
+        known = getattr(trained, split) if trained is not None and trained.step == step else None
         if known:
             scores[split] = known
             reused.add(split)

@@ -18,6 +18,7 @@ agent is gone.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import io
 import os
@@ -26,8 +27,7 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .errors import ConfigError, PeerLostError
@@ -83,11 +83,20 @@ def torchrun_command(spec: LaunchSpec, train_args: Sequence[str], command: str =
     return cmd
 
 
-def launch_env(spec: LaunchSpec) -> dict[str, str]:
-    env = {**os.environ, **spec.env}
-    # A process that used W&B itself (a Prefect flow that published an earlier run) exports its
-    # wandb-core service address; workers must start their own service, not attach to that one.
+def child_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """The environment for a child process: ``base`` (default: this one's) without ``WANDB_SERVICE``, plus ``extra``.
+
+    A process that used W&B itself (a Prefect flow that published an earlier run) exports its
+    wandb-core service address; a child must start its own service, not attach to that one.
+    """
+    env = dict(os.environ if base is None else base)
     env.pop("WANDB_SERVICE", None)
+    env.update(extra)
+    return env
+
+
+def launch_env(spec: LaunchSpec) -> dict[str, str]:
+    env = child_env(**spec.env)
     if spec.socket_ifname:  # both backends: gloo on CPU, NCCL's bootstrap and sockets on GPU
         env["GLOO_SOCKET_IFNAME"] = env["NCCL_SOCKET_IFNAME"] = spec.socket_ifname
     if "OMP_NUM_THREADS" not in env:  # torchrun would default every worker to 1 thread
@@ -102,18 +111,36 @@ def launch_env(spec: LaunchSpec) -> dict[str, str]:
 KILL_GRACE_S = 35.0
 
 
-def kill_group(proc: subprocess.Popen, grace_s: float = KILL_GRACE_S) -> None:
-    """SIGTERM the whole process group, then SIGKILL whatever is left after ``grace_s``."""
-    if proc.poll() is not None:
+def kill_group(target: subprocess.Popen | int | None, grace_s: float = KILL_GRACE_S) -> None:
+    """SIGTERM the process group led by ``target`` (a Popen, or the pid of a group leader), then SIGKILL what is left after ``grace_s``.
+
+    A Popen that has exited already is left alone (its pid may be reused). Returns once the
+    leader is gone (reaped, when it is this process's child) and nothing of its group answers.
+    """
+    proc = target if isinstance(target, subprocess.Popen) else None
+    pid = proc.pid if proc is not None else target
+    if not pid or (proc is not None and proc.poll() is not None):
         return
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
-        pass
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if proc is not None:
+            proc.poll()  # reap the leader, so it does not linger as a zombie member of its group
+        else:
+            with contextlib.suppress(ChildProcessError):  # reap it if it is our own child
+                os.waitpid(pid, os.WNOHANG)
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    if proc is not None:
+        proc.wait()
 
 
 # Resolved here, in the parent: between fork and exec the child must not dlopen or
@@ -218,7 +245,3 @@ def _stream_output(proc: subprocess.Popen, on_line: Callable[[str], None], wait_
             break
     if rest := pending + text.decode(b"", final=True):
         on_line(rest)
-
-
-def new_rdzv_id() -> str:
-    return uuid.uuid4().hex[:12]

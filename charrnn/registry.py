@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import load_model, resolve_checkpoint, verify_checkpoint
+from .checkpoint import load_model, resolve_checkpoint, verify_checkpoint, write_with_checksum
+from .corpus import CorpusRef
 from .errors import CheckpointError
 from .evaluate import EvalResult, evaluate_tokens
-from .fsutil import atomic_path, atomic_write_json, atomic_write_text, file_lock, sha256_file
+from .fsutil import atomic_write_json, file_lock, sha256_file
 from .tokens import TokenSet, load_split
 
 log = logging.getLogger("charrnn")
@@ -58,6 +59,21 @@ class Decision:
     held_out: str  # what both were scored on
     held_out_chars: int
     reason: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """The champion/challenger outcome of one run: the decision, and the new production record when it won."""
+
+    decision: Decision
+    production: ProductionModel | None = None
+
+    @property
+    def promoted(self) -> bool:
+        return self.decision.promoted
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,9 +148,8 @@ def promote(
     target = root / "models" / f"{digest}.pt"
     with file_lock(root / ".lock"):
         if not target.exists():
-            with atomic_path(target) as tmp:
+            with write_with_checksum(target, digest) as tmp:
                 shutil.copyfile(source, tmp)
-            atomic_write_text(target.with_name(target.name + ".sha256"), f"{digest}  {target.name}\n")
         record = ProductionModel(
             checkpoint=str(target.resolve()),
             checkpoint_sha256=digest,
@@ -149,3 +164,13 @@ def promote(
         atomic_write_json(root / POINTER, record.to_dict())
     log.info("promoted %s to production (%s)", source, root / POINTER)
     return record
+
+
+def challenge_and_promote(registry_dir: str | os.PathLike[str], checkpoint: str, tokens: TokenSet, *, run_dir: str, corpus: CorpusRef, challenger_bpc: float, wandb_run_id: str | None = None, num_streams: int = 32) -> Promotion:
+    """:func:`challenge` (``challenger_bpc``: the checkpoint's known held-out score), then :func:`promote` it if it won."""
+    decision = challenge(registry_dir, checkpoint, tokens, num_streams=num_streams, challenger_bpc=challenger_bpc)
+    log.info("champion/challenger: %s -> %s", decision.reason, "PROMOTED" if decision.promoted else "not promoted")
+    if not decision.promoted:
+        return Promotion(decision)
+    record = promote(registry_dir, checkpoint, run_dir=run_dir, test_bpc=challenger_bpc, corpus_uri=corpus.uri, corpus_sha256=corpus.sha256, wandb_run_id=wandb_run_id)
+    return Promotion(decision, record)

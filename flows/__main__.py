@@ -48,7 +48,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     api_url = _use_local_prefect(args.state_dir)
     from prefect import tags
 
-    from charrnn.evaluate import format_score
     from flows.pipeline import train_pipeline
     from flows.zombies import TAG
 
@@ -68,19 +67,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             num_samples=1,
             sample_length=args.length,
         )
-    print()
-    print(f"=== train-pipeline finished: step {result['step']}, {result['train_seconds']:.0f}s of training, {result['chars_per_s']:,.0f} chars/s")
-    for split in ("val", "test"):
-        if score := result.get(split):
-            print(f"{split:>5}: {format_score(score)}")
-    print(f"--- sample ---\n{result['first_sample']}\n---")
-    print(f"samples:    {result['samples']}")
-    print(f"checkpoint: {result['checkpoint']}")
-    print(f"report:     {result['report']}")
-    print(f"W&B run:    {result['wandb']}")
-    print(f"production: {result['production']} ({'this model was promoted' if result['promoted'] else 'kept the earlier model'})")
     where = api_url.removesuffix("/api") if api_url else "run `make serve` and open http://127.0.0.1:4200"
-    print(f"Prefect:    flow runs, logs and artifacts in the UI: {where}")
+    print(result.printout(f"flow runs, logs and artifacts in the UI: {where}"))
     return 0
 
 

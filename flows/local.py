@@ -11,10 +11,7 @@ worker started.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,9 +20,12 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from charrnn.launch import child_env, kill_group
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 WORK_POOL = "charrnn-local"
 TRAINING_QUEUE = "training"  # concurrency 1: two trainings never share this machine
+STOP_GRACE_S = 15.0  # SIGTERM to SIGKILL for the server and the worker
 
 
 @dataclass
@@ -45,9 +45,7 @@ class LocalPrefect:
 
 
 def prefect_env(state_dir: Path, api_url: str, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("WANDB_SERVICE", None)  # this process's wandb-core service is not theirs
-    env.update(
+    return child_env(  # without this process's wandb-core service: not theirs
         PREFECT_HOME=str((state_dir / "home").resolve()),
         PREFECT_API_URL=api_url,
         PREFECT_CLI_PROMPT="false",
@@ -55,9 +53,7 @@ def prefect_env(state_dir: Path, api_url: str, **extra: str) -> dict[str, str]:
         PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW="ignore",  # charrnn logs outside a flow stay local, quietly
         PREFECT_SERVER_ANALYTICS_ENABLED="false",  # no telemetry calls from an offline box
         PYTHONUNBUFFERED="1",
-    )
-    env.update(extra)
-    return env
+    ) | extra
 
 
 def _prefect(*args: str) -> list[str]:
@@ -102,7 +98,7 @@ def start_server(state_dir: Path, port: int = 4200, timeout_s: float = 120.0, da
     deadline = time.monotonic() + timeout_s
     while not healthy(api_url):
         if proc.poll() is not None or time.monotonic() > deadline:
-            kill_process_group(proc.pid)
+            kill_group(proc.pid, STOP_GRACE_S)
             tail = (state_dir / "server.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"prefect server did not start (see {state_dir / 'server.log'}):\n{tail}")
         time.sleep(0.5)
@@ -165,34 +161,13 @@ def load(state_dir: Path) -> LocalPrefect | None:
     return LocalPrefect(**json.loads(path.read_text()))
 
 
-def kill_process_group(pid: int | None, grace_s: float = 15.0) -> None:
-    """SIGTERM the process group led by ``pid``, then SIGKILL what is left after ``grace_s``."""
-    if not pid:
-        return
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
-        with contextlib.suppress(ChildProcessError):  # reap it if it is our own child
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-
-
 def stop(state_dir: Path) -> bool:
     """Stop the worker (and its flow runs), then the server. False if nothing was running."""
     local = load(state_dir)
     if local is None:
         return False
-    kill_process_group(local.worker_pid)
-    kill_process_group(local.server_pid)
+    kill_group(local.worker_pid, STOP_GRACE_S)
+    kill_group(local.server_pid, STOP_GRACE_S)
     (state_dir / "local.json").unlink(missing_ok=True)
     return True
 

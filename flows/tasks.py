@@ -1,64 +1,63 @@
-"""Prefect tasks: thin wrappers that call the ``charrnn`` library and pass only paths and small values.
+"""Prefect tasks: thin wrappers that call the ``charrnn`` library and pass typed records.
 
-Caching is by content. ``fetch_corpus`` is keyed on the source's validator
-(HTTP ETag / Last-Modified, a local file's size and mtime, the package version
-of the offline corpus) and ``tokenise`` on the corpus sha256 plus the split
-settings, so an unchanged corpus is a cache hit and a changed one a miss.
-Results are persisted, so the cache survives across processes and runs.
+"Already done" is the library's content-addressed cache: ``tokenise`` asks it
+every time (a cache hit costs a directory listing). Prefect caches only
+``download``, keyed on the source's validator (HTTP ETag / Last-Modified, a
+local file's size and mtime, the package version of the offline corpus), which
+spares the download itself; its persisted ``CorpusRef`` may outlive the corpus
+file, and ``charrnn.prepare.tokenise`` fetches it again when it needs it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 
-from charrnn.corpus import cache_root, source_validator
-from charrnn.fsutil import atomic_write_json, atomic_write_text, sha256_bytes
+from charrnn.config import Config, dump_config
+from charrnn.corpus import CorpusRef, cache_root, source_validator
+from charrnn.fsutil import atomic_write_json, sha256_bytes
+from charrnn.launch import LaunchSpec
+from charrnn.registry import Promotion
+from charrnn.report import Sample, Scores
+from charrnn.sample import SampleSettings
+from charrnn.tokens import TokenSet
+from charrnn.train import TrainResult
 
-CACHE_VERSION = "v1"  # bump to invalidate every persisted task result
+CACHE_VERSION = "v2"  # bump to invalidate every persisted task result (v2: download returns a CorpusRef)
 
 
-def _key(*parts: Any) -> str:
-    return sha256_bytes(json.dumps([CACHE_VERSION, *parts], sort_keys=True, default=str).encode())
-
-
-def fetch_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+def download_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
     """Same source and same validator -> same key; None (no caching) when the source has no validator."""
-    validator = source_validator(parameters["uri"], timeout_s=parameters.get("timeout_s", 30.0))
+    d = parameters["cfg"].data
+    validator = source_validator(d.corpus, timeout_s=d.http_timeout_s)
     if validator is None:
         return None  # hf:// and fsspec sources: the library's content-addressed cache still dedups
-    return _key("fetch", parameters["uri"], validator, str(cache_root(parameters.get("cache_dir") or None)))
+    parts = [CACHE_VERSION, "fetch", d.corpus, validator, str(cache_root(d.cache_dir or None))]
+    return sha256_bytes(json.dumps(parts, sort_keys=True, default=str).encode())
 
 
-def tokenise_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    from charrnn.tokens import tokens_key
+@task(name="download", cache_key_fn=download_cache_key, persist_result=True, retries=2, retry_delay_seconds=[5, 20])
+def download(cfg: Config) -> CorpusRef:
+    """Download (or read) and validate ``data.corpus`` into the cache; a corpus too small to train on is refused before it is cached."""
+    from charrnn.prepare import fetch
 
-    key = tokens_key(parameters["corpus"]["sha256"], parameters["val_fraction"], parameters["test_fraction"], parameters["token_dtype"])
-    return _key("tokenise", key, str(cache_root(parameters.get("cache_dir") or None)))
-
-
-@task(name="fetch_corpus", cache_key_fn=fetch_cache_key, persist_result=True, retries=2, retry_delay_seconds=[5, 20])
-def fetch_corpus(uri: str, cache_dir: str = "", timeout_s: float = 30.0, retries: int = 3) -> dict:
-    """Download (or read) and validate the corpus into the content-addressed cache."""
-    from charrnn.corpus import fetch_corpus as fetch
-
-    corpus = fetch(uri, cache_dir or None, timeout_s=timeout_s, retries=retries)
-    get_run_logger().info("corpus %s: %s chars, sha256 %s, cached at %s", uri, f"{corpus.num_chars:,}", corpus.sha256, corpus.path)
-    return corpus.to_dict()
+    corpus = fetch(cfg)
+    get_run_logger().info("corpus %s: %s chars, sha256 %s, cached at %s", corpus.uri, f"{corpus.num_chars:,}", corpus.sha256, corpus.path)
+    return corpus
 
 
-@task(name="tokenise", cache_key_fn=tokenise_cache_key, persist_result=True)
-def tokenise(corpus: dict, val_fraction: float, test_fraction: float, token_dtype: str = "auto", cache_dir: str = "") -> dict:
-    """Character vocabulary and train/val/test token files (HF ``datasets``), cached by content."""
-    from charrnn.corpus import CorpusRef
-    from charrnn.tokens import prepare_tokens
+@task(name="tokenise")
+def tokenise(corpus: CorpusRef, cfg: Config) -> TokenSet:
+    """Character vocabulary and train/val/test token files (HF ``datasets``), from the cache when they are there."""
+    from charrnn.prepare import tokenise as tokenise_corpus
 
-    tokens = prepare_tokens(CorpusRef(**corpus), val_fraction=val_fraction, test_fraction=test_fraction, token_dtype=token_dtype, cache_dir=cache_dir or None)
+    tokens = tokenise_corpus(corpus, cfg)
     get_run_logger().info(
         "tokens %s: vocab %d, train/val/test %s (%s)",
         tokens.dir,
@@ -66,25 +65,27 @@ def tokenise(corpus: dict, val_fraction: float, test_fraction: float, token_dtyp
         "/".join(f"{tokens.num_tokens[s]:,}" for s in ("train", "val", "test")),
         "cache hit" if tokens.cache_hit else "built",
     )
-    return tokens.to_dict()
+    return tokens
 
 
 class TrainingFailed(RuntimeError):
     """torchrun exited with an error; the task's retries resume from the newest checkpoint."""
 
 
-@task(name="train", tags=["charrnn-train"], retries=2, retry_delay_seconds=[10, 30])
-def train(config_path: str, tokens_dir: str, run_dir: str, launch: dict) -> dict:
-    """``torchrun ... -m charrnn train --resume``: DDP training in its own process group.
+@task(name="train_model", tags=["charrnn-train"], retries=2, retry_delay_seconds=[10, 30])
+def train_model(cfg: Config, tokens: TokenSet, launch: LaunchSpec) -> TrainResult:
+    """``torchrun ... -m charrnn train --resume``: DDP training in its own process group, into ``cfg.train.out_dir``.
 
     Worker output streams into the run log line by line. Any exit of this task
     (failure, cancellation, a crash of the flow process) kills the whole
     torchrun process group. Every attempt passes ``--resume``, so a retry
     continues from the newest valid checkpoint instead of starting over.
     """
-    from charrnn.launch import LaunchSpec, run_torchrun
+    from charrnn.launch import run_torchrun
+    from charrnn.runs import load_train_summary
 
     logger = get_run_logger()
+    run_dir = cfg.train.out_dir
     context = TaskRunContext.get()
     attempt = context.task_run.run_count if context else 1
     if attempt > 1:
@@ -99,67 +100,54 @@ def train(config_path: str, tokens_dir: str, run_dir: str, launch: dict) -> dict
     def on_start(proc) -> None:  # where the group is, for operators (and the tests that kill it)
         atomic_write_json(Path(run_dir) / "launch.json", {"torchrun_pid": proc.pid, "process_group": os.getpgid(proc.pid), "attempt": attempt, "command": proc.args})
 
-    args = ["--config", config_path, "--tokens", tokens_dir, "--out-dir", run_dir, "--resume"]
-    code = run_torchrun(LaunchSpec(**launch), args, on_line=on_line, on_start=on_start)
+    with tempfile.TemporaryDirectory(prefix="charrnn-config-") as scratch:  # the workers read it; training writes the run's config.yaml
+        config = Path(scratch) / "config.yaml"
+        config.write_text(dump_config(cfg))
+        args = ["--config", str(config), "--tokens", tokens.dir, "--out-dir", run_dir, "--resume"]
+        code = run_torchrun(launch, args, on_line=on_line, on_start=on_start)
     if code != 0:
         tail = "\n".join(recent[-8:])
         raise TrainingFailed(f"torchrun exited with code {code} (attempt {attempt}); last output:\n{tail}")
-    summary = json.loads((Path(run_dir) / "train_summary.json").read_text())
-    logger.info("trained to step %d in %.0fs of training (%s chars/s)", summary["step"], summary["train_seconds"], f"{summary['chars_per_s']:,.0f}")
+    summary = load_train_summary(run_dir)
+    logger.info("trained to step %d in %.0fs of training (%s chars/s)", summary.step, summary.train_seconds, f"{summary.chars_per_s:,.0f}")
     return summary
 
 
-@task(name="evaluate")
-def evaluate(checkpoint: str, tokens_dir: str, out_dir: str, num_streams: int = 32, train_summary: dict | None = None) -> dict:
-    """Exact bits/char of the checkpoint on the whole val and test splits (training's own scores when it is the final model)."""
-    from charrnn.checkpoint import load_model, resolve_checkpoint
-    from charrnn.evaluate import final_scores, format_score
-    from charrnn.tokens import open_token_set
+@task(name="score_model")
+def score_model(trained: TrainResult, tokens: TokenSet, num_streams: int = 32) -> Scores:
+    """Exact bits/char of the best checkpoint on the whole val and test splits (training's own scores when it is the final model)."""
+    from charrnn.evaluate import format_score
+    from charrnn.runs import score_checkpoint
 
     logger = get_run_logger()
-    path = resolve_checkpoint(checkpoint)
-    model, _, payload = load_model(path)
-    scores, reused = final_scores(model, open_token_set(tokens_dir), step=payload["step"], num_streams=num_streams, trained=train_summary)
-    for split, score in scores.items():
+    scores, reused = score_checkpoint(trained.best_checkpoint or trained.checkpoint, tokens, trained.run_dir, num_streams=num_streams, trained=trained)
+    for split, score in scores.splits.items():
         logger.info("%s: %s (%s chars%s)", split, format_score(score), f"{score['chars']:,}", ", scored by training" if split in reused else "")
-    result = {"checkpoint": str(path.resolve()), "step": payload["step"], **scores}
-    atomic_write_json(Path(out_dir) / "eval.json", result)
-    return result
+    return scores
 
 
-@task(name="generate_samples")
-def generate_samples(checkpoint: str, out_dir: str, prompts: list[str], num_samples: int, length: int, temperature: float, seed: int) -> list[dict]:
-    """``num_samples`` samples per prompt, batched, seeded; written to samples.json and samples.txt."""
-    from charrnn.checkpoint import load_model
-    from charrnn.sample import SampleSettings, generate
+@task(name="write_samples")
+def write_samples(scores: Scores, run_dir: str, prompts: list[str], settings: SampleSettings) -> list[Sample]:
+    """``settings.num_samples`` samples per prompt, batched, seeded; written to samples.json and samples.txt."""
+    from charrnn.runs import write_samples as write
 
-    model, vocab, _ = load_model(checkpoint)
-    rows = []
-    for prompt in prompts:
-        settings = SampleSettings(length=length, temperature=temperature, num_samples=num_samples, seed=seed)
-        for i, text in enumerate(generate(model, vocab, prompt, settings)):
-            rows.append({"prompt": prompt, "sample": i + 1, "temperature": temperature, "text": prompt + text})
-    out = Path(out_dir)
-    atomic_write_json(out / "samples.json", rows)
-    atomic_write_text(out / "samples.txt", "".join(f"----- {r['prompt']!r} #{r['sample']} (temperature {temperature}) -----\n{r['text']}\n\n" for r in rows))
-    get_run_logger().info("%d samples in %s", len(rows), out / "samples.txt")
+    rows = write(scores.checkpoint, run_dir, prompts, settings)
+    get_run_logger().info("%d samples in %s", len(rows), Path(run_dir) / "samples.txt")
     return rows
 
 
-@task(name="promote")
-def promote_if_better(registry_dir: str, checkpoint: str, tokens_dir: str, run_dir: str, corpus: dict, held_out_score: dict, wandb_run_id: str | None, num_streams: int = 32) -> dict:
-    """Champion/challenger on the same held-out text; promote the challenger only if it wins.
+@task(name="promote_model")
+def promote_model(registry_dir: str, scores: Scores, tokens: TokenSet, corpus: CorpusRef, trained: TrainResult, num_streams: int = 32) -> Promotion:
+    """Champion/challenger on the same held-out text; promote the challenger only if it wins (its score from ``score_model``)."""
+    from charrnn.registry import challenge_and_promote
 
-    ``held_out_score`` is the challenger's exact score on that text (from ``evaluate``).
-    """
-    from charrnn.registry import challenge, promote
-    from charrnn.tokens import open_token_set
-
-    logger = get_run_logger()
-    decision = challenge(registry_dir, checkpoint, open_token_set(tokens_dir), num_streams=num_streams, challenger_bpc=held_out_score["bpc"])
-    logger.info("champion/challenger: %s -> %s", decision.reason, "PROMOTED" if decision.promoted else "not promoted")
-    result = {"decision": decision.to_dict(), "production": None}
-    if decision.promoted:
-        record = promote(registry_dir, checkpoint, run_dir=run_dir, test_bpc=held_out_score["bpc"], corpus_uri=corpus["uri"], corpus_sha256=corpus["sha256"], wandb_run_id=wandb_run_id)
-        result["production"] = record.to_dict()
-    return result
+    return challenge_and_promote(
+        registry_dir,
+        scores.checkpoint,
+        tokens,
+        run_dir=trained.run_dir,
+        corpus=corpus,
+        challenger_bpc=scores.held_out["bpc"],
+        wandb_run_id=trained.tracking.get("wandb_run_id"),
+        num_streams=num_streams,
+    )

@@ -23,7 +23,8 @@ TRAIN, WATCH = "train-pipeline/train", "corpus-watch/corpus-watch"
 @pytest.fixture(scope="module")
 def deployed(prefect_server, tmp_path_factory):
     """`prefect deploy` of train (tiny model, W&B off, temp dirs) and corpus-watch, plus a process worker."""
-    from flows.local import create_work_pool, deploy, kill_process_group, start_worker
+    from charrnn.launch import kill_group
+    from flows.local import create_work_pool, deploy, start_worker
 
     root = tmp_path_factory.mktemp("deployed")
     create_work_pool(prefect_server)
@@ -50,7 +51,7 @@ def deployed(prefect_server, tmp_path_factory):
         PREFECT_WORKER_QUERY_SECONDS="1",
     )
     yield root
-    kill_process_group(worker.pid)
+    kill_group(worker.pid, grace_s=15)
 
 
 def _client():

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_OVERRIDES, make_text, process_tree, task_states
+from conftest import TINY_OVERRIDES, cache_listing, make_text, process_tree, task_states
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow, pytest.mark.distributed]
 
@@ -41,28 +41,37 @@ def run_pipeline(tmp_path: Path, corpus: str, **params):
     )
     state = train_pipeline(corpus=corpus, **{**defaults, **params}, return_state=True)
     assert state.is_completed(), state
-    return state.result(), state.state_details.flow_run_id
+    return state.result().to_dict(), state.state_details.flow_run_id
+
+
+def token_entries() -> dict[str, int]:
+    """The library's token cache: entry -> mtime of its meta.json (a rebuilt or new entry changes it)."""
+    from charrnn.corpus import cache_root
+
+    return {str(p): p.stat().st_mtime_ns for p in (cache_root(None) / "tokens").glob("*/meta.json")}
 
 
 def test_fetch_and_tokenise_are_cached_by_content(prefect_server, served, tmp_path):
     url = served.url("corpus.txt")
     first, first_id = run_pipeline(tmp_path, url)
-    assert task_states(first_id)["fetch_corpus"] == ["Completed"]
+    assert task_states(first_id)["download"] == ["Completed"]
     assert task_states(first_id)["tokenise"] == ["Completed"]
+    built = token_entries()
     assert Path(first["checkpoint"]).is_file() and first["step"] == 20
 
-    # Same corpus: both cache hits, and skip_if_trained reports the first model instead of training.
+    # Same corpus: both cache hits (Prefect's for the download, the library's for the tokens), and
+    # skip_if_trained reports the first model instead of training.
     second, second_id = run_pipeline(tmp_path, url, skip_if_trained=True)
     states = task_states(second_id)
-    assert states["fetch_corpus"] == ["Cached"] and states["tokenise"] == ["Cached"], states
-    assert "train" not in states and second["run_dir"] == first["run_dir"]
+    assert states["download"] == ["Cached"] and token_entries() == built, states
+    assert "train_model" not in states and second["run_dir"] == first["run_dir"]
 
     # New content behind the same URL (new ETag): both miss, and a new model is trained.
     served.files["corpus.txt"] = make_text(40_000, seed=2).encode()
     third, third_id = run_pipeline(tmp_path, url, skip_if_trained=True)
     states = task_states(third_id)
-    assert states["fetch_corpus"] == ["Completed"] and states["tokenise"] == ["Completed"], states
-    assert states["train"] == ["Completed"] and third["run_dir"] != first["run_dir"]
+    assert states["download"] == ["Completed"] and states["tokenise"] == ["Completed"] and len(token_entries()) == len(built) + 1, states
+    assert states["train_model"] == ["Completed"] and third["run_dir"] != first["run_dir"]
 
 
 def test_train_task_retries_and_resumes_after_a_killed_worker(prefect_server, served, tmp_path):
@@ -93,14 +102,14 @@ def test_train_task_retries_and_resumes_after_a_killed_worker(prefect_server, se
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
-        (train_run,) = [r for r in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))) if r.name.startswith("train-")]
+        (train_run,) = [r for r in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))) if r.name.startswith("train_model-")]
     assert train_run.run_count == 2 and train_run.state.name == "Completed"
     summary = json.loads((Path(result["run_dir"]) / "train_summary.json").read_text())
     assert summary["resumed_from"] >= 20 and summary["step"] == 3000  # continued from a checkpoint, not from scratch
     assert json.loads((Path(result["run_dir"]) / "launch.json").read_text())["attempt"] == 2
 
 
-def test_publish_creates_report_samples_and_wandb_artifacts(prefect_server, served, tmp_path, monkeypatch):
+def test_report_run_creates_report_samples_and_wandb_artifacts(prefect_server, served, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     result, flow_run_id = run_pipeline(tmp_path, served.url("corpus.txt"), wandb_mode="offline", num_samples=2, sample_prompts=["ROMEO:\n", "JULIET:\n"])
@@ -144,3 +153,14 @@ def test_champion_challenger_promotes_only_a_better_model(prefect_server, served
     assert better["promoted"] and json.loads(registry.read_text())["run_dir"] == better["run_dir"]
     production = json.loads(registry.read_text())
     assert Path(production["checkpoint"]).is_file() and production["test_bpc"] == pytest.approx(better["test"]["bpc"])
+
+
+def test_a_refused_corpus_leaves_the_cache_as_it_was(prefect_server, http_server, tmp_path, cache_dir):
+    from flows.pipeline import train_pipeline
+
+    http_server.files["tiny.txt"] = make_text(300, seed=3).encode()  # far too small for batch_size x seq_len
+    before = cache_listing(cache_dir)
+    state = train_pipeline(corpus=http_server.url("tiny.txt"), overrides=TINY_OVERRIDES, nproc_per_node=1, max_steps=5, wandb_mode="disabled", runs_dir=str(tmp_path / "runs"), registry_dir=str(tmp_path / "registry"), return_state=True)
+    assert state.is_failed()
+    assert task_states(state.state_details.flow_run_id)["download"] == ["Failed"]
+    assert cache_listing(cache_dir) == before

@@ -58,11 +58,11 @@ def test_train_deployment_on_a_postgresql_backed_server(postgres, http_server, t
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from charrnn.launch import kill_group
     from flows.local import (
         create_work_pool,
         deploy,
         free_port,
-        kill_process_group,
         start_server,
         start_worker,
         stop,
@@ -102,5 +102,5 @@ def test_train_deployment_on_a_postgresql_backed_server(postgres, http_server, t
         assert not list(state.rglob("*.db"))
     finally:
         if worker is not None:
-            kill_process_group(worker.pid)
+            kill_group(worker.pid, grace_s=15)
         stop(state)

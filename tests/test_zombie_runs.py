@@ -98,7 +98,8 @@ def zombie_guard(prefect_server):
 def test_a_run_killed_with_its_worker_is_marked_crashed_and_frees_the_training_slot(prefect_server, zombie_guard, monkeypatch):
     from prefect.deployments import run_deployment
 
-    from flows.local import TRAINING_QUEUE, create_work_pool, kill_process_group, start_worker
+    from charrnn.launch import kill_group
+    from flows.local import TRAINING_QUEUE, create_work_pool, start_worker
     from flows.zombies import HEARTBEAT_ENV, heartbeat_s
 
     monkeypatch.delenv(HEARTBEAT_ENV, raising=False)
@@ -146,9 +147,9 @@ def test_a_run_killed_with_its_worker_is_marked_crashed_and_frees_the_training_s
         assert _wait_state(second.id, {"Completed"}, 60) == "Completed", "the freed slot was not used"
         print(f"marked crashed {crashed_after:.0f}s after the kill (window {WINDOW_S}s)")
     finally:
-        kill_process_group(worker.pid, grace_s=5)
+        kill_group(worker.pid, grace_s=5)
         if second_worker is not None:
-            kill_process_group(second_worker.pid, grace_s=5)
+            kill_group(second_worker.pid, grace_s=5)
 
 
 def test_every_deployment_sends_heartbeats_the_automation_watches():
