@@ -15,6 +15,9 @@ from pathlib import Path
 
 import torch
 
+from charrnn.launch import child_env
+from charrnn.machine import available_cores
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -65,7 +68,7 @@ def machine_summary() -> str:
     flags = cpu_flags()
     simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
     return (
-        f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores, SIMD: {', '.join(simd) or 'none of avx2/avx512/amx'}; "
+        f"{cpu_model()}, {available_cores()} cores, SIMD: {', '.join(simd) or 'none of avx2/avx512/amx'}; "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}); "
         f"Python {platform.python_version()}"
     )
@@ -138,5 +141,4 @@ def charrnn_cmd(*args: str) -> list[str]:
 
 def quiet_env(**extra: str) -> dict:
     """Subprocess environment: W&B off (benchmarks measure training, not tracking)."""
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
-    return env | {"WANDB_MODE": "disabled"} | extra
+    return child_env(WANDB_MODE="disabled", **extra)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .machine import available_cores
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -57,11 +59,6 @@ def pick_device(requested: str, env: DistEnv) -> torch.device:
         torch.cuda.set_device(env.local_rank)  # one process per GPU
         return torch.device("cuda", env.local_rank)
     return torch.device(requested)
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the OS has one), at least 1."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def configure_threads(env: DistEnv) -> int:
@@ -183,8 +180,16 @@ def init_process_group(env: DistEnv, device: torch.device, timeout_s: float = 60
                 log.warning("this PyTorch cannot shorten the NCCL timeout after start-up: collectives keep %.0f s", timeout_s)
 
 
-def destroy_process_group() -> None:
+def destroy_process_group(*, together: bool = False) -> None:
+    """Leave the process group; ``together`` (after a run that ended well) waits for every rank first.
+
+    Without that barrier a fast rank can close its connections while a peer is still
+    finishing its last collective, and gloo's threads in that peer may abort the process
+    at exit. Never after a failure, when a peer may be gone and a barrier would hang.
+    """
     if dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .errors import ConfigError, PeerLostError
+from .machine import available_cores
 
 
 @dataclass
@@ -100,7 +101,6 @@ def launch_env(spec: LaunchSpec) -> dict[str, str]:
     if spec.socket_ifname:  # both backends: gloo on CPU, NCCL's bootstrap and sockets on GPU
         env["GLOO_SOCKET_IFNAME"] = env["NCCL_SOCKET_IFNAME"] = spec.socket_ifname
     if "OMP_NUM_THREADS" not in env:  # torchrun would default every worker to 1 thread
-        from .distributed import available_cores  # torch: imported only when needed
         cores = available_cores()
         env["OMP_NUM_THREADS"] = str(max(1, cores // spec.nproc_per_node))
     env.setdefault("PYTHONUNBUFFERED", "1")

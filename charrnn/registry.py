@@ -26,6 +26,7 @@ import numpy as np
 
 from .checkpoint import load_model, resolve_checkpoint, verify_checkpoint, write_with_checksum
 from .corpus import CorpusRef
+from .distributed import DistEnv, pick_device
 from .errors import CheckpointError
 from .evaluate import EvalResult, evaluate_tokens
 from .fsutil import atomic_write_json, file_lock, sha256_file
@@ -94,8 +95,9 @@ def held_out_text(tokens: TokenSet) -> tuple[str, str]:
     raise CheckpointError("the corpus has no held-out text", where=tokens.dir, fix="set data.test_fraction or data.val_fraction above 0")
 
 
-def score_on_text(checkpoint: str | os.PathLike[str], text: str, *, num_streams: int = 32, device: str = "cpu") -> EvalResult:
-    """Bits/char of a checkpoint on raw text, encoded with the checkpoint's own vocabulary."""
+def score_on_text(checkpoint: str | os.PathLike[str], text: str, *, num_streams: int = 32) -> EvalResult:
+    """Bits/char of a checkpoint on raw text, encoded with the checkpoint's own vocabulary (on the GPU if there is one)."""
+    device = pick_device("auto", DistEnv())
     model, vocab, _ = load_model(checkpoint, device)
     return evaluate_tokens(model, vocab.encode(text, dtype=np.int64), num_streams=num_streams, device=device)
 

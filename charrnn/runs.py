@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .checkpoint import load_model, resolve_checkpoint, verify_checkpoint
 from .config import Config
+from .distributed import DistEnv, pick_device
 from .errors import CheckpointError
 from .evaluate import final_scores
 from .fsutil import atomic_write_json, atomic_write_text, sha256_bytes
@@ -35,9 +36,9 @@ def load_train_summary(run_dir: str | os.PathLike[str]) -> TrainResult:
 
 def score_checkpoint(checkpoint: str, tokens: TokenSet, run_dir: str | os.PathLike[str], *, num_streams: int = 32, trained: TrainResult | None = None) -> tuple[Scores, set[str]]:
     """Exact val/test scores of the checkpoint, written to ``eval.json``; (scores, the splits training had scored)."""
-    path = resolve_checkpoint(checkpoint)
-    model, _, payload = load_model(path)
-    splits, reused = final_scores(model, tokens, step=payload["step"], num_streams=num_streams, trained=trained)
+    path, device = resolve_checkpoint(checkpoint), pick_device("auto", DistEnv())  # the GPU training used, if any
+    model, _, payload = load_model(path, device)
+    splits, reused = final_scores(model, tokens, step=payload["step"], num_streams=num_streams, trained=trained, device=device)
     scores = Scores(checkpoint=str(path.resolve()), step=payload["step"], **splits)
     atomic_write_json(Path(run_dir) / "eval.json", scores.to_dict())
     return scores, reused
@@ -45,11 +46,12 @@ def score_checkpoint(checkpoint: str, tokens: TokenSet, run_dir: str | os.PathLi
 
 def write_samples(checkpoint: str, run_dir: str | os.PathLike[str], prompts: list[str], settings: SampleSettings) -> list[Sample]:
     """``settings.num_samples`` samples per prompt, batched and seeded; written to samples.json and samples.txt."""
-    model, vocab, _ = load_model(checkpoint)
+    device = pick_device("auto", DistEnv())
+    model, vocab, _ = load_model(checkpoint, device)
     rows = [
         Sample(prompt, i + 1, settings.temperature, prompt + text)
         for prompt in prompts
-        for i, text in enumerate(generate(model, vocab, prompt, settings))
+        for i, text in enumerate(generate(model, vocab, prompt, settings, device=device))
     ]
     out = Path(run_dir)
     atomic_write_json(out / "samples.json", [r.to_dict() for r in rows])

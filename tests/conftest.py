@@ -19,7 +19,7 @@ import torch
 
 # TINY_OVERRIDES, alive, process_tree, task_states: re-exported only until tests/test_pipeline.py
 # and tests/test_deployments.py import them from helpers (at the merge).
-from helpers import CPU_BF16, TINY_OVERRIDES, alive, make_text, process_tree, task_states  # noqa: F401
+from helpers import CPU_BF16, make_text
 
 
 def pytest_report_header(config) -> str:

@@ -8,7 +8,6 @@ puts ``tests/`` on ``sys.path`` before it imports the rootdir conftest.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import torch
 
 from charrnn.config import SECTIONS, Config
+from charrnn.launch import child_env
 
 # oneDNN builds its bf16 LSTM only on CPUs with native bf16 (AVX512-BF16 or AMX): there
 # precision=auto trains in bf16. Tests that compare numbers pin fp32 so they hold on every
@@ -105,8 +105,7 @@ def cache_listing(root: Path) -> list[str]:
 
 def run_env(**extra: str) -> dict[str, str]:
     """The environment for a child ``charrnn``/``torchrun``/``prefect`` process: one thread, W&B off unless asked."""
-    env = dict(os.environ)
-    env.pop("WANDB_SERVICE", None)  # set by in-process W&B use (the pipeline tests): children start their own
+    env = child_env()  # without the WANDB_SERVICE that in-process W&B use (the pipeline tests) sets
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("WANDB_MODE", "disabled")  # W&B has its own tests
     env.update(extra)

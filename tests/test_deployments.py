@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_OVERRIDES, alive, make_text, process_tree
+from helpers import TINY_OVERRIDES, alive, make_text, process_tree
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow, pytest.mark.distributed]
 

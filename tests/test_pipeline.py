@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_OVERRIDES, cache_listing, make_text, process_tree, task_states
+from helpers import TINY_OVERRIDES, cache_listing, make_text, process_tree, task_states
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow, pytest.mark.distributed]
 
