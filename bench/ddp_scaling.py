@@ -5,6 +5,9 @@ on the prepared default corpus, alternating in rounds; the figure is the
 median of the per-log-interval chars/s that training itself reports (first
 interval dropped as warm-up).
 
+Each precision this CPU has (fp32; bf16 where it has bf16 LSTM kernels) is
+measured in the same run.
+
     python bench/ddp_scaling.py [--steps 400] [--rounds 2] [key=value train overrides]
 """
 
@@ -19,6 +22,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from bench.common import machine_summary
+from charrnn.errors import ConfigError
+from charrnn.machine import available_cores
+from charrnn.precision import autocast_dtype
+
 
 def run(nproc: int, threads: int, steps: int, tokens: str, overrides: list[str], out: Path) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -30,25 +43,35 @@ def run(nproc: int, threads: int, steps: int, tokens: str, overrides: list[str],
     return statistics.median(rates[1:])
 
 
+def precisions() -> list[str]:
+    """fp32 always; bf16 too where this CPU has bf16 LSTM kernels."""
+    try:
+        autocast_dtype("bf16", torch.device("cpu"))
+    except ConfigError:
+        return ["fp32"]
+    return ["fp32", "bf16"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--procs", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--procs", type=int, default=available_cores())
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     prepared = subprocess.run([sys.executable, "-m", "charrnn", "prepare", *args.overrides], check=True, capture_output=True, text=True)
     tokens = json.loads(prepared.stdout)["tokens"]["dir"]
-    results: dict[str, list[float]] = {"1 proc": [], f"{args.procs} procs": []}
+    print(f"machine: {machine_summary()}")
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds):
-            results["1 proc"].append(run(1, args.procs, args.steps, tokens, args.overrides, Path(tmp) / f"one-{r}"))
-            results[f"{args.procs} procs"].append(run(args.procs, 1, args.steps, tokens, args.overrides, Path(tmp) / f"many-{r}"))
-    med = {k: statistics.median(v) for k, v in results.items()}
-    print(f"1 process x {args.procs} threads : {med['1 proc']:10,.0f} chars/s  (rounds: {', '.join(f'{x:,.0f}' for x in results['1 proc'])})")
-    many = f"{args.procs} procs"
-    print(f"{args.procs} processes x 1 thread: {med[many]:10,.0f} chars/s  (rounds: {', '.join(f'{x:,.0f}' for x in results[many])})")
-    print(f"ratio {args.procs}-process / 1-process: {med[many] / med['1 proc']:.2f}")
+        for precision in precisions():
+            overrides = [*args.overrides, f"precision={precision}"]
+            one, many = [], []
+            for r in range(args.rounds):  # alternating, so machine drift hits both layouts
+                one.append(run(1, args.procs, args.steps, tokens, overrides, Path(tmp) / f"{precision}-one-{r}"))
+                many.append(run(args.procs, 1, args.steps, tokens, overrides, Path(tmp) / f"{precision}-many-{r}"))
+            a, b = statistics.median(one), statistics.median(many)
+            print(f"{precision}: 1 process x {args.procs} threads {a:10,.0f} chars/s | {args.procs} processes x 1 thread {b:10,.0f} chars/s | "
+                  f"ratio {args.procs}-process / 1-process {b / a:.2f}  (rounds: {', '.join(f'{x:,.0f}' for x in one)} / {', '.join(f'{x:,.0f}' for x in many)})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from charrnn.prepare import prepare
 from charrnn.storage import RunDir
 from charrnn.tokens import TokenSet
 from charrnn.tracking import NullTracker
-from charrnn.train import Trainer
+from charrnn.train import Trainer, train_step
 
 VOCAB = 74  # the shakespeare corpus
 
@@ -60,6 +60,18 @@ class CharrnnStepper:
 
     def step(self) -> None:
         self.trainer.step()
+
+
+class BareStep(CharrnnStepper):
+    """The loop body before the ``Trainer`` existed (batch, state reset, ``train_step``): what its bookkeeping costs."""
+
+    def step(self) -> None:
+        trainer, s = self.trainer, self.trainer.state
+        batch = trainer.batcher.batch(s.step)
+        if batch.window == 0:
+            s.hidden = s.model.initial_state(trainer.batcher.local_batch_size)
+        _, _, s.hidden = train_step(trainer.train_model, s.optimizer, batch.inputs, batch.targets, s.hidden, amp_dtype=self.amp, grad_clip=trainer.t.grad_clip)
+        s.step += 1
 
 
 def random_corpus(work: Path, cfg: Config, size: int = 4_000_000) -> tuple[np.ndarray, TokenSet]:
@@ -100,6 +112,7 @@ def run(*, rounds: int = 5, round_s: float = 2.0, overrides: list[str] | None = 
         contenders[f"charrnn {other}"] = CharrnnStepper(cfg, tokens, work, precision=other)
     except ConfigError as exc:  # no bf16 kernels on this CPU
         log(f"throughput: charrnn {other} skipped: {exc}")
+    contenders["bare train_step"] = BareStep(cfg, tokens, work, precision=t.precision)
     contenders["charrnn compiled"] = CharrnnStepper(cfg, tokens, work, precision=t.precision, compile_model=True)
     contenders["plain (b)"] = PlainTrainer(data, VOCAB, emb=m.embedding_dim, hidden=m.hidden_size, layers=m.num_layers, batch_size=t.batch_size, seq_len=t.seq_len, lr=t.lr)
     contenders["seed cell (a)"] = SeedCellTrainer(torch.from_numpy(data.astype(np.int64)), VOCAB)
@@ -124,6 +137,7 @@ def run(*, rounds: int = 5, round_s: float = 2.0, overrides: list[str] | None = 
         Target("charrnn vs plain nn.LSTM (b), chars/s (issue 2)", f"{ratio:.2f}x", ">= 1.0x", ratio >= 1.0),
         Target("charrnn vs plain nn.LSTM (b), chars/s (issue 7)", f"{ratio:.2f}x", ">= 2.0x", ratio >= 2.0),
         Target("charrnn vs seed LSTMCell loop (a)", f"{rates['charrnn'] / rates['seed cell (a)']:.1f}x", "-", None),
+        Target("Trainer.step vs the bare train_step it wraps", f"{rates['charrnn'] / rates['bare train_step']:.2f}x", "report (~1.0x)", None),
         Target("torch.compile vs eager", f"{rates['charrnn compiled'] / rates['charrnn']:.2f}x", "report", None),
     ]
     if f"charrnn {other}" in rates:

@@ -78,8 +78,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     env = DistEnv.from_env()
     try:
         result = train(cfg, _tokens_for_training(args, cfg), env)
-    finally:
+    except BaseException:
         destroy_process_group()
+        raise
+    destroy_process_group(together=True)
     if env.is_main:
         print(json.dumps(result.to_dict(), indent=2))
     if result.stopped_by:  # as a shell reports a process stopped by a signal: 130 for SIGINT, 143 for SIGTERM
@@ -205,6 +207,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _auto_nproc(train_args: list[str], *, read_config: bool) -> int:
+    """``--nproc-per-node auto``: the machine's fastest layout for this run's precision; says which and why."""
+    from .machine import auto_nproc
+
+    precision = "auto"
+    if read_config:
+        train = parse_args(["train", *train_args])
+        precision = _config(train, _train_extra(train)).train.precision
+    nproc, why = auto_nproc(precision)
+    print(f"charrnn launch: --nproc-per-node auto -> {nproc}: {why}", file=sys.stderr, flush=True)
+    return nproc
+
+
+def nproc_arg(value: str) -> int | str:
+    """``auto`` or a whole number of processes (an explicit number always wins)."""
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither auto nor a number of processes") from None
+
+
 def _check_launch_config(train_args: list[str], processes: int, nproc_per_node: int, nnodes: int) -> None:
     """Read the config as every worker's `charrnn train` will, and refuse it here, once, before torchrun starts."""
     train = parse_args(["train", *train_args])
@@ -220,8 +245,11 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from .launch import LaunchSpec, run_torchrun, torchrun_command
 
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
+    nproc = args.nproc_per_node
+    if nproc == "auto":
+        nproc = _auto_nproc(train_args, read_config=not args.print_command)
     spec = LaunchSpec(
-        nproc_per_node=args.nproc_per_node,
+        nproc_per_node=nproc,
         nnodes=args.nnodes,
         rdzv_endpoint=args.rdzv_endpoint,
         rdzv_id=args.rdzv_id,
@@ -233,8 +261,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if args.print_command:  # what would run, as a JSON list (tests check the cluster manifests with it)
         print(json.dumps(torchrun_command(spec, train_args)))
         return 0
-    if args.nproc_per_node >= 1 and args.nnodes >= 1:  # else torchrun_command refuses them
-        _check_launch_config(train_args, args.nproc_per_node * args.nnodes, args.nproc_per_node, args.nnodes)
+    if nproc >= 1 and args.nnodes >= 1:  # else torchrun_command refuses them
+        _check_launch_config(train_args, nproc * args.nnodes, nproc, args.nnodes)
     return run_torchrun(spec, train_args)
 
 
@@ -306,7 +334,7 @@ def _add_launch(sub) -> None:
         description="Build and run the torchrun command for `charrnn train`, streaming its output; Ctrl-C stops every worker.",
         epilog="example: charrnn launch --nproc-per-node 2 --max-restarts 1 -- --out-dir runs/ddp max_steps=2000",
     )
-    p.add_argument("--nproc-per-node", type=int, default=1, help="worker processes on this machine (one per GPU; on CPU, cores are shared out)")
+    p.add_argument("--nproc-per-node", type=nproc_arg, default="auto", help="worker processes on this machine, or auto (default): one per GPU; on a CPU the fastest layout measured (one process with all cores on AVX-512, two on AVX2)")
     p.add_argument("--nnodes", type=int, default=1, help="machines in the job (each runs this same command)")
     p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="c10d rendezvous endpoint (required with --nnodes > 1)")
     p.add_argument("--rdzv-id", metavar="ID", help="job id shared by all nodes")

@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from charrnn.cli import nproc_arg
 from flows.local import PROJECT_DIR, WORK_POOL, healthy, load, stop, up
 from flows.zombies import DEFAULT_AFTER_S, HEARTBEAT_ENV, WINDOW_ENV, after_s, heartbeat_s
 
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run train_pipeline once, here", description="Run the whole pipeline in this process (tasks log to Prefect).")
     p.add_argument("--corpus", default="shakespeare", help="corpus URI (default: the offline shakespeare corpus)")
     p.add_argument("--config", help="YAML config file")
-    p.add_argument("--nproc-per-node", type=int, default=2, help="training processes (default: 2)")
+    p.add_argument("--nproc-per-node", type=nproc_arg, default="auto", help="training processes per machine, or auto (default): one per GPU, else the CPU's fastest layout")
     p.add_argument("--time-budget-s", type=float, default=None, help="training wall-clock budget (default: the config's, 120 s)")
     p.add_argument("--max-steps", type=int, default=None, help="training step budget")
     p.add_argument("--wandb-mode", default="auto", choices=["auto", "online", "offline", "disabled"], help="W&B mode (auto: online with credentials, else offline)")

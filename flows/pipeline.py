@@ -20,6 +20,7 @@ from pydantic import Field
 from charrnn.config import Config, load_config
 from charrnn.corpus import CorpusRef
 from charrnn.launch import LaunchSpec
+from charrnn.machine import auto_nproc
 from charrnn.report import RunReport, RunResult
 from charrnn.runs import find_trained, record_result, training_key
 from charrnn.sample import SampleSettings
@@ -58,7 +59,7 @@ def train_pipeline(
     corpus: str = "shakespeare",
     config_file: str | None = None,
     overrides: list[str] | None = None,
-    nproc_per_node: Positive = 2,
+    nproc_per_node: Positive | Literal["auto"] = "auto",
     nnodes: Positive = 1,
     rdzv_endpoint: str | None = None,
     local_addr: str | None = None,
@@ -84,7 +85,7 @@ def train_pipeline(
         corpus: corpus URI: shakespeare (offline), tinyshakespeare, a path, file://, http(s)://, hf://datasets/NAME, fsspec URL.
         config_file: YAML with data/model/train/track sections (paths relative to the worker's directory).
         overrides: key=value config overrides, e.g. ["train.lr=3e-3", "hidden_size=512"].
-        nproc_per_node: training processes per machine (one per GPU; on CPU the cores are shared out).
+        nproc_per_node: training processes per machine, or "auto": one per GPU; one process with all cores on an AVX-512 CPU, two on an AVX2 CPU (bench/RESULTS.md).
         nnodes: machines in the job; > 1 needs rdzv_endpoint (c10d rendezvous; the rendezvous id is this flow run's id).
         rdzv_endpoint: HOST:PORT of the c10d rendezvous for multi-node training.
         local_addr: this node's address for the rendezvous (multi-homed hosts).
@@ -108,6 +109,9 @@ def train_pipeline(
     cfg = build_config(corpus, config_file, list(overrides or []), time_budget_s, max_steps, wandb_mode, wandb_project)
     corpus_ref = download(cfg)
     tokens = tokenise(corpus_ref, cfg)
+    if nproc_per_node == "auto":
+        nproc_per_node, why = auto_nproc(cfg.train.precision)
+        get_run_logger().info("layout: %d training process(es) per machine (auto: %s)", nproc_per_node, why)
     launch = LaunchSpec(nproc_per_node=nproc_per_node, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts, local_addr=local_addr, socket_ifname=socket_ifname)
     key = training_key(tokens, cfg, nproc_per_node * nnodes)
     if skip_if_trained and (previous := find_trained(runs_dir, key)):
