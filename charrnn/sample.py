@@ -102,10 +102,16 @@ def generate(
 
 
 def sample_rows(model: CharLSTM, vocab: Vocab, cfg: TrackConfig, device, *, seed: int) -> list[tuple[float, str, str]]:
-    """(temperature, prompt, sample) for every configured prompt and temperature, seeded."""
+    """(temperature, prompt, sample) for every configured prompt and temperature.
+
+    Each row has a seed of its own (``seed`` + its index): with one seed for all,
+    the same uniform draws picked the same characters, and two prompts' samples
+    converged to one text. The seeds stay the same at every evaluation, so the
+    rows of one prompt and temperature show the model improving, not new luck.
+    """
     rows = []
     for temperature in cfg.sample_temperatures:
         for prompt in cfg.sample_prompts:
-            settings = SampleSettings(length=cfg.sample_length, temperature=temperature, seed=seed)
+            settings = SampleSettings(length=cfg.sample_length, temperature=temperature, seed=seed + len(rows))
             rows.append((temperature, prompt, prompt + generate(model, vocab, prompt, settings, device=device)[0]))
     return rows

@@ -152,8 +152,8 @@ class WandbTracker:
 
     def log_samples(self, step: int, rows: Iterable[tuple[float, str, str]]) -> None:
         def add_and_log():
-            for temperature, prompt, text in rows:
-                self._table.add_data(step, temperature, prompt, text)
+            for temperature, prompt, text in rows:  # a newline prompt would show as an empty cell
+                self._table.add_data(step, temperature, prompt.replace("\n", "⏎"), text)
             self.run.log({"samples": self._table, "trainer/step": step})
 
         self._guard("sample table", add_and_log)

@@ -403,7 +403,8 @@ class Trainer:
             path = save_checkpoint(self.run_dir.path, payload, step=s.step, is_best=is_best, keep_last=self.t.keep_last)
             self.run_dir.publish_checkpoint(path, is_best=is_best)
             if self.cfg.track.log_checkpoints:
-                metadata = {"val_bpc": val.bpc if val else None, "val_loss_nats": val.loss_nats if val else None, "corpus_sha256": self.tokens.corpus_sha256, "config": self.cfg.to_dict()}
+                scores = {"val_bpc": val.bpc, "val_loss_nats": val.loss_nats} if val else {"val": "not measured at this step"}
+                metadata = {**scores, "corpus_sha256": self.tokens.corpus_sha256, "config": self.cfg.to_dict()}
                 self.tracker.log_model(path, step=s.step, aliases=["latest", "best"] if is_best else ["latest"], metadata=metadata)
         dist_utils.barrier()
         self.off_the_clock(started)

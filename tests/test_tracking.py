@@ -70,7 +70,11 @@ def test_offline_run_holds_metrics_config_samples_and_artefacts(corpus, tmp_path
     tables = sorted((runs[0] / "files" / "media" / "table").glob("samples_*.table.json"))
     rows = [row for path in tables for row in json.loads(path.read_text())["data"]]
     assert {row[0] for row in rows} == {10, 20, 30}  # the table grows at every evaluation
-    assert {row[1] for row in rows} == {0.5, 1.0} and all(row[3].startswith(row[2]) for row in rows)
+    assert {row[1] for row in rows} == {0.5, 1.0} and all(row[3].startswith(row[2].replace("⏎", "\n")) for row in rows)
+    assert all("⏎" in row[2] for row in rows)  # the default prompts end in a newline: shown, not a blank
+    for step in (10, 20, 30):  # every row its own seed: no two prompts' samples share a continuation
+        continuations = [row[3][len(row[2]):] for row in rows if row[0] == step and row[1] == 1.0]
+        assert len(continuations) == 2 and continuations[0] != continuations[1]
 
     artefacts = [r["artifact"] for r in records if r["type"] == "artifact"]
     dataset = [a for a in artefacts if a["type"] == "dataset"]
@@ -78,6 +82,7 @@ def test_offline_run_holds_metrics_config_samples_and_artefacts(corpus, tmp_path
     assert len(dataset) == 1 and {e["path"] for e in dataset[0]["manifest"]["contents"]} >= {"vocab.json", "meta.json", "train.bin"}
     assert json.loads(dataset[0]["metadata"])["corpus_sha256"] == tokens["corpus"]["sha256"]
     assert any("best" in m.get("aliases", []) for m in models) and all("latest" in m.get("aliases", []) for m in models)
+    assert all("val_bpc" in json.loads(m["metadata"]) or json.loads(m["metadata"])["val"] == "not measured at this step" for m in models)
     meta = json.loads(models[-1]["metadata"])
     assert meta["step"] == 30 and meta["lineage"]["dataset"] == f"{dataset[0]['name']}:latest" and meta["val_bpc"] > 0
 
