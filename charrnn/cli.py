@@ -82,7 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         destroy_process_group()
         raise
     destroy_process_group(together=True)
-    if env.is_main:
+    if env.is_main and not args.no_summary:
         print(json.dumps(result.to_dict(), indent=2))
     if result.stopped_by:  # as a shell reports a process stopped by a signal: 130 for SIGINT, 143 for SIGTERM
         return 128 + signal.Signals[result.stopped_by].value
@@ -285,6 +285,7 @@ def _add_train(sub) -> None:
     p.add_argument("--out-dir", help="run directory (train.out_dir)")
     p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in the run directory")
     p.add_argument("--tokens", metavar="DIR", help="a prepared token directory (skips prepare; use it under torchrun)")
+    p.add_argument("--no-summary", action="store_true", help="print no JSON summary at the end (it is in the run's train_summary.json either way)")
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 

@@ -103,7 +103,8 @@ def train_model(cfg: Config, tokens: TokenSet, launch: LaunchSpec) -> TrainResul
     with tempfile.TemporaryDirectory(prefix="charrnn-config-") as scratch:  # the workers read it; training writes the run's config.yaml
         config = Path(scratch) / "config.yaml"
         config.write_text(dump_config(cfg))
-        args = ["--config", str(config), "--tokens", tokens.dir, "--out-dir", run_dir, "--resume"]
+        # --no-summary: the task reads train_summary.json; its JSON would be ~30 lines of the run log
+        args = ["--config", str(config), "--tokens", tokens.dir, "--out-dir", run_dir, "--resume", "--no-summary"]
         code = run_torchrun(launch, args, on_line=on_line, on_start=on_start)
     if code != 0:
         tail = "\n".join(recent[-8:])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_env, tiny_config
+from helpers import run_env, tiny_config, tiny_overrides
 
 from charrnn.checkpoint import (
     list_checkpoints,
@@ -215,3 +215,11 @@ def test_logged_loss_does_not_depend_on_evaluation_or_checkpoint_cadence(small_c
         tokens = tokens or prepare(cfg)[1]
         logged[name] = _losses(Path(train(cfg, tokens).run_dir))
     assert logged["often"] == logged["rare"]  # fp32, same data, same steps: bit for bit
+
+
+def test_no_summary_keeps_stdout_empty_for_the_flow_log(small_corpus, tmp_path):
+    """The Prefect task streams worker output into the run log: the summary JSON stays in train_summary.json."""
+    args = [sys.executable, "-m", "charrnn", "train", "--out-dir", str(tmp_path / "run"), f"data.corpus={small_corpus}", *tiny_overrides(max_steps=3)]
+    quiet = subprocess.run([*args, "--no-summary"], env=run_env(), capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout == "" and json.loads((tmp_path / "run" / "train_summary.json").read_text())["step"] == 3
