@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,29 @@ def tokenise(corpus: CorpusRef, cfg: Config) -> TokenSet:
     return tokens
 
 
+PROGRESS = re.compile(r"\bstep \d+(?:/\d+)? \(\s*([\d.]+)%\)")  # charrnn's progress line: "step 120/1000 ( 12.0%) | loss ..."
+
+
+class TrainingProgress:
+    """The run page's progress bar (a Prefect progress artifact), driven by the progress lines training prints."""
+
+    def __init__(self, run_dir: str):
+        from prefect.artifacts import create_progress_artifact
+
+        self.done = 0.0
+        self.artifact = create_progress_artifact(0.0, key="charrnn-training-progress", description=f"training {run_dir}")
+
+    def see(self, line: str) -> None:
+        if (match := PROGRESS.search(line)) and (done := float(match.group(1))) > self.done:
+            self.set(done)
+
+    def set(self, done: float) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        self.done = done
+        update_progress_artifact(self.artifact, done)
+
+
 class TrainingFailed(RuntimeError):
     """torchrun exited with an error; the task's retries resume from the newest checkpoint."""
 
@@ -91,9 +115,11 @@ def train_model(cfg: Config, tokens: TokenSet, launch: LaunchSpec) -> TrainResul
     if attempt > 1:
         logger.warning("attempt %d: resuming %s from its newest valid checkpoint", attempt, run_dir)
     recent: list[str] = []
+    progress = TrainingProgress(run_dir)
 
     def on_line(line: str) -> None:
         logger.info(line)
+        progress.see(line)
         recent.append(line)
         del recent[:-20]
 
@@ -110,6 +136,8 @@ def train_model(cfg: Config, tokens: TokenSet, launch: LaunchSpec) -> TrainResul
         tail = "\n".join(recent[-8:])
         raise TrainingFailed(f"torchrun exited with code {code} (attempt {attempt}); last output:\n{tail}")
     summary = load_train_summary(run_dir)
+    if not summary.interrupted:  # finished, whatever the last progress line said (a run resumed at its end prints none)
+        progress.set(100.0)
     logger.info("trained to step %d in %.0fs of training (%s chars/s)", summary.step, summary.train_seconds, f"{summary.chars_per_s:,.0f}")
     return summary
 

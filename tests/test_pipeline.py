@@ -119,7 +119,8 @@ def test_report_run_creates_report_samples_and_wandb_artifacts(prefect_server, s
 
     with get_client(sync_client=True) as client:
         artifacts = {a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))}
-    assert set(artifacts) == {"charrnn-report", "charrnn-samples", "charrnn-wandb"}
+    assert set(artifacts) == {"charrnn-report", "charrnn-samples", "charrnn-wandb", "charrnn-training-progress"}
+    assert artifacts["charrnn-training-progress"].type == "progress" and artifacts["charrnn-training-progress"].data == 100.0
 
     report = artifacts["charrnn-report"].data
     assert report == Path(result["report"]).read_text()
