@@ -5,7 +5,7 @@ Artifacts (keyed, so each new run adds a version the UI can compare):
 * ``charrnn-report``  markdown: ``charrnn.report.RunReport.markdown`` (corpus, fingerprint, config,
   val/test bits/char, throughput, duration, checkpoint, champion/challenger outcome)
 * ``charrnn-samples`` table: prompt, sample number, temperature, text
-* ``charrnn-wandb``   link: the W&B run URL, or the offline run directory and its ``wandb sync`` command
+* ``charrnn-wandb``   a link to the W&B run, or (offline) markdown with the run's directory and its ``wandb sync`` command
 """
 
 from __future__ import annotations
@@ -49,8 +49,10 @@ def report_run(run: RunReport, samples: list[Sample]) -> tuple[str, dict, str]:
 
     create_markdown_artifact(report, key=REPORT_KEY, description=f"charrnn run {run.run_name}")
     create_table_artifact([row.to_dict() for row in samples], key=SAMPLES_KEY, description=f"samples from {run.scores.checkpoint}")
-    if link:
-        description = "W&B run" if link.startswith("http") else f"W&B offline run; upload with `{tracking.get('wandb_sync')}`"
-        create_link_artifact(link, link_text=tracking.get("wandb_run_id", "W&B run"), key=WANDB_KEY, description=description)
+    if "wandb_url" in tracking:
+        create_link_artifact(link, link_text=tracking["wandb_run_id"], key=WANDB_KEY, description="W&B run")
+    elif "wandb_dir" in tracking:  # offline: a file:// link opens nowhere from the UI's http page; a path and the upload command
+        body = f"W&B offline run `{tracking['wandb_run_id']}`\n\n- directory: `{Path(tracking['wandb_dir']).resolve()}`\n- upload: `{tracking['wandb_sync']}`\n"
+        create_markdown_artifact(body, key=WANDB_KEY, description="W&B offline run: upload it with wandb sync")
     get_run_logger().info("report: %s", path)
     return str(path), tracking, line
