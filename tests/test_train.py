@@ -142,19 +142,21 @@ def test_unknown_lr_schedule_is_refused(small_corpus, tmp_path):
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
-@pytest.mark.slow
-def test_sigint_checkpoints_then_resume_finishes(small_corpus, tmp_path):
-    run = tmp_path / "run"
-    args = [
-        sys.executable, "-m", "charrnn", "train", "--out-dir", str(run), f"data.corpus={small_corpus}",
-        "hidden_size=32", "embedding_dim=16", "batch_size=8", "seq_len=32", "max_steps=100000",
-        "log_interval=1", "eval_interval=0", "checkpoint_interval=100000", "data.val_fraction=0.1",
-    ]  # fmt: skip
+def _training_in_progress(run: Path, corpus: Path, *extra: str) -> tuple[subprocess.Popen, list[str]]:
+    """A real ``charrnn train`` of the tiny model in a subprocess, returned once it has logged three steps."""
+    args = [sys.executable, "-m", "charrnn", "train", "--out-dir", str(run), f"data.corpus={corpus}", "hidden_size=32", "embedding_dim=16", "batch_size=8", "seq_len=32", *extra]
     proc = subprocess.Popen(args, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not (run / "metrics.jsonl").exists() or len((run / "metrics.jsonl").read_text().splitlines()) < 3:
         assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "no progress"
         time.sleep(0.1)
+    return proc, args
+
+
+@pytest.mark.slow
+def test_sigint_checkpoints_then_resume_finishes(small_corpus, tmp_path):
+    run = tmp_path / "run"
+    proc, args = _training_in_progress(run, small_corpus, "max_steps=100000", "log_interval=1", "eval_interval=0", "checkpoint_interval=100000", "data.val_fraction=0.1")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -173,16 +175,7 @@ def test_sigint_checkpoints_then_resume_finishes(small_corpus, tmp_path):
 def test_sigterm_checkpoints_first_without_evaluating_and_exits_143(small_corpus, tmp_path):
     """Docker gives 10 s and Kubernetes 30 s between SIGTERM and SIGKILL: the checkpoint must land first."""
     run = tmp_path / "run"
-    args = [
-        sys.executable, "-m", "charrnn", "train", "--out-dir", str(run), f"data.corpus={small_corpus}", "precision=fp32",
-        "hidden_size=32", "embedding_dim=16", "batch_size=8", "seq_len=32", "max_steps=100000", "log_interval=1",
-        "eval_interval=0", "checkpoint_interval=100000", "data.val_fraction=0.4",
-    ]  # fmt: skip
-    proc = subprocess.Popen(args, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not (run / "metrics.jsonl").exists() or len((run / "metrics.jsonl").read_text().splitlines()) < 3:
-        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "no progress"
-        time.sleep(0.1)
+    proc, _ = _training_in_progress(run, small_corpus, "precision=fp32", "max_steps=100000", "log_interval=1", "eval_interval=0", "checkpoint_interval=100000", "data.val_fraction=0.4")
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     while not list_checkpoints(run):
