@@ -126,7 +126,10 @@ class TrainConfig(_Section):
     epochs: Float = Field(0.0, ge=0)  # 0 -> unlimited
     time_budget_s: Float = Field(120.0, ge=0)  # wall-clock budget for the training loop; 0 -> unlimited
     lr_decay_steps: Int = Field(0, ge=0)  # decay horizon in steps; 0 -> the run's own end (steps, epochs or time)
-    eval_interval: Int = Field(0, ge=0)  # steps between full validation passes; 0 -> only at the end
+    eval_interval: Int = Field(0, ge=0)  # steps between validations; 0 -> evals_per_run of them, spread over the run
+    evals_per_run: Int = Field(16, ge=0)  # validations at 1/N, 2/N, ... of the run (steps, epochs or clock); 0 -> only at the end
+    val_chars: Int = Field(0, ge=0)  # characters of the val split each validation scores (a fixed subsample); 0 -> auto, ~5% of training time
+    patience: Int = Field(4, ge=0)  # stop after this many validations without a new best (best.pt is kept); 0 -> never stop early
     eval_batch_size: Int = Field(32, ge=1)  # parallel streams for evaluation (fewer: each starts with more context)
     log_interval: Int = Field(100, ge=1)
     checkpoint_interval: Int = Field(500, ge=1)  # steps; also saved at the end and on SIGINT/SIGTERM

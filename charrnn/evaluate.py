@@ -92,7 +92,7 @@ def final_scores(model: CharLSTM, tokens, *, step: int, num_streams: int, traine
     for split in ("val", "test"):
         if tokens.num_tokens[split] <= 1:
             continue
-        known = getattr(trained, split) if trained is not None and trained.step == step else None
+        known = getattr(trained, split) if trained is not None and trained.scored_step == step else None
         if known:
             scores[split] = known
             reused.add(split)

@@ -9,9 +9,8 @@ a checkpoint written by W processes resumes on any other number of processes.
 
 from __future__ import annotations
 
-import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ from .data import rank_slice
 from .distributed import DistEnv
 from .evaluate import EvalResult
 from .model import CharLSTM
+from .validation import EarlyStopping
 
 Hidden = tuple[torch.Tensor, torch.Tensor]
 
@@ -35,7 +35,8 @@ class TrainState:
     hidden: Hidden  # this rank's carried streams, [layers, local batch, hidden]
     step: int = 0
     train_seconds: float = 0.0
-    best_val_loss: float = math.inf
+    early_stopping: EarlyStopping = field(default_factory=lambda: EarlyStopping(patience=0))
+    val_chars: int = 0  # the validation subsample's size, fixed at the first validation
 
     def to_payload(self, env: DistEnv, *, batch_size: int, val: EvalResult | None, identity: dict[str, Any]) -> dict[str, Any] | None:
         """The checkpoint payload on rank 0, None on the others (a collective: every rank must call it)."""
@@ -50,7 +51,8 @@ class TrainState:
             "train_seconds": self.train_seconds,
             "hidden": hidden,
             "world_size": env.world_size,
-            "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
+            **self.early_stopping.to_payload(),  # best_val_loss, best_step, stale_evals
+            "val_chars": self.val_chars,
             "val": val.to_dict() if val else None,
             **identity,  # config, model_shape, vocab, tokens, lr_schedule
         }
@@ -62,7 +64,8 @@ class TrainState:
         self.model.lstm.flatten_parameters()
         self.optimizer.load_state_dict(payload["optimizer"])
         self.step, self.train_seconds = payload["step"], payload["train_seconds"]
-        self.best_val_loss = payload["best_val_loss"] if payload["best_val_loss"] is not None else math.inf
+        self.early_stopping.load_payload(payload)
+        self.val_chars = payload.get("val_chars", 0)
         full_h, full_c = payload["hidden"]  # global [layers, batch, hidden]: slice ours
         rows = rank_slice(batch_size, env.rank, env.world_size)
         self.hidden = (full_h[:, rows].to(device).contiguous(), full_c[:, rows].to(device).contiguous())

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
@@ -35,7 +36,7 @@ from .config import Config, TrainConfig, dump_config
 from .data import StreamBatcher
 from .distributed import DistEnv
 from .errors import CheckpointError, ConfigError, DivergenceError, PeerLostError
-from .evaluate import LN2, EvalResult, evaluate_tokens
+from .evaluate import LN2, EvalResult, evaluate_tokens, format_score
 from .fsutil import atomic_write_json, atomic_write_text
 from .metrics import MetricsSink, memory_metrics, score_record
 from .model import CharLSTM, ModelShape
@@ -47,6 +48,7 @@ from .state import TrainState, seed_everything
 from .storage import RunDir
 from .tokens import TokenSet, load_split
 from .tracking import Tracker, dataset_artifact_name, make_tracker
+from .validation import EarlyStopping, EvalSchedule, val_chars_for, val_subsample
 
 log = logging.getLogger("charrnn")
 
@@ -58,15 +60,25 @@ class TrainResult:
     best_checkpoint: str | None
     step: int
     resumed_from: int
-    val: dict | None
+    val: dict | None  # exact full-split scores of the model the run keeps: best.pt's, else the last
     test: dict | None
-    best_val_loss: float | None
+    best_val_loss: float | None  # on the validation subsample (what picks best.pt)
     chars_per_s: float
     train_seconds: float
     interrupted: bool = False
     stopped_by: str | None = None  # the signal this process got that stopped the run early (SIGINT, SIGTERM)
     tracking: dict = field(default_factory=dict)  # W&B run id, mode, URL or offline dir + sync command
     remote_dir: str | None = None  # the run directory's fsspec URL when train.out_dir is one
+    best_step: int | None = None  # the step of best.pt, which val and test score; None: no validation, they score the last model
+    last_val: dict | None = None  # exact full-split val score of the last model
+    stopped_early: str | None = None  # why early stopping ended the run
+    validations: int = 0  # validations during this session
+    eval_seconds: float = 0.0  # their cost, inside train_seconds
+
+    @property
+    def scored_step(self) -> int:
+        """The step of the model that ``val`` and ``test`` score."""
+        return self.step if self.best_step is None else self.best_step
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -192,7 +204,11 @@ class Trainer:
         seed_everything(t.seed + env.rank)
         self.shape = ModelShape.from_config(cfg.model, tokens.vocab.size)
         model = CharLSTM(self.shape).to(device)
-        self.state = TrainState(model, make_optimizer(model, t), model.initial_state(self.batcher.local_batch_size, device))
+        initial = model.initial_state(self.batcher.local_batch_size, device)
+        self.state = TrainState(model, make_optimizer(model, t), initial, early_stopping=EarlyStopping(t.patience))
+        self.schedule = EvalSchedule.from_config(t)
+        self.val_sample: np.ndarray | None = None  # the fixed subsample every validation scores
+        self.validations, self.eval_seconds, self.stopped_early, self.session_train_start = 0, 0.0, None, 0.0
         self.train_model: torch.nn.Module = model  # DDP- and compile-wrapped by fit()
         self.resumed_from = 0
         self.sink = MetricsSink(run_dir.path / "metrics.jsonl", tracker) if env.is_main else MetricsSink.disabled()
@@ -212,15 +228,16 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> TrainResult:
-        """Resume, then step / log / evaluate / checkpoint until the budget or a signal stops the run."""
+        """Resume, then step / log / validate / checkpoint until the budget, early stopping or a signal ends the run."""
         t, s = self.t, self.state
         self.resume()
         self.wrap_model()
         self.write_run_info()
         self.session_start = time.perf_counter() - s.train_seconds
+        self.session_train_start = s.train_seconds
         self.clock = AgreedClock(s.step, s.train_seconds)
+        self.schedule.resume_at(self.budget.fraction(s.step, s.train_seconds))
         loop_start = time.perf_counter()
-        last_val: EvalResult | None = None
         last_path: Path | None = None
         finished, interrupted = self.agree_stop(False)
         with _StopRequest() as stop:
@@ -230,21 +247,21 @@ class Trainer:
                 # -- agree on stopping: every rank stops at the same step
                 if s.step % self.agree_every == 0 or self.budget.steps_done(s.step):
                     finished, interrupted = self.agree_stop(stop.requested)
-                last = finished or interrupted
                 # -- log
-                if s.step % t.log_interval == 0 or last:
+                if s.step % t.log_interval == 0 or finished or interrupted:
                     self.log()
-                # -- evaluate (not on a signal: the checkpoint must land within the grace period)
+                # -- validate on schedule and at the end (not on a signal: the checkpoint must land within the grace period)
                 val = None
-                if not interrupted and (finished or (t.eval_interval > 0 and s.step % t.eval_interval == 0)):
-                    val = self.evaluate()
-                    last_val = val or last_val
-                # -- checkpoint
-                if last or s.step % t.checkpoint_interval == 0:
-                    last_path = self.checkpoint(val) or last_path
-        # -- the held-out score of the final model
-        test = self.score_test() if finished and not interrupted else None
-        return self.summarise(last_path, last_val, test, stop.signal if interrupted else None, loop_start, interrupted=interrupted)
+                if not interrupted and (finished or self.schedule.due(s.step, self.budget.fraction(s.step, self.clock.at(s.step)))):
+                    val = self.validate()
+                    finished = finished or self.early_stop()
+                # -- checkpoint: periodically, at the end, and whenever validation finds a new best
+                is_best = val is not None and s.early_stopping.best_step == s.step
+                if finished or interrupted or is_best or s.step % t.checkpoint_interval == 0:
+                    last_path = self.checkpoint(val, is_best=is_best) or last_path
+        # -- the exact full-split scores: the last model's val, then best.pt's val and test
+        scores = self.final_scores() if finished and not interrupted else {}
+        return self.summarise(last_path, scores, stop.signal if interrupted else None, loop_start, interrupted=interrupted)
 
     # ------------------------------------------------------------------ stages
 
@@ -379,60 +396,109 @@ class Trainer:
         self.loss_sum.zero_()
         self.restart_window()
 
-    def evaluate(self) -> EvalResult | None:
-        """The exact validation score (every rank takes part); rank 0 logs it with a row of samples."""
+    def validate(self) -> EvalResult | None:
+        """Score the fixed validation subsample (every rank takes part); rank 0 logs it with a row of samples."""
         if len(self.val_tokens) < 2:
             return None
-        s, started = self.state, time.perf_counter()
-        val = self.score(self.val_tokens)
-        self.sink.record(s.step, score_record("val", val) | {"time_s": s.train_seconds}, f"step {s.step} | val {val.loss_nats:.4f} nats/char | {val.bpc:.4f} bits/char | ppl {val.perplexity:.3f}")
+        s, early, started = self.state, self.state.early_stopping, time.perf_counter()
+        val = self.score(self.validation_text())
+        best = early.observe(val.loss_nats, s.step)
+        self.sink.record(
+            s.step, score_record("val", val) | {"val/chars": val.chars, "time_s": s.train_seconds},
+            f"step {s.step} | val {val.loss_nats:.4f} nats/char | {val.bpc:.4f} bits/char | ppl {val.perplexity:.3f} | "
+            + ("new best" if best else f"best {early.best_loss:.4f} at step {early.best_step} ({early.stale}/{early.patience or 'no'} patience)"),
+        )  # fmt: skip
         if self.env.is_main and self.tracker.run_id is not None:
             self.tracker.log_samples(s.step, sample_rows(s.model, self.tokens.vocab, self.cfg.track, self.device, seed=self.t.seed))
+        self.validations += 1
+        self.eval_seconds += time.perf_counter() - started
         self.off_the_clock(started)
         return val
 
-    def checkpoint(self, val: EvalResult | None) -> Path | None:
-        """Every rank gathers its share; rank 0 saves (best.pt too when ``val`` is the best yet) and publishes."""
+    def validation_text(self) -> np.ndarray:
+        """The subsample every validation scores, sized at the run's first validation and kept in checkpoints."""
+        s = self.state
+        if not s.val_chars:  # the training between two validations sets its size
+            s.val_chars = val_chars_for(self.schedule.chars_between(s.step - self.resumed_from, self.batcher.chars_per_step), self.t.val_chars)
+        if self.val_sample is None:
+            self.val_sample = val_subsample(self.val_tokens, s.val_chars, self.t.eval_batch_size)
+            if self.env.is_main:
+                log.info("validation: %s of the %s val characters, the same ones each time", f"{len(self.val_sample):,}", f"{len(self.val_tokens):,}")
+        return self.val_sample
+
+    def early_stop(self) -> bool:
+        """Whether patience has run out; the reason goes to the log, W&B and the summary."""
+        early = self.state.early_stopping
+        if not early.exhausted:
+            return False
+        self.stopped_early = early.reason()
+        if self.env.is_main:
+            log.warning("%s: stopping; best.pt is step %s", self.stopped_early, early.best_step)
+        self.tracker.set_summary({"stopped_early": self.stopped_early})
+        return True
+
+    def checkpoint(self, val: EvalResult | None, *, is_best: bool) -> Path | None:
+        """Every rank gathers its share; rank 0 saves (best.pt too when ``is_best``) and publishes."""
         s, env, started = self.state, self.env, time.perf_counter()
-        is_best = val is not None and val.loss_nats < s.best_val_loss
-        if is_best:
-            s.best_val_loss = val.loss_nats
         payload = s.to_payload(env, batch_size=self.t.batch_size, val=val, identity=self.identity())  # collective when distributed
         path = None
         if env.is_main:
             path = save_checkpoint(self.run_dir.path, payload, step=s.step, is_best=is_best, keep_last=self.t.keep_last)
             self.run_dir.publish_checkpoint(path, is_best=is_best)
             if self.cfg.track.log_checkpoints:
-                scores = {"val_bpc": val.bpc, "val_loss_nats": val.loss_nats} if val else {"val": "not measured at this step"}
+                scores = {"val_bpc": val.bpc, "val_loss_nats": val.loss_nats, "val_chars": val.chars} if val else {"val": "not measured at this step"}
                 metadata = {**scores, "corpus_sha256": self.tokens.corpus_sha256, "config": self.cfg.to_dict()}
                 self.tracker.log_model(path, step=s.step, aliases=["latest", "best"] if is_best else ["latest"], metadata=metadata)
         dist_utils.barrier()
         self.off_the_clock(started)
         return path
 
-    def score_test(self) -> EvalResult | None:
-        """The held-out score of the final model."""
+    def final_scores(self) -> dict[str, EvalResult]:
+        """Exact full-split scores: ``last_val`` of the final model, ``val`` and ``test`` of best.pt (or the final model)."""
+        s, scores, started = self.state, {}, time.perf_counter()
+        best_step = s.early_stopping.best_step
+        if len(self.val_tokens) >= 2:
+            scores["last_val"] = scores["val"] = self.score(self.val_tokens)
+            self.sink.record(s.step, score_record("val_full", scores["val"]), f"step {s.step} | full val {format_score(scores['val'].to_dict())} (last model)")
+        if best_step is not None and best_step != s.step:
+            self.load_best()
+            scores["val"] = self.score(self.val_tokens)
         test_tokens = load_split(self.tokens, "test")
-        if len(test_tokens) < 2:
-            return None
-        test = self.score(test_tokens)
-        self.sink.record(self.state.step, score_record("test", test), f"step {self.state.step} | test {test.loss_nats:.4f} nats/char | {test.bpc:.4f} bits/char")
-        return test
+        if len(test_tokens) >= 2:
+            scores["test"] = self.score(test_tokens)
+        record = {f"best/{key}": value for key, value in score_record("val", scores["val"]).items()} if "val" in scores else {}
+        record |= score_record("test", scores["test"]) if "test" in scores else {}
+        which = "the last model" if best_step in (None, s.step) else f"best.pt, step {best_step}"
+        line = " | ".join(f"{split} {format_score(scores[split].to_dict())}" for split in ("val", "test") if split in scores)
+        self.sink.record(s.step, record | {"best_step": s.step if best_step is None else best_step}, f"final scores of {which}: {line}")
+        self.off_the_clock(started)
+        return scores
 
-    def summarise(self, last_path: Path | None, last_val: EvalResult | None, test: EvalResult | None, stopped_by: str | None, loop_start: float, *, interrupted: bool) -> TrainResult:
+    def load_best(self) -> None:
+        """Every rank takes best.pt's weights: rank 0 reads the file it wrote and sends them to the others."""
+        weights = load_checkpoint(self.run_dir.path / "best.pt")["model"] if self.env.is_main else None
+        self.state.model.load_state_dict(dist_utils.broadcast_object(weights))
+
+    def summarise(self, last_path: Path | None, scores: dict[str, EvalResult], stopped_by: str | None, loop_start: float, *, interrupted: bool) -> TrainResult:
         """The run's result; rank 0 writes it as ``train_summary.json``."""
-        s = self.state
+        s, early = self.state, self.state.early_stopping
         if last_path is None and self.env.is_main:  # resumed at or past the end: nothing to do
             last_path = next(reversed(list_checkpoints(self.run_dir.path)), None)
         best = self.run_dir.path / "best.pt"
+        score = {split: result.to_dict() for split, result in scores.items()}
         result = TrainResult(
             run_dir=str(self.run_dir.path), checkpoint=str(last_path) if last_path else "", best_checkpoint=str(best) if best.exists() else None,
-            step=s.step, resumed_from=self.resumed_from, val=last_val.to_dict() if last_val else None, test=test.to_dict() if test else None,
-            best_val_loss=s.best_val_loss if math.isfinite(s.best_val_loss) else None,
+            step=s.step, resumed_from=self.resumed_from, val=score.get("val"), test=score.get("test"),
+            best_val_loss=early.best_loss if math.isfinite(early.best_loss) else None,
             chars_per_s=self.average_rate(loop_start), train_seconds=s.train_seconds, interrupted=interrupted,
             stopped_by=stopped_by, tracking=self.tracker.summary(), remote_dir=self.run_dir.url,
+            best_step=early.best_step if best.exists() else None, last_val=score.get("last_val"), stopped_early=self.stopped_early,
+            validations=self.validations, eval_seconds=self.eval_seconds,
         )  # fmt: skip
         if self.env.is_main:
+            if self.validations:
+                share = self.eval_seconds / max(s.train_seconds - self.session_train_start, 1e-9)
+                log.info("validation: %d passes took %s, %.1f%% of the training time", self.validations, format_duration(self.eval_seconds), 100 * share)
             atomic_write_json(self.run_dir.path / "train_summary.json", result.to_dict())
             self.run_dir.publish_files()
         return result

@@ -33,6 +33,9 @@ TINY: dict[str, object] = {
     "train.batch_size": 8, "train.seq_len": 32, "train.warmup_steps": 5,
     "train.device": "cpu",
     "train.precision": "fp32",  # exact comparisons hold on every CPU; bf16 has its own tests
+    # Validation where a test asks for it (eval_interval, or evals_per_run spread over the
+    # run): the default schedule, early stopping and best.pt have their own tests (test_validation.py).
+    "train.evals_per_run": 0,
 }  # fmt: skip
 
 

@@ -69,6 +69,17 @@ def test_two_processes_with_half_batches_equal_one_process(tokens_dir, tmp_path)
     torch.testing.assert_close(b["hidden"][0], a["hidden"][0], atol=1e-5, rtol=0)  # gathered state, in stream order
 
 
+def test_validation_schedule_and_best_are_the_same_for_one_and_two_processes(tokens_dir, tmp_path):
+    a, b, _ = _one_and_two_processes(tokens_dir, tmp_path, "evals_per_run=5", "patience=0")
+    runs = [tmp_path / "one", tmp_path / "two"]
+    records = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in runs]
+    vals = [[r for r in run if "val/loss_nats" in r] for run in records]
+    assert [r["step"] for r in vals[0]] == [r["step"] for r in vals[1]] == [4, 8, 12, 16, 20]
+    for one, two in zip(*vals, strict=True):  # the same fixed subsample, scored by both layouts
+        assert one["val/chars"] == two["val/chars"] and abs(one["val/loss_nats"] - two["val/loss_nats"]) < 1e-5
+    assert a["best_step"] == b["best_step"] and load_checkpoint(runs[1] / "best.pt")["step"] == b["best_step"]
+
+
 @requires_cpu_bf16
 def test_bf16_two_processes_agree_with_one_within_tolerance(tokens_dir, tmp_path):
     """Under bf16 autocast each rank rounds its own half-batch, so DDP is close to one process, not equal."""
