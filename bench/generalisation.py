@@ -140,6 +140,7 @@ class Outcome:
     params: int
     val: WindowScore
     val_stateful: float | None = None  # charrnn.evaluate.evaluate_tokens (LSTMs only)
+    scored: str = "the final model"  # which weights were scored
 
 
 def prepare(corpus: Corpus) -> TokenSet:
@@ -158,11 +159,12 @@ def run_charrnn(tokens: TokenSet, budget: float, **_) -> Outcome:
         cmd = charrnn_cmd("train", "--tokens", tokens.dir, "--out-dir", str(run_dir), "track.mode=disabled", f"train.time_budget_s={budget:g}")
         done, _, _ = run_measured(cmd, env=quiet_env(), cwd=REPO)
         summary = json.loads(done.stdout)
-        model, _, _ = load_model(resolve_checkpoint(run_dir))
+        checkpoint = resolve_checkpoint(run_dir)
+        model, _, payload = load_model(checkpoint)
         train_loss = last_train_loss(run_dir / "metrics.jsonl")
     val = load_split(tokens, "val")
     return Outcome(summary["step"], summary["train_seconds"], summary["chars_per_s"], train_loss, model.num_parameters(),
-                   windowed_val_loss(lstm_forward(model), val), stateful(model, val))  # fmt: skip
+                   windowed_val_loss(lstm_forward(model), val), stateful(model, val), f"{checkpoint.name} (step {payload['step']})")  # fmt: skip
 
 
 def last_train_loss(metrics: Path) -> float | None:
@@ -200,6 +202,11 @@ def run_transformer(tokens: TokenSet, budget: float, *, seed: int) -> Outcome:
 
 
 RUNNERS = {"charrnn": run_charrnn, "plain": run_plain, "transformer": run_transformer}
+MODELS = {
+    "charrnn": "charrnn train defaults (CharLSTM 2x256, embedding 64; precision auto)",
+    "plain": "baseline (b): fp32 nn.LSTM 2x256, embedding 64, batch 32 x 128 random windows, zero state, Adam 2e-3, clip 1",
+    "transformer": f"nanoGPT-style: 4 layers, 4 heads, width 128, block {WINDOW}, tied head, no biases, batch 12, AdamW 1e-3 warm-up + cosine over the budget",
+}
 
 # ---------------------------------------------------------------- records and the table
 
@@ -213,7 +220,8 @@ def machine() -> dict:
 def record(corpus: Corpus, tokens: TokenSet, budget: float, contender: str, out: Outcome, command: str) -> dict:
     return {
         "corpus": corpus.name, "tuned": corpus.tuned, "sha256": corpus.sha256, "chars": corpus.num_chars, "source": corpus.source,
-        "split_chars": tokens.num_tokens, "budget_s": budget, "contender": contender, "steps": out.steps,
+        "tokens": {"key": tokens.key, "corpus_sha256": tokens.corpus_sha256, "vocab": tokens.vocab_size},
+        "split_chars": tokens.num_tokens, "budget_s": budget, "contender": contender, "model": MODELS[contender], "scored": out.scored, "steps": out.steps,
         "train_seconds": round(out.train_seconds, 2), "chars_per_s": round(out.chars_per_s), "params": out.params,
         "val_nats": out.val.nats, "val_chars": out.val.chars, "window": WINDOW, "stride": STRIDE,
         "val_nats_stateful": out.val_stateful, "train_loss_end": out.train_loss_end,
@@ -247,11 +255,17 @@ def table_line(corpus: str, budget: float, cell: dict[str, dict]) -> str:
     return f"| {corpus} | {budget:g} s | {_fmt(ours)} | {_fmt(base)} | {_fmt(tf)} | {'-' if margin is None else f'{margin:+.4f}'} | {met} | {'; '.join(where)} |"
 
 
+def _row_order(corpus: str, budget: float) -> tuple:
+    """Named corpora in their listed order, then local files by name; budgets ascending."""
+    order = list(BUILDERS)
+    return (order.index(corpus) if corpus in order else len(order), corpus, budget)
+
+
 def table(records: list[dict]) -> str:
     """Markdown: the tuned corpora, the untuned one, then local files, rows corpus x budget."""
     header = ["| corpus | budget | charrnn | plain (b) | transformer | margin (b - charrnn) | met | machine, date |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     groups = {"Tuned corpora": [], "Untuned corpus (jargon)": [], "Local files (--corpus-file)": []}
-    for (corpus, budget), cell in sorted(table_rows(records).items()):
+    for (corpus, budget), cell in sorted(table_rows(records).items(), key=lambda kv: _row_order(*kv[0])):
         name = corpus if corpus in BUILDERS else None
         group = "Local files (--corpus-file)" if name is None else ("Tuned corpora" if BUILDERS[name][1] else "Untuned corpus (jargon)")
         groups[group].append(table_line(corpus, budget, cell))
