@@ -10,7 +10,7 @@ exact text it reports. None of these texts is generated.
 * ``poems``: ``songs-poems`` from Debian's ``fortunes`` package (~234 K).
 * ``code``: the Python standard library's top-level ``*.py`` modules, sorted by
   name and concatenated, cut at a file boundary below 2,000,000 characters.
-* ``jargon``: the Jargon File from Debian's ``jargon-text`` package (~1.7 M);
+* ``jargon``: the Jargon File from Debian's ``jargon-text`` package (~1.6 M);
   the untuned corpus, reported in a table of its own.
 """
 
@@ -114,7 +114,7 @@ BUILDERS: dict[str, tuple[Callable[[], tuple[str, str]], bool, str]] = {
     "shakespeare": (_shakespeare, True, "charrnn's offline Shakespeare plays, ~4.5 M chars"),
     "poems": (_poems, True, "Debian fortunes: songs-poems, ~234 K chars (apt-get download fortunes)"),
     "code": (_code, True, f"Python stdlib top-level *.py, <= {CODE_LIMIT:,} chars (Python {platform.python_version()})"),
-    "jargon": (_jargon, False, "Debian jargon-text: the Jargon File, ~1.7 M chars (UNTUNED, reported separately)"),
+    "jargon": (_jargon, False, "Debian jargon-text: the Jargon File, ~1.6 M chars (UNTUNED, reported separately)"),
 }
 
 
