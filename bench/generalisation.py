@@ -153,10 +153,10 @@ def stateful(model: torch.nn.Module, val: np.ndarray) -> float:
     return evaluate_tokens(model, val, num_streams=Config().train.eval_batch_size).loss_nats
 
 
-def run_charrnn(tokens: TokenSet, budget: float, **_) -> Outcome:
+def run_charrnn(tokens: TokenSet, budget: float, *, overrides: tuple[str, ...] = (), **_) -> Outcome:
     with tempfile.TemporaryDirectory(prefix="charrnn-bench-gen-") as tmp:
         run_dir = Path(tmp) / "run"
-        cmd = charrnn_cmd("train", "--tokens", tokens.dir, "--out-dir", str(run_dir), "track.mode=disabled", f"train.time_budget_s={budget:g}")
+        cmd = charrnn_cmd("train", "--tokens", tokens.dir, "--out-dir", str(run_dir), "track.mode=disabled", f"train.time_budget_s={budget:g}", *overrides)
         done, _, _ = run_measured(cmd, env=quiet_env(), cwd=REPO)
         summary = json.loads(done.stdout)
         checkpoint = resolve_checkpoint(run_dir)
@@ -243,6 +243,8 @@ def table_rows(records: list[dict]) -> dict[tuple[str, float], dict[str, dict]]:
     """(corpus, budget) -> contender -> its newest record."""
     rows: dict[tuple[str, float], dict[str, dict]] = {}
     for r in records:  # file order is time order: later records replace earlier ones
+        if r.get("overrides"):  # a tuning run, not the defaults
+            continue
         rows.setdefault((r["corpus"], r["budget_s"]), {})[r["contender"]] = r
     return rows
 
@@ -280,13 +282,15 @@ def table(records: list[dict]) -> str:
 # ---------------------------------------------------------------- one cell, and the command line
 
 
-def run_cell(corpus: Corpus, budget: float, contenders: list[str], jsonl: Path, command: str, seed: int) -> list[dict]:
+def run_cell(corpus: Corpus, budget: float, contenders: list[str], jsonl: Path, command: str, seed: int, overrides: tuple[str, ...] = ()) -> list[dict]:
+    """Train and score each contender; ``overrides`` (key=value) change charrnn's defaults, for tuning: such records stay out of the table."""
     torch.set_num_threads(available_cores())  # every contender gets all cores (charrnn's CLI sets its own)
     tokens = prepare(corpus)
     records = []
     for name in contenders:
         print(f"[generalisation] {corpus.name}, {budget:g} s: training {name}", file=sys.stderr, flush=True)
-        rec = record(corpus, tokens, budget, name, RUNNERS[name](tokens, budget, seed=seed), command)
+        rec = record(corpus, tokens, budget, name, RUNNERS[name](tokens, budget, seed=seed, overrides=overrides), command)
+        rec["overrides"] = list(overrides) if name == "charrnn" else []
         jsonl.parent.mkdir(parents=True, exist_ok=True)
         with open(jsonl, "a", encoding="utf-8") as fh:  # one record at a time: a later crash keeps the earlier ones
             fh.write(json.dumps(rec) + "\n")
@@ -298,7 +302,8 @@ def cell_line(records: list[dict]) -> str:
     parts = [f"{records[0]['corpus']} ({records[0]['chars']:,} chars), {records[0]['budget_s']:g} s:"]
     for r in records:
         ref = f" (stateful {r['val_nats_stateful']:.4f})" if r["val_nats_stateful"] is not None else ""
-        parts.append(f"{r['contender']} {r['val_nats']:.4f}{ref} [{r['steps']} steps, {r['chars_per_s']:,} chars/s, {r['params']:,} params]")
+        label = r["contender"] + (f"[{' '.join(r['overrides'])}]" if r.get("overrides") else "")
+        parts.append(f"{label} {r['val_nats']:.4f}{ref} [{r['steps']} steps, {r['chars_per_s']:,} chars/s, {r['params']:,} params]")
     by = {r["contender"]: r["val_nats"] for r in records}
     if {"charrnn", "plain"} <= by.keys():
         parts.append(f"margin (b - charrnn) {by['plain'] - by['charrnn']:+.4f}")
@@ -315,6 +320,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=120.0, help="training seconds per contender: 120 or 600 (default 120)")
     p.add_argument("--contender", choices=CONTENDERS, action="append", help="run only this one (repeatable); default all three")
     p.add_argument("--jsonl", type=Path, default=JSONL, help=f"records file (default {JSONL.relative_to(REPO)})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change one of charrnn's defaults (repeatable), for tuning; such records are kept out of --table")
     p.add_argument("--seed", type=int, default=Config().train.seed, help="torch seed for the baselines (default charrnn's)")
     return p.parse_args(argv)
 
@@ -331,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.generalisation " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         corpus = file_corpus(args.corpus_file) if args.corpus_file else get_corpus(args.corpus)
-        records = run_cell(corpus, args.budget, args.contender or list(CONTENDERS), args.jsonl, command, args.seed)
+        records = run_cell(corpus, args.budget, args.contender or list(CONTENDERS), args.jsonl, command, args.seed, tuple(args.overrides))
     except CharRNNError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
