@@ -91,7 +91,7 @@ class RunReport:
 
 | | |
 |---|---|
-| model line | `{self.model_name or self.promotion.model_name}` |
+| model line | `{self.model_name or self.promotion.model_name or 'n/a'}` |
 | corpus | `{corpus.uri}` |
 | sha256 | `{corpus.sha256}` |
 | size | {corpus.num_chars:,} characters |
