@@ -1,15 +1,23 @@
-"""Champion/challenger: promote a new model only if it beats production on the same held-out text.
+"""Champion/challenger per model line: promote a new model only if it beats its line's production model on the same held-out text.
 
-The registry is a directory::
+A *model line* (``model_name``, by default the corpus's name: :func:`default_model_name`)
+is one product: "the shakespeare model", "the lyrics model". Each line has its own
+production model; a challenger is compared only with the production model of its own
+line and can never displace another line's. The registry is a directory::
 
-    REGISTRY/production.json     the pointer: which model is in production, its score, where it came from
-    REGISTRY/models/<sha256>.pt  a content-addressed copy of every promoted checkpoint (+ .sha256)
+    REGISTRY/lines/<model_name>/production.json   the line's pointer: its production model, score, origin
+    REGISTRY/models/<sha256>.pt                    a content-addressed copy of every promoted checkpoint (+ .sha256)
 
 The copy means deleting a run directory never breaks production. Both models
 are scored on the challenger's held-out text (its test split, else its val
 split) as *text*: each model encodes it with its own vocabulary (characters it
-has never seen count as ``<unk>``), so two models trained on different corpora
-are still compared on exactly the same characters.
+has never seen count as ``<unk>``), so a line whose corpus changed is still
+compared on exactly the same characters.
+
+A registry from before model lines has one top-level ``REGISTRY/production.json``.
+It is read (never written) as the production model of its corpus's default line
+(``default_model_name(corpus_uri)``) until that line promotes a model: from then on
+``lines/<name>/production.json`` wins. Other lines never see it.
 """
 
 from __future__ import annotations
@@ -17,23 +25,28 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
+import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .checkpoint import load_model, resolve_checkpoint, verify_checkpoint, write_with_checksum
-from .corpus import CorpusRef
+from .corpus import NAMED_CORPORA, CorpusRef
 from .distributed import DistEnv, pick_device
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .evaluate import EvalResult, evaluate_tokens
 from .fsutil import atomic_write_json, file_lock, sha256_file
 from .tokens import TokenSet, load_split
 
 log = logging.getLogger("charrnn")
 POINTER = "production.json"
+LINES = "lines"
+# A path component and a W&B artefact name: no separators, no "." or "..", W&B's 128-character limit.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,7 @@ class ProductionModel:
     corpus_sha256: str
     promoted_at: str
     wandb_run_id: str | None = None
+    model_name: str = ""  # the line; "" only in records written before model lines
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,6 +85,7 @@ class Promotion:
 
     decision: Decision
     production: ProductionModel | None = None
+    model_name: str = ""  # the line the challenger ran in
 
     @property
     def promoted(self) -> bool:
@@ -80,11 +95,53 @@ class Promotion:
         return asdict(self)
 
 
-def read_production(registry_dir: str | os.PathLike[str]) -> ProductionModel | None:
-    path = Path(registry_dir) / POINTER
-    if not path.is_file():
-        return None
-    return ProductionModel(**json.loads(path.read_text()))
+def default_model_name(corpus_uri: str) -> str:
+    """The line a corpus trains by default: a named corpus's name, else the stem of its path or URL ("corpus.txt" -> "corpus")."""
+    if corpus_uri in NAMED_CORPORA:
+        return corpus_uri
+    parsed = urllib.parse.urlparse(corpus_uri)
+    path = parsed.path if len(parsed.scheme) > 1 else corpus_uri  # one letter: a Windows drive, a plain path
+    stem = Path(path.rstrip("/")).stem or parsed.netloc
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-_.")[:128]
+    return name or "corpus"
+
+
+def validate_model_name(name: str) -> str:
+    """``name`` when it can name a line (a directory and a W&B artefact); a ConfigError that says how otherwise."""
+    if not MODEL_NAME.fullmatch(name or ""):
+        raise ConfigError(
+            f"model_name {name!r} cannot name a model line",
+            where="model_name",
+            fix="use 1-128 letters, digits, '-', '_' or '.', starting with a letter or digit (e.g. shakespeare-small), or leave it unset for the corpus's name",
+        )
+    return name
+
+
+def model_line(model_name: str | None, corpus_uri: str) -> str:
+    """The validated line of a run: ``model_name`` if given, else the corpus's default line."""
+    return validate_model_name(default_model_name(corpus_uri) if model_name is None else model_name)
+
+
+def pointer_path(registry_dir: str | os.PathLike[str], model_name: str) -> Path:
+    """``REGISTRY/lines/<model_name>/production.json``."""
+    return Path(registry_dir) / LINES / validate_model_name(model_name) / POINTER
+
+
+def _load_pointer(path: Path) -> ProductionModel:
+    data = json.loads(path.read_text())
+    data.setdefault("model_name", default_model_name(data["corpus_uri"]))  # a record from before model lines
+    return ProductionModel(**data)
+
+
+def read_production(registry_dir: str | os.PathLike[str], model_name: str) -> ProductionModel | None:
+    """The production model of one line (or the pre-lines top-level pointer when it belongs to this line; module docstring)."""
+    path = pointer_path(registry_dir, model_name)
+    if path.is_file():
+        return _load_pointer(path)
+    legacy = Path(registry_dir) / POINTER
+    if legacy.is_file() and (record := _load_pointer(legacy)).model_name == model_name:
+        return record
+    return None
 
 
 def held_out_text(tokens: TokenSet) -> tuple[str, str]:
@@ -107,10 +164,11 @@ def challenge(
     challenger: str | os.PathLike[str],
     tokens: TokenSet,
     *,
+    model_name: str,
     num_streams: int = 32,
     challenger_bpc: float | None = None,
 ) -> Decision:
-    """Score the challenger and the current production model on the challenger's held-out text.
+    """Score the challenger and the production model of its line ``model_name`` on the challenger's held-out text.
 
     ``challenger_bpc``: the challenger's score on that split when it is already known
     (the pipeline's evaluation), so it is not computed twice.
@@ -118,9 +176,9 @@ def challenge(
     text, described = held_out_text(tokens)
     if challenger_bpc is None:
         challenger_bpc = score_on_text(challenger, text, num_streams=num_streams).bpc
-    champion = read_production(registry_dir)
+    champion = read_production(registry_dir, model_name)
     if champion is None:
-        return Decision(True, challenger_bpc, None, described, len(text) - 1, "no production model yet")
+        return Decision(True, challenger_bpc, None, described, len(text) - 1, f"no production model in line {model_name} yet")
     try:
         verify_checkpoint(champion.checkpoint)
     except CheckpointError as exc:
@@ -128,7 +186,7 @@ def challenge(
         return Decision(True, challenger_bpc, None, described, len(text) - 1, f"production model unusable: {exc}")
     champion_bpc = score_on_text(champion.checkpoint, text, num_streams=num_streams).bpc
     won = challenger_bpc < champion_bpc
-    reason = f"challenger {challenger_bpc:.4f} {'<' if won else '>='} production {champion_bpc:.4f} bits/char"
+    reason = f"challenger {challenger_bpc:.4f} {'<' if won else '>='} production {champion_bpc:.4f} bits/char (line {model_name})"
     return Decision(won, challenger_bpc, champion_bpc, described, len(text) - 1, reason)
 
 
@@ -140,9 +198,10 @@ def promote(
     test_bpc: float,
     corpus_uri: str,
     corpus_sha256: str,
+    model_name: str,
     wandb_run_id: str | None = None,
 ) -> ProductionModel:
-    """Copy the checkpoint into the registry and point ``production.json`` at it (atomically)."""
+    """Copy the checkpoint into the registry and point the line's ``production.json`` at it (atomically); other lines are untouched."""
     root = Path(registry_dir)
     source = resolve_checkpoint(checkpoint)
     verify_checkpoint(source)
@@ -162,17 +221,32 @@ def promote(
             corpus_sha256=corpus_sha256,
             promoted_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             wandb_run_id=wandb_run_id,
+            model_name=model_name,
         )
-        atomic_write_json(root / POINTER, record.to_dict())
-    log.info("promoted %s to production (%s)", source, root / POINTER)
+        pointer = pointer_path(root, model_name)
+        atomic_write_json(pointer, record.to_dict())
+    log.info("promoted %s to production of line %s (%s)", source, model_name, pointer)
     return record
 
 
-def challenge_and_promote(registry_dir: str | os.PathLike[str], checkpoint: str, tokens: TokenSet, *, run_dir: str, corpus: CorpusRef, challenger_bpc: float, wandb_run_id: str | None = None, num_streams: int = 32) -> Promotion:
-    """:func:`challenge` (``challenger_bpc``: the checkpoint's known held-out score), then :func:`promote` it if it won."""
-    decision = challenge(registry_dir, checkpoint, tokens, num_streams=num_streams, challenger_bpc=challenger_bpc)
-    log.info("champion/challenger: %s -> %s", decision.reason, "PROMOTED" if decision.promoted else "not promoted")
+def challenge_and_promote(
+    registry_dir: str | os.PathLike[str],
+    checkpoint: str,
+    tokens: TokenSet,
+    *,
+    run_dir: str,
+    corpus: CorpusRef,
+    challenger_bpc: float,
+    model_name: str,
+    wandb_run_id: str | None = None,
+    num_streams: int = 32,
+) -> Promotion:
+    """:func:`challenge` within the line ``model_name`` (``challenger_bpc``: the checkpoint's known held-out score), then :func:`promote` it if it won."""
+    decision = challenge(registry_dir, checkpoint, tokens, model_name=model_name, num_streams=num_streams, challenger_bpc=challenger_bpc)
+    log.info("champion/challenger (line %s): %s -> %s", model_name, decision.reason, "PROMOTED" if decision.promoted else "not promoted")
     if not decision.promoted:
-        return Promotion(decision)
-    record = promote(registry_dir, checkpoint, run_dir=run_dir, test_bpc=challenger_bpc, corpus_uri=corpus.uri, corpus_sha256=corpus.sha256, wandb_run_id=wandb_run_id)
-    return Promotion(decision, record)
+        return Promotion(decision, model_name=model_name)
+    record = promote(
+        registry_dir, checkpoint, run_dir=run_dir, test_bpc=challenger_bpc, corpus_uri=corpus.uri, corpus_sha256=corpus.sha256, model_name=model_name, wandb_run_id=wandb_run_id
+    )
+    return Promotion(decision, record, model_name=model_name)

@@ -70,6 +70,7 @@ class RunReport:
     launch: LaunchSpec
     config: Config
     duration_s: float
+    model_name: str = ""  # the model line (charrnn.registry): whose production model this run challenged
 
     @property
     def world_size(self) -> int:
@@ -90,6 +91,7 @@ class RunReport:
 
 | | |
 |---|---|
+| model line | `{self.model_name or self.promotion.model_name or 'n/a'}` |
 | corpus | `{corpus.uri}` |
 | sha256 | `{corpus.sha256}` |
 | size | {corpus.num_chars:,} characters |
@@ -165,7 +167,8 @@ class RunResult:
     wandb: str  # the report's W&B line
     tracking: dict = field(default_factory=dict)
     promoted: bool = False
-    production: str = ""  # the registry's production.json
+    production: str = ""  # the line's production.json in the registry
+    model_name: str = ""  # the model line; "" in results written before model lines
     chars_per_s: float = 0.0
     train_seconds: float = 0.0
 

@@ -5,11 +5,40 @@ cannot start (bad settings, no network, a timeout) leaves a warning and a
 :class:`NullTracker`, and any error while logging is reported once and then
 ignored. Runs are offline unless credentials are configured (``wandb sync``
 uploads them later). The run id is deterministic (from ``track.run_id`` or the
-run directory) and opened with ``resume="allow"``, so a torchrun restart or a
+run directory) and opened with ``resume="allow``, so a torchrun restart or a
 ``--resume`` continues the same W&B run instead of starting a new one.
 
 The API key is never read into our own code, logged or stored: W&B reads it
 from its own places (``WANDB_API_KEY``, ``~/.netrc``).
+
+Who writes what into one W&B run
+--------------------------------
+Each process that opens the run id writes its own offline directory
+(``wandb/offline-run-*-<id>``); ``wandb sync`` merges them into one run. W&B's own
+``_step`` counts rows per process, so the step axis of every chart is
+``trainer/step`` (the optimisation step), and only training writes history.
+
+Training (rank 0 of ``charrnn train``/``launch``; one directory per process start):
+
+* config: the whole ``Config``, then the data and machine facts
+* history rows, every one with ``trainer/step``: ``train/*``, ``lr``, ``grad_norm``, ``perf/*``,
+  memory at each log interval; ``val/*`` at each evaluation, ``test/*`` at the end; the
+  ``samples`` table (INCREMENTAL: one increment per evaluation)
+* artefacts: ``dataset-<corpus>-<tokens>`` (alias latest); ``model-<run id>``, one version per
+  checkpoint (aliases latest, and best at a new best val score), its metadata ``step``,
+  ``val_bpc``/``val_loss_nats`` or ``val: "not measured at this step"``, corpus, config, lineage
+* summary: W&B's last values, ``val/loss_nats`` and ``val/bpc`` as minima
+
+Publishing (:func:`publish_to_wandb`, the pipeline's report step, after training ended; one
+more directory): **no history rows**, so it can neither restart the step axis nor add a
+``samples`` increment.
+
+* summary: ``final/{val,test}_{loss_nats,bpc}``, ``final/step``, ``model_name``, ``production``
+* artefact: one version in the model line's collection ``<model_name>`` (type model): the
+  scored checkpoint ``model.pt`` and its samples (a ``samples`` table inside the artefact),
+  metadata as a checkpoint's plus ``test_bpc``, the line and the champion/challenger decision;
+  aliases ``run-<run id>``, and ``production`` when it was promoted (W&B adds ``latest``).
+  Collections keep an alias on one version, so ``production`` moves to the line's newest champion.
 """
 
 from __future__ import annotations
@@ -35,7 +64,7 @@ class Tracker(Protocol):
     def log(self, metrics: dict[str, Any], step: int) -> None: ...
     def log_samples(self, step: int, rows: Iterable[tuple[float, str, str]]) -> None: ...
     def log_dataset(self, name: str, files: dict[str, Path], metadata: dict[str, Any], max_upload_mb: float) -> str | None: ...
-    def log_model(self, path: Path, *, step: int, aliases: list[str], metadata: dict[str, Any], dataset_ref: str | None = None) -> None: ...
+    def log_model(self, path: Path, *, step: int, aliases: list[str], metadata: dict[str, Any], dataset_ref: str | None = None, name: str | None = None, samples: list[tuple[float, str, str]] | None = None) -> None: ...
     def set_summary(self, values: dict[str, Any]) -> None: ...
     def summary(self) -> dict[str, Any]: ...
     def finish(self, exit_code: int = 0) -> None: ...
@@ -58,7 +87,7 @@ class NullTracker:
     def log_dataset(self, name, files, metadata, max_upload_mb):
         return None
 
-    def log_model(self, path, *, step, aliases, metadata, dataset_ref=None):
+    def log_model(self, path, *, step, aliases, metadata, dataset_ref=None, name=None, samples=None):
         pass
 
     def set_summary(self, values):
@@ -150,10 +179,13 @@ class WandbTracker:
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self._guard("log", self.run.log, {"trainer/step": step, **metrics})
 
+    def _add_samples(self, table, step: int, rows: Iterable[tuple[float, str, str]]) -> None:
+        for temperature, prompt, text in rows:  # a newline prompt would show as an empty cell
+            table.add_data(step, temperature, prompt.replace("\n", "⏎"), text)
+
     def log_samples(self, step: int, rows: Iterable[tuple[float, str, str]]) -> None:
         def add_and_log():
-            for temperature, prompt, text in rows:  # a newline prompt would show as an empty cell
-                self._table.add_data(step, temperature, prompt.replace("\n", "⏎"), text)
+            self._add_samples(self._table, step, rows)
             self.run.log({"samples": self._table, "trainer/step": step})
 
         self._guard("sample table", add_and_log)
@@ -172,15 +204,31 @@ class WandbTracker:
         self._dataset_ref = self._guard("dataset artefact", build)
         return self._dataset_ref
 
-    def log_model(self, path: Path, *, step: int, aliases: list[str], metadata: dict[str, Any], dataset_ref: str | None = None) -> None:
+    def log_model(
+        self,
+        path: Path,
+        *,
+        step: int,
+        aliases: list[str],
+        metadata: dict[str, Any],
+        dataset_ref: str | None = None,
+        name: str | None = None,
+        samples: list[tuple[float, str, str]] | None = None,
+    ) -> None:
+        """A model artefact version: in ``model-<run id>`` (training's checkpoints) or the collection ``name`` (a model line)."""
+
         def build():
             artifact = self._wandb.Artifact(
-                f"model-{self.run_id}",
+                name or f"model-{self.run_id}",
                 type="model",
                 # use_artifact() does not work offline: the lineage lives in metadata, so it survives `wandb sync`.
                 metadata={**metadata, "step": step, "lineage": {"dataset": dataset_ref or self._dataset_ref}},
             )
             artifact.add_file(str(path), name="model.pt")
+            if samples:  # inside the artefact, not a history row: the run's `samples` increments stay training's
+                table = self._wandb.Table(columns=SAMPLE_COLUMNS)
+                self._add_samples(table, step, samples)
+                artifact.add(table, "samples")
             self.run.log_artifact(artifact, aliases=aliases)
 
         self._guard("model artefact", build)
@@ -220,6 +268,15 @@ def make_tracker(cfg: TrackConfig, *, is_main: bool, run_dir: Path, config: dict
     return tracker
 
 
+def checkpoint_scores(scores: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """A model artefact's scores, in training's vocabulary: val (or that it was not measured) and test when known."""
+    val, test = scores.get("val"), scores.get("test")
+    fields: dict[str, Any] = {"val_bpc": val["bpc"], "val_loss_nats": val["loss_nats"]} if val else {"val": "not measured at this step"}
+    if test:
+        fields |= {"test_bpc": test["bpc"], "test_loss_nats": test["loss_nats"]}
+    return fields
+
+
 def publish_to_wandb(
     cfg: TrackConfig,
     run_dir: Path,
@@ -229,27 +286,30 @@ def publish_to_wandb(
     samples: list[tuple[float, str, str]],
     checkpoint: Path,
     promoted: bool,
+    model_name: str,
     metadata: dict[str, Any],
     dataset_ref: str | None,
 ) -> dict[str, Any]:
-    """After training: add the final scores, the samples and the model to the training's own W&B run.
+    """After training: the final scores (summary) and the model with its samples (an artefact of its line) in the training's W&B run.
 
-    Reopens the run by its deterministic id (``resume="allow"``). A promoted
-    model's artefact carries the ``production`` alias. Returns the tracker's
-    summary (run id, URL or offline directory and its ``wandb sync`` command),
-    or ``{}`` when W&B is off or cannot start.
+    Reopens the run by its deterministic id (``resume="allow"``) and writes no
+    history (module docstring: who writes what). The model goes into the line's
+    collection ``model_name``, with ``production`` when it was promoted. Returns
+    the tracker's summary (run id, URL or offline directory and its ``wandb
+    sync`` command), or ``{}`` when W&B is off or cannot start.
     """
     tracker = make_tracker(cfg, is_main=True, run_dir=run_dir, config={})
     if tracker.run_id is None:
         return {}
     try:
         final = {f"final/{split}_{name}": value for split, score in scores.items() for name, value in score.items() if name in ("loss_nats", "bpc")}
-        tracker.log(final, step)
-        tracker.log_samples(step, samples)
-        tracker.set_summary({**final, "production": promoted})
-        aliases = ["final", "production"] if promoted else ["final"]
-        tracker.log_model(checkpoint, step=step, aliases=aliases, metadata=metadata, dataset_ref=dataset_ref)
+        tracker.set_summary({**final, "final/step": step, "model_name": model_name, "production": promoted})
+        # One collection per model line, logged into directly: Run.link_artifact raises NotImplementedError
+        # offline (wandb 0.31) and `wandb sync` replays no links, whereas a logged version syncs as it is.
+        # Online and offline-then-synced runs thus end up the same: `<project>/<model_name>:production`.
+        aliases = [f"run-{tracker.run_id}", *(["production"] if promoted else [])]
+        line_metadata = {**metadata, **checkpoint_scores(scores), "model_name": model_name}
+        tracker.log_model(checkpoint, step=step, aliases=aliases, metadata=line_metadata, dataset_ref=dataset_ref, name=model_name, samples=samples)
         return tracker.summary()
     finally:
         tracker.finish()
-

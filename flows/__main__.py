@@ -1,6 +1,6 @@
 """``python -m flows``: run the pipeline, check watched corpora, or start/stop local Prefect.
 
-    python -m flows run [--corpus URI] [--nproc-per-node 2] [KEY=VALUE ...]
+    python -m flows run [--corpus URI] [--model-name LINE] [--nproc-per-node 2] [KEY=VALUE ...]
     python -m flows watch NAME=URI [NAME=URI ...]
     python -m flows serve [--port 4200]      # server + work pool + deployments + worker
     python -m flows stop
@@ -63,6 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             wandb_mode=args.wandb_mode,
             runs_dir=args.runs_dir,
             registry_dir=args.registry_dir or str(Path(args.runs_dir) / "registry"),
+            model_name=args.model_name,
             skip_if_trained=args.skip_if_trained,
             sample_prompts=[args.prime],
             num_samples=1,
@@ -147,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb-mode", default="auto", choices=["auto", "online", "offline", "disabled"], help="W&B mode (auto: online with credentials, else offline)")
     p.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
     p.add_argument("--registry-dir", default=None, help="champion/challenger registry (default: RUNS_DIR/registry)")
+    p.add_argument("--model-name", default=None, help="model line to compete in: letters, digits, - _ . (default: the corpus's name, e.g. shakespeare or a file's stem)")
     p.add_argument("--skip-if-trained", action="store_true", help="report an earlier run of the same corpus and settings instead of training")
     p.add_argument("--prime", default="ROMEO:\n", help="prompt of the printed sample")
     p.add_argument("--length", type=int, default=400, help="length of the printed sample")

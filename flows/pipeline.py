@@ -21,6 +21,7 @@ from charrnn.config import Config, load_config
 from charrnn.corpus import CorpusRef
 from charrnn.launch import LaunchSpec
 from charrnn.machine import auto_nproc
+from charrnn.registry import model_line, pointer_path
 from charrnn.report import RunReport, RunResult
 from charrnn.runs import find_trained, record_result, training_key
 from charrnn.sample import SampleSettings
@@ -71,6 +72,7 @@ def train_pipeline(
     wandb_project: str = "charrnn",
     runs_dir: str = "runs",
     registry_dir: str = "runs/registry",
+    model_name: str | None = None,
     skip_if_trained: bool = False,
     sample_prompts: list[str] | None = None,
     num_samples: Positive = 2,
@@ -96,7 +98,9 @@ def train_pipeline(
         wandb_mode: auto (online with credentials, else offline), online, offline or disabled.
         wandb_project: W&B project.
         runs_dir: where run directories are created.
-        registry_dir: champion/challenger registry (production.json and promoted checkpoints).
+        registry_dir: champion/challenger registry (a production.json per model line, and the promoted checkpoints).
+        model_name: the model line this run competes in (letters, digits, - _ .); default: the corpus's name
+            ("shakespeare", or the file stem of a path or URL). A challenger only ever replaces its own line's production model.
         skip_if_trained: report an earlier completed run of the same tokens and settings instead of training again.
         sample_prompts: prompts for the samples (default: a newline).
         num_samples: samples per prompt, generated as one batch.
@@ -106,6 +110,7 @@ def train_pipeline(
         retry_delay_s: first retry delay; it doubles for each further retry.
     """
     started = time.time()
+    line = model_line(model_name, corpus)  # before any work: a bad name fails in a second, not after training
     cfg = build_config(corpus, config_file, list(overrides or []), time_budget_s, max_steps, wandb_mode, wandb_project)
     corpus_ref = download(cfg)
     tokens = tokenise(corpus_ref, cfg)
@@ -114,14 +119,24 @@ def train_pipeline(
         get_run_logger().info("layout: %d training process(es) per machine (auto: %s)", nproc_per_node, why)
     launch = LaunchSpec(nproc_per_node=nproc_per_node, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts, local_addr=local_addr, socket_ifname=socket_ifname)
     key = training_key(tokens, cfg, nproc_per_node * nnodes)
-    if skip_if_trained and (previous := find_trained(runs_dir, key)):
+    previous = find_trained(runs_dir, key) if skip_if_trained else None
+    if previous is not None and previous.model_name in (line, ""):  # "": a result from before model lines
         get_run_logger().info("skip_if_trained: %s already trained this corpus with these settings; reporting it", previous.run_dir)
         return previous
     sampling = SampleSettings(length=sample_length, temperature=sample_temperature, num_samples=num_samples, seed=cfg.train.seed)
     retries = Retries(train_retries, [retry_delay_s * 2**i for i in range(max(train_retries, 1))])
-    result = train_and_report(cfg, corpus_ref, tokens, launch, runs_dir, registry_dir, sample_prompts or ["\n"], sampling, retries, started)
+    registry = Registry(registry_dir, line)
+    result = train_and_report(cfg, corpus_ref, tokens, launch, runs_dir, registry, sample_prompts or ["\n"], sampling, retries, started)
     record_result(runs_dir, key, result)
     return result
+
+
+@dataclass(frozen=True)
+class Registry:
+    """Where the run's champion/challenger happens: the registry directory and the model line."""
+
+    dir: str
+    model_name: str
 
 
 @dataclass(frozen=True)
@@ -130,7 +145,7 @@ class Retries:
     delays_s: list[float]
 
 
-def train_and_report(cfg: Config, corpus: CorpusRef, tokens: TokenSet, launch: LaunchSpec, runs_dir: str, registry_dir: str, prompts: list[str], sampling: SampleSettings, retries: Retries, started: float) -> RunResult:
+def train_and_report(cfg: Config, corpus: CorpusRef, tokens: TokenSet, launch: LaunchSpec, runs_dir: str, registry: Registry, prompts: list[str], sampling: SampleSettings, retries: Retries, started: float) -> RunResult:
     """A new run directory: train, score, sample, champion/challenger, report; the run's result."""
     run_name, run_dir = new_run(cfg, runs_dir)
     launch.rdzv_id = str(flow_run.get_id() or run_name)
@@ -138,8 +153,8 @@ def train_and_report(cfg: Config, corpus: CorpusRef, tokens: TokenSet, launch: L
     trained = train_model.with_options(retries=retries.count, retry_delay_seconds=retries.delays_s)(cfg, tokens, launch)
     scores = score_model(trained, tokens, cfg.train.eval_batch_size)
     samples = write_samples(scores, str(run_dir), prompts, sampling)
-    promotion = promote_model(registry_dir, scores, tokens, corpus, trained, cfg.train.eval_batch_size)
-    run = RunReport(run_name, str(run_dir.resolve()), corpus, tokens, trained, scores, promotion, launch, cfg, time.time() - started)
+    promotion = promote_model(registry.dir, scores, tokens, corpus, trained, registry.model_name, cfg.train.eval_batch_size)
+    run = RunReport(run_name, str(run_dir.resolve()), corpus, tokens, trained, scores, promotion, launch, cfg, time.time() - started, registry.model_name)
     report, tracking, wandb = report_run(run, samples)
     return RunResult(
         run_dir=run.run_dir,
@@ -153,7 +168,8 @@ def train_and_report(cfg: Config, corpus: CorpusRef, tokens: TokenSet, launch: L
         wandb=wandb,
         tracking=tracking,
         promoted=promotion.promoted,
-        production=str((Path(registry_dir) / "production.json").resolve()),
+        production=str(pointer_path(registry.dir, registry.model_name).resolve()),
+        model_name=registry.model_name,
         chars_per_s=trained.chars_per_s,
         train_seconds=trained.train_seconds,
     )

@@ -22,7 +22,10 @@ REPORT_KEY, SAMPLES_KEY, WANDB_KEY = "charrnn-report", "charrnn-samples", "charr
 
 
 def update_wandb(run: RunReport, samples: list[Sample]) -> dict:
-    """Add the final scores, samples and model to the training's W&B run; its tracking facts (training's when W&B is off)."""
+    """Add the final scores (summary) and the model with its samples (the line's artefact) to the training's W&B run; no history rows.
+
+    Its tracking facts (training's when W&B is off).
+    """
     from charrnn.tracking import dataset_artifact_name, publish_to_wandb
 
     return publish_to_wandb(
@@ -33,6 +36,7 @@ def update_wandb(run: RunReport, samples: list[Sample]) -> dict:
         samples=[(row.temperature, row.prompt, row.text) for row in samples],
         checkpoint=Path(run.scores.checkpoint),
         promoted=run.promotion.promoted,
+        model_name=run.model_name or run.promotion.model_name,
         metadata={"corpus_uri": run.corpus.uri, "corpus_sha256": run.corpus.sha256, "champion_challenger": run.promotion.decision.to_dict()},
         dataset_ref=f"{dataset_artifact_name(run.corpus.sha256, run.tokens.key)}:latest",
     ) or run.train.tracking

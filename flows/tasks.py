@@ -166,9 +166,9 @@ def write_samples(scores: Scores, run_dir: str, prompts: list[str], settings: Sa
 
 
 @task(name="promote_model")
-def promote_model(registry_dir: str, scores: Scores, tokens: TokenSet, corpus: CorpusRef, trained: TrainResult, num_streams: int = 32) -> Promotion:
-    """Champion/challenger on the same held-out text; promote the challenger only if it wins (its score from ``score_model``)."""
-    from charrnn.registry import challenge_and_promote
+def promote_model(registry_dir: str, scores: Scores, tokens: TokenSet, corpus: CorpusRef, trained: TrainResult, model_name: str, num_streams: int = 32) -> Promotion:
+    """Champion/challenger within the line ``model_name`` on the same held-out text; promote the challenger only if it wins (its score from ``score_model``)."""
+    from charrnn.registry import challenge_and_promote, validate_model_name
 
     return challenge_and_promote(
         registry_dir,
@@ -177,6 +177,7 @@ def promote_model(registry_dir: str, scores: Scores, tokens: TokenSet, corpus: C
         run_dir=trained.run_dir,
         corpus=corpus,
         challenger_bpc=scores.held_out["bpc"],
+        model_name=validate_model_name(model_name),
         wandb_run_id=trained.tracking.get("wandb_run_id"),
         num_streams=num_streams,
     )

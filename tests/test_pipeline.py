@@ -142,9 +142,10 @@ def test_report_run_creates_report_samples_and_wandb_artifacts(prefect_server, s
 
 def test_champion_challenger_promotes_only_a_better_model(prefect_server, served, tmp_path):
     url = served.url("corpus.txt")
-    registry = tmp_path / "registry" / "production.json"
+    registry = tmp_path / "registry" / "lines" / "corpus" / "production.json"  # corpus.txt: the line "corpus"
     champion, _ = run_pipeline(tmp_path, url, max_steps=150)
     assert champion["promoted"] and json.loads(registry.read_text())["run_dir"] == champion["run_dir"]
+    assert champion["production"] == str(registry.resolve()) and champion["model_name"] == "corpus"
 
     worse, _ = run_pipeline(tmp_path, url, max_steps=3)
     assert not worse["promoted"] and json.loads(registry.read_text())["run_dir"] == champion["run_dir"]
@@ -154,6 +155,27 @@ def test_champion_challenger_promotes_only_a_better_model(prefect_server, served
     assert better["promoted"] and json.loads(registry.read_text())["run_dir"] == better["run_dir"]
     production = json.loads(registry.read_text())
     assert Path(production["checkpoint"]).is_file() and production["test_bpc"] == pytest.approx(better["test"]["bpc"])
+
+
+def test_two_model_lines_promote_independently(prefect_server, served, tmp_path):
+    served.files["other.txt"] = make_text(40_000, seed=7).encode()
+    lines = tmp_path / "registry" / "lines"
+    first, _ = run_pipeline(tmp_path, served.url("corpus.txt"), max_steps=10, model_name="alpha")
+    second, _ = run_pipeline(tmp_path, served.url("other.txt"), max_steps=10)  # default line: the file stem, "other"
+    assert first["promoted"] and second["promoted"]  # each the first champion of its own line, not a challenger of the other's
+    assert (first["model_name"], second["model_name"]) == ("alpha", "other")
+    assert json.loads((lines / "alpha" / "production.json").read_text())["run_dir"] == first["run_dir"]
+    assert json.loads((lines / "other" / "production.json").read_text())["run_dir"] == second["run_dir"]
+    assert "| model line | `alpha` |" in Path(first["report"]).read_text()
+    assert "no production model in line other yet" in Path(second["report"]).read_text()
+
+
+def test_a_bad_model_name_fails_before_any_work(prefect_server, tmp_path):
+    from flows.pipeline import train_pipeline
+
+    state = train_pipeline(corpus="shakespeare", model_name="../escape", runs_dir=str(tmp_path / "runs"), registry_dir=str(tmp_path / "registry"), wandb_mode="disabled", return_state=True)
+    assert state.is_failed() and "cannot name a model line" in str(state.message or "") + repr(state.result(raise_on_failure=False))
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_refused_corpus_leaves_the_cache_as_it_was(prefect_server, http_server, tmp_path, cache_dir):

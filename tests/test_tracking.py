@@ -140,3 +140,43 @@ def test_api_key_is_never_written(corpus, tmp_path):
     leaked = [p for p in out.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
     assert leaked == [] and SECRET not in done.stdout + done.stderr
     shutil.rmtree(out)
+
+
+def _history(records: list[dict]) -> list[dict]:
+    return [r["history"]["item"] for r in records if r["type"] == "history"]
+
+
+def test_publishing_continues_training_history_without_rewriting_it(corpus, tmp_path, monkeypatch):
+    """Training's directory and publish's share one step axis and one samples table; every model artefact is scored."""
+    from charrnn.config import load_config
+    from charrnn.tracking import publish_to_wandb
+
+    out = tmp_path / "run"
+    done = _train(out, corpus, "max_steps=30")
+    assert done.returncode == 0, done.stderr
+    trained = json.loads(done.stdout)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    scores = {"val": trained["val"], "test": trained["test"]}
+    published = publish_to_wandb(load_config(None, ["track.mode=offline"]).track, out, step=trained["step"], scores=scores, samples=[(0.8, "A\n", "A\nbc")],
+                                 checkpoint=Path(trained["best_checkpoint"]), promoted=True, model_name="line-a", metadata={"corpus_uri": str(corpus)}, dataset_ref=None)  # fmt: skip
+    runs = _offline_runs(out)  # timestamped names: training's directory, then publish's
+    assert len(runs) == 2 and published["wandb_dir"] == str(runs[1]) and all(p.name.endswith(trained["tracking"]["wandb_run_id"]) for p in runs)
+    training, publishing = (_records(next(p.glob("run-*.wandb"))) for p in runs)
+
+    assert _history(publishing) == []  # summary and an artefact only: nothing to restart _step or reuse an increment
+    rows = _history(training) + _history(publishing)
+    assert [row["_step"] for row in rows] == list(range(len(rows)))
+    steps = [row["trainer/step"] for row in rows]
+    assert steps == sorted(steps) and steps[-1] == trained["step"]
+    increments = [row["samples.increment_num"] for row in rows if "samples.increment_num" in row]
+    assert len(increments) == 3 and len(set(increments)) == 3
+
+    models = [r["artifact"] for r in training + publishing if r["type"] == "artifact" and r["artifact"]["type"] == "model"]
+    assert all("val_bpc" in json.loads(m["metadata"]) or json.loads(m["metadata"])["val"] == "not measured at this step" for m in models)
+    (line,) = [m for m in models if m["name"] == "line-a"]
+    assert {"production", f"run-{trained['tracking']['wandb_run_id']}"} <= set(line["aliases"]) and "final" not in line["aliases"]
+    assert {e["path"] for e in line["manifest"]["contents"]} == {"model.pt", "samples.table.json"}
+    assert json.loads(line["metadata"])["test_bpc"] == trained["test"]["bpc"] and json.loads(line["metadata"])["step"] == trained["step"]
+    summary = {k: v for r in publishing if r["type"] == "summary" for k, v in r["summary"]["update"].items()}
+    assert summary["final/step"] == trained["step"] and summary["model_name"] == "line-a" and summary["production"] is True
