@@ -59,11 +59,15 @@ def write_samples(checkpoint: str, run_dir: str | os.PathLike[str], prompts: lis
     return rows
 
 
-def training_key(tokens: TokenSet, cfg: Config, world_size: int) -> str:
-    """Identifies "this model trained on these tokens with these settings"."""
+def training_key(tokens: TokenSet, cfg: Config, world_size: int, model_name: str = "") -> str:
+    """Identifies "this model trained on these tokens with these settings, for this model line".
+
+    The line is part of the key: two lines with the same corpus and settings each keep
+    their own index entry, instead of overwriting each other's and retraining every time.
+    """
     raw = cfg.to_dict()
     train = {k: v for k, v in raw["train"].items() if k not in ("out_dir", "resume")}
-    return sha256_bytes(json.dumps([tokens.key, raw["model"], train, world_size], sort_keys=True).encode())
+    return sha256_bytes(json.dumps([tokens.key, raw["model"], train, world_size, model_name], sort_keys=True).encode())
 
 
 def find_trained(runs_dir: str | os.PathLike[str], key: str) -> RunResult | None:

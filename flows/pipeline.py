@@ -118,9 +118,9 @@ def train_pipeline(
         nproc_per_node, why = auto_nproc(cfg.train.precision)
         get_run_logger().info("layout: %d training process(es) per machine (auto: %s)", nproc_per_node, why)
     launch = LaunchSpec(nproc_per_node=nproc_per_node, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts, local_addr=local_addr, socket_ifname=socket_ifname)
-    key = training_key(tokens, cfg, nproc_per_node * nnodes)
+    key = training_key(tokens, cfg, nproc_per_node * nnodes, line)
     previous = find_trained(runs_dir, key) if skip_if_trained else None
-    if previous is not None and previous.model_name in (line, ""):  # "": a result from before model lines
+    if previous is not None:
         get_run_logger().info("skip_if_trained: %s already trained this corpus with these settings; reporting it", previous.run_dir)
         return previous
     sampling = SampleSettings(length=sample_length, temperature=sample_temperature, num_samples=num_samples, seed=cfg.train.seed)

@@ -17,7 +17,13 @@ from charrnn.evaluate import evaluate_tokens
 from charrnn.prepare import prepare
 from charrnn.tokens import load_split
 from charrnn.train import train
-from charrnn.validation import MIN_VAL_CHARS, EarlyStopping, EvalSchedule, val_chars_for, val_subsample
+from charrnn.validation import (
+    MIN_VAL_CHARS,
+    EarlyStopping,
+    EvalSchedule,
+    val_chars_for,
+    val_subsample,
+)
 
 
 def _val_records(run_dir: str | Path) -> list[dict]:
