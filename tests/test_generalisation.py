@@ -114,4 +114,4 @@ def test_a_cell_runs_end_to_end_and_tabulates(tmp_path):
     table = _gen("--table", "--jsonl", str(jsonl), tmp_path=tmp_path).stdout
     assert "#### Local files (--corpus-file)" in table
     row = next(line for line in table.splitlines() if line.startswith("| file:tiny.txt"))
-    assert row.count("|") == 9 and " 3 s " in row and ("**yes**" in row or "**no**" in row)
+    assert row.count("|") == 11 and " 3 s " in row and ("**yes**" in row or "**no**" in row)
