@@ -8,7 +8,10 @@ puts ``tests/`` on ``sys.path`` before it imports the rootdir conftest.
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -157,3 +160,24 @@ def task_states(flow_run_id) -> dict[str, list[str]]:
     for run in runs:
         states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name if run.state else "?")
     return states
+
+
+# --------------------------------------------------------------------------- W&B offline runs
+
+
+def wandb_records(run_dir: Path) -> list[dict]:
+    """Every record of one offline W&B run directory, read with the SDK's own reader (`wandb leet inspect --json`)."""
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    run_file = next(Path(run_dir).glob("run-*.wandb"))
+    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(run_file)], capture_output=True, text=True, timeout=120, check=True)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def offline_runs(out: Path) -> list[Path]:
+    """The offline W&B run directories under ``out/wandb``, oldest first (their names are timestamped)."""
+    return sorted((Path(out) / "wandb").glob("offline-run-*"))
+
+
+def history_rows(records: list[dict]) -> list[dict]:
+    return [r["history"]["item"] for r in records if r["type"] == "history"]
+

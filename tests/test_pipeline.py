@@ -14,7 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import TINY_OVERRIDES, cache_listing, make_text, process_tree, task_states
+from helpers import (
+    TINY_OVERRIDES,
+    cache_listing,
+    history_rows,
+    make_text,
+    process_tree,
+    task_states,
+    wandb_records,
+)
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow, pytest.mark.distributed]
 
@@ -112,7 +120,8 @@ def test_train_task_retries_and_resumes_after_a_killed_worker(prefect_server, se
 def test_report_run_creates_report_samples_and_wandb_artifacts(prefect_server, served, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    result, flow_run_id = run_pipeline(tmp_path, served.url("corpus.txt"), wandb_mode="offline", num_samples=2, sample_prompts=["ROMEO:\n", "JULIET:\n"])
+    overrides = [*TINY_OVERRIDES, "train.evals_per_run=4", "train.patience=0"]  # validations at steps 5, 10, 15, 20
+    result, flow_run_id = run_pipeline(tmp_path, served.url("corpus.txt"), overrides=overrides, wandb_mode="offline", num_samples=2, sample_prompts=["ROMEO:\n", "JULIET:\n"])
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
@@ -138,6 +147,25 @@ def test_report_run_creates_report_samples_and_wandb_artifacts(prefect_server, s
     assert len(offline) == 2  # training's process and publish's: one W&B run id, merged by `wandb sync`
     assert link.type == "markdown" and str(offline[-1].resolve()) in link.data and "file://" not in link.data  # a path, not a dead link
     assert "wandb sync" in link.data and result["tracking"]["wandb_run_id"] in offline[0].name
+    _check_one_wandb_history(offline)
+
+
+def _check_one_wandb_history(offline: list[Path]) -> None:
+    """Training's and publishing's offline directories of one run: the records `wandb sync` merges into one run."""
+    records = [wandb_records(run) for run in offline]
+    rows = [row for run in records for row in history_rows(run)]
+    assert [row["_step"] for row in rows] == list(range(len(rows)))  # one step axis: publishing adds no rows
+    steps = [row["trainer/step"] for row in rows]
+    assert steps == sorted(steps)
+    assert sorted({row["trainer/step"] for row in rows if "val/bpc" in row}) == [5, 10, 15, 20]  # val points during training
+    tables = sorted((offline[0] / "files" / "media" / "table").glob("samples_*.table.json"))
+    samples = [row for path in tables for row in json.loads(path.read_text())["data"]]
+    assert sorted({row[0] for row in samples}) == [5, 10, 15, 20]  # one samples increment per validation
+    for step in (5, 10, 15, 20):
+        texts = [row[3] for row in samples if row[0] == step]
+        assert len(texts) == len(set(texts)) == 6  # 2 prompts x 3 temperatures, each its own text
+    models = [r["artifact"] for run in records for r in run if r["type"] == "artifact" and r["artifact"]["type"] == "model"]
+    assert models and all("val_bpc" in json.loads(m["metadata"]) for m in models)  # each checkpoint here follows a validation
 
 
 def test_champion_challenger_promotes_only_a_better_model(prefect_server, served, tmp_path):

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import make_text, run_env
+from helpers import history_rows, make_text, offline_runs, run_env, wandb_records
 
 pytest.importorskip("wandb")
 pytestmark = pytest.mark.slow
@@ -35,24 +35,14 @@ def _train(out: Path, corpus: Path, *extra: str, env: dict | None = None, timeou
     )  # fmt: skip
 
 
-def _records(run_file: Path) -> list[dict]:
-    wandb_cli = Path(sys.executable).with_name("wandb")
-    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(run_file)], capture_output=True, text=True, timeout=120, check=True)
-    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
-
-
-def _offline_runs(out: Path) -> list[Path]:
-    return sorted((out / "wandb").glob("offline-run-*"))
-
-
 def test_offline_run_holds_metrics_config_samples_and_artefacts(corpus, tmp_path):
     out = tmp_path / "run"
     done = _train(out, corpus, "max_steps=30")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
-    runs = _offline_runs(out)
+    runs = offline_runs(out)
     assert len(runs) == 1 and summary["tracking"]["wandb_sync"] == f"wandb sync {runs[0].parent}/offline-run-*-{summary['tracking']['wandb_run_id']}"
-    records = _records(next(runs[0].glob("run-*.wandb")))
+    records = wandb_records(runs[0])
 
     history = [r["history"]["item"] for r in records if r["type"] == "history"]
     steps_with = lambda key: sorted({row["trainer/step"] for row in history if key in row})  # noqa: E731
@@ -92,7 +82,7 @@ def test_two_process_training_makes_exactly_one_wandb_run(corpus, tmp_path):
     cmd = [sys.executable, "-m", "charrnn", "launch", "--nproc-per-node", "2", "--", "--out-dir", str(out), f"data.corpus={corpus}", *TINY, "max_steps=20"]
     done = subprocess.run(cmd, env=run_env(WANDB_MODE="offline", CHARRNN_CACHE=str(tmp_path / "cache")), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert len(_offline_runs(out)) == 1
+    assert len(offline_runs(out)) == 1
     assert not list(Path.cwd().glob("wandb/offline-run-*charrnn*"))  # nothing stray from rank 1
 
 
@@ -111,13 +101,13 @@ def test_killed_run_resumes_the_same_wandb_run(corpus, tmp_path):
         proc.wait()
     resumed = _train(out, corpus, "max_steps=30", "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    runs = _offline_runs(out)
+    runs = offline_runs(out)
     assert len(runs) == 2  # W&B writes one offline directory per process; `wandb sync` merges them by id
     run_id = json.loads(resumed.stdout)["tracking"]["wandb_run_id"]
     # W&B names each offline directory after the run id; the SIGKILLed process may not have
     # flushed its records, so the resumed run's own log is where the id is read back.
     assert all(p.name.endswith(f"-{run_id}") for p in runs)
-    records = _records(next(runs[-1].glob("run-*.wandb")))
+    records = wandb_records(runs[-1])
     assert next(r["run"]["run_id"] for r in records if r["type"] == "run") == run_id
 
 
@@ -136,14 +126,10 @@ def test_api_key_is_never_written(corpus, tmp_path):
     out = tmp_path / "run"
     done = _train(out, corpus, "max_steps=20", env=run_env(WANDB_MODE="offline", WANDB_API_KEY=SECRET, CHARRNN_CACHE=str(tmp_path / "cache")))
     assert done.returncode == 0, done.stderr
-    assert _offline_runs(out)  # a W&B run really was written
+    assert offline_runs(out)  # a W&B run really was written
     leaked = [p for p in out.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
     assert leaked == [] and SECRET not in done.stdout + done.stderr
     shutil.rmtree(out)
-
-
-def _history(records: list[dict]) -> list[dict]:
-    return [r["history"]["item"] for r in records if r["type"] == "history"]
 
 
 def test_publishing_continues_training_history_without_rewriting_it(corpus, tmp_path, monkeypatch):
@@ -160,12 +146,12 @@ def test_publishing_continues_training_history_without_rewriting_it(corpus, tmp_
     scores = {"val": trained["val"], "test": trained["test"]}
     published = publish_to_wandb(load_config(None, ["track.mode=offline"]).track, out, step=trained["step"], scores=scores, samples=[(0.8, "A\n", "A\nbc")],
                                  checkpoint=Path(trained["best_checkpoint"]), promoted=True, model_name="line-a", metadata={"corpus_uri": str(corpus)}, dataset_ref=None)  # fmt: skip
-    runs = _offline_runs(out)  # timestamped names: training's directory, then publish's
+    runs = offline_runs(out)  # timestamped names: training's directory, then publish's
     assert len(runs) == 2 and published["wandb_dir"] == str(runs[1]) and all(p.name.endswith(trained["tracking"]["wandb_run_id"]) for p in runs)
-    training, publishing = (_records(next(p.glob("run-*.wandb"))) for p in runs)
+    training, publishing = (wandb_records(p) for p in runs)
 
-    assert _history(publishing) == []  # summary and an artefact only: nothing to restart _step or reuse an increment
-    rows = _history(training) + _history(publishing)
+    assert history_rows(publishing) == []  # summary and an artefact only: nothing to restart _step or reuse an increment
+    rows = history_rows(training) + history_rows(publishing)
     assert [row["_step"] for row in rows] == list(range(len(rows)))
     steps = [row["trainer/step"] for row in rows]
     assert steps == sorted(steps) and steps[-1] == trained["step"]
