@@ -9,8 +9,11 @@ cross process boundaries (Prefect persists them as task results) unchanged.
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -81,12 +84,16 @@ class RunReport:
         m = self.config.model
         return f"{m.num_layers}x{m.hidden_size} LSTM, embedding {m.embedding_dim}, vocab {self.tokens.vocab_size}"
 
-    def markdown(self, wandb: str) -> str:
-        """The report; ``wandb`` is its W&B line (:func:`wandb_line`)."""
+    def markdown(self, wandb: str, samples: Sequence[Sample] = ()) -> str:
+        """The report; ``wandb`` is its W&B line (:func:`wandb_line`), ``samples`` the run's samples.
+
+        The learning curve comes from the run directory's ``metrics.jsonl``.
+        """
         corpus, train, scores, decision = self.corpus, self.train, self.scores, self.promotion.decision
         champion = f"{decision.champion_bpc:.4f}" if decision.champion_bpc is not None else "none"
         verdict = "**promoted to production**" if decision.promoted else "**not promoted** (production kept)"
         minutes, seconds = divmod(int(self.duration_s), 60)
+        curve = curve_markdown(read_curve(Path(self.run_dir) / "metrics.jsonl"))
         return f"""# charrnn run `{self.run_name}`
 
 | | |
@@ -111,6 +118,14 @@ class RunReport:
 {_score_row('val', scores.val)}
 {_score_row('test', scores.test)}
 
+## Learning curve
+
+{curve}
+
+## Samples
+
+{samples_markdown(samples)}
+
 ## Champion / challenger
 
 Scored on the same held-out text ({decision.held_out}, {decision.held_out_chars:,} characters):
@@ -132,6 +147,169 @@ def _score_row(name: str, score: dict | None) -> str:
     if not score:
         return f"| {name} | n/a | n/a | n/a |"
     return f"| {name} | {score['loss_nats']:.4f} | {score['bpc']:.4f} | {score['chars']:,} |"
+
+
+# --------------------------------------------------------------------------- learning curve
+
+CURVE_ROWS = 12  # the report's table: enough to see the shape, short enough to read at a glance
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    step: int
+    train_bpc: float | None
+    val_bpc: float | None
+
+
+def read_curve(path: Path) -> list[CurvePoint]:
+    """Train and val bits/char by step from a run's ``metrics.jsonl``; [] when there is none.
+
+    Rows are the val evaluations, each with the latest train loss logged at or before its
+    step (the two are logged at different intervals); a run without val rows (an empty
+    val split) gets its train rows. A resumed run logs some steps twice: the later record wins.
+    """
+    train: dict[int, float] = {}
+    val: dict[int, float] = {}
+    for record in _records(path):
+        step = record.get("step")
+        if not isinstance(step, int):
+            continue
+        if "train/bpc" in record:
+            train[step] = float(record["train/bpc"])
+        if "val/bpc" in record:
+            val[step] = float(record["val/bpc"])
+    if not val:
+        return [CurvePoint(step, bpc, None) for step, bpc in sorted(train.items())]
+    return [CurvePoint(step, _latest(train, step), bpc) for step, bpc in sorted(val.items())]
+
+
+def _records(path: Path) -> list[dict]:
+    """The JSON lines of ``path``; a torn last line (a killed run) or a missing file reads as nothing."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _latest(values: dict[int, float], step: int) -> float | None:
+    earlier = [s for s in values if s <= step]
+    return values[max(earlier)] if earlier else None
+
+
+def thin(items: Sequence, keep: int) -> list:
+    """At most ``keep`` items evenly spread over ``items``, always the first and the last."""
+    if len(items) <= keep:
+        return list(items)
+    if keep <= 1:
+        return [items[-1]]
+    picked = sorted({round(i * (len(items) - 1) / (keep - 1)) for i in range(keep)})
+    return [items[i] for i in picked]
+
+
+def sparkline(values: Sequence[float], width: int = 40) -> str:
+    """One block character per value (at most ``width``, evenly spread): the lowest ▁, the highest █."""
+    values = thin(values, width)
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    span = high - low or 1.0  # a flat curve draws as a flat line of ▁
+    return "".join(SPARK[min(len(SPARK) - 1, int((v - low) / span * len(SPARK)))] for v in values)
+
+
+def curve_markdown(points: Sequence[CurvePoint], rows: int = CURVE_ROWS) -> str:
+    """The learning curve: a picture (SVG), sparklines and a table of at most ``rows`` steps.
+
+    The picture is an inline ``data:image/svg+xml`` URI: Prefect's UI renders it (its
+    sanitizer lets ``data:image/`` through) and it needs no plotting library; the table
+    and sparklines carry the same numbers for ``report.md`` read in a terminal.
+    """
+    if not points:
+        return "No metrics.jsonl in the run directory: no curve to show."
+    lines = [f"![train and val bits/char by step]({svg_data_uri(points)})", ""]
+    for name, series in (("train", [p.train_bpc for p in points]), ("val", [p.val_bpc for p in points])):
+        known = [v for v in series if v is not None]
+        if known:
+            lines.append(f"- {name} `{sparkline(known)}` {known[0]:.3f} → {known[-1]:.3f} bits/char")
+    lines += ["", "| step | train bits/char | val bits/char |", "|---:|---:|---:|"]
+    lines += [f"| {p.step:,} | {_bpc(p.train_bpc)} | {_bpc(p.val_bpc)} |" for p in thin(points, rows)]
+    return "\n".join(lines)
+
+
+def _bpc(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def svg_data_uri(points: Sequence[CurvePoint], width: int = 480, height: int = 160) -> str:
+    """A small line chart of train (blue) and val (orange) bits/char, as a base64 SVG data URI."""
+    pad = 28  # room for the axis labels
+    values = [v for p in points for v in (p.train_bpc, p.val_bpc) if v is not None and math.isfinite(v)]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    first, last = points[0].step, points[-1].step
+
+    def xy(step: int, value: float) -> str:
+        x = pad + (step - first) / ((last - first) or 1) * (width - 2 * pad)
+        y = height - pad - (value - low) / ((high - low) or 1) * (height - 2 * pad)
+        return f"{x:.1f},{y:.1f}"
+
+    lines = []
+    for colour, attr in (("#1f77b4", "train_bpc"), ("#ff7f0e", "val_bpc")):
+        coords = " ".join(xy(p.step, getattr(p, attr)) for p in points if getattr(p, attr) is not None)
+        if coords:
+            lines.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{coords}"/>')
+    text = 'font-family="sans-serif" font-size="11" fill="#555"'
+    svg = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}"><rect width="100%" height="100%" fill="white"/>'
+        f'<path d="M{pad},{pad} V{height - pad} H{width - pad}" stroke="#999" fill="none"/>{"".join(lines)}'
+        f'<text x="{pad}" y="{pad - 8}" {text}>{high:.2f} bits/char</text><text x="{pad + 4}" y="{height - pad - 4}" {text}>{low:.2f}</text>'
+        f'<text x="{pad}" y="{height - 8}" {text}>step {first:,}</text><text x="{width - pad}" y="{height - 8}" text-anchor="end" {text}>step {last:,}</text>'
+        f'<text x="{width - pad}" y="{pad - 8}" text-anchor="end" {text}><tspan fill="#1f77b4">train</tspan> <tspan fill="#ff7f0e">val</tspan></text></svg>'
+    )
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
+
+
+# --------------------------------------------------------------------------- samples
+
+
+def visible(text: str) -> str:
+    """``text`` with its newlines and tabs drawn (⏎, ⇥), so a prompt of whitespace shows up."""
+    return text.replace("\n", "⏎").replace("\t", "⇥")
+
+
+def _code_span(text: str) -> str:
+    """``text`` as inline code that survives backticks in it (a fence one longer than its longest run)."""
+    fence = "`" * (_longest_backtick_run(text) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _longest_backtick_run(text: str) -> int:
+    longest = run = 0
+    for char in text:
+        run = run + 1 if char == "`" else 0
+        longest = max(longest, run)
+    return longest
+
+
+def samples_markdown(samples: Sequence[Sample]) -> str:
+    """Each sample as a heading (visible prompt, number, temperature) and its text in a code block."""
+    if not samples:
+        return "No samples."
+    blocks = []
+    for row in samples:
+        fence = "`" * max(3, _longest_backtick_run(row.text) + 1)  # a sample with ``` in it cannot close the block
+        title = f"**prompt {_code_span(visible(row.prompt))}** · sample {row.sample} · temperature {row.temperature:g}"
+        blocks.append(f"{title}\n\n{fence}text\n{row.text}\n{fence}")
+    return "\n\n".join(blocks)
 
 
 def wandb_line(tracking: dict) -> tuple[str, str | None]:

@@ -47,7 +47,7 @@ def report_run(run: RunReport, samples: list[Sample]) -> tuple[str, dict, str]:
     """Finish the W&B run, write report.md and create the Prefect artifacts; (report path, tracking, W&B line)."""
     tracking = update_wandb(run, samples)
     line, link = wandb_line(tracking)
-    report = run.markdown(line)
+    report = run.markdown(line, samples)
     path = Path(run.run_dir) / "report.md"
     atomic_write_text(path, report)
 
