@@ -105,6 +105,8 @@ class RunReport:
 | model | {self.model_summary} |
 | processes | {self.world_size} ({self.launch.nnodes} node(s) x {self.launch.nproc_per_node}) |
 | steps | {train.step:,} (resumed from {train.resumed_from:,}) |
+| stopped by | {_stop_reason(train)} |
+| validation | {train.validations} passes during training, {train.eval_seconds:.1f} s |
 | training time | {train.train_seconds:.0f} s |
 | throughput | {train.chars_per_s:,.0f} chars/s |
 | pipeline duration | {minutes} min {seconds} s |
@@ -141,6 +143,13 @@ challenger {decision.challenger_bpc:.4f} bits/char, production {champion}. The c
 {dump_config(self.config).rstrip()}
 ```
 """
+
+
+def _stop_reason(train: TrainResult) -> str:
+    """Why training ended: its budget, early stopping (and why), or a signal."""
+    if train.stopped_by:
+        return f"signal {train.stopped_by}"
+    return train.stopped_early or "its budget (steps, epochs or time)"
 
 
 def _score_row(name: str, score: dict | None) -> str:
