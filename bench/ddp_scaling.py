@@ -8,7 +8,7 @@ interval dropped as warm-up).
 Each precision this CPU has (fp32; bf16 where it has bf16 LSTM kernels) is
 measured in the same run.
 
-    python bench/ddp_scaling.py [--steps 400] [--rounds 2] [key=value train overrides]
+    python bench/ddp_scaling.py [--steps 400] [--rounds 2] [--compression] [key=value train overrides]
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--procs", type=int, default=available_cores())
+    parser.add_argument("--compression", action="store_true", help="also time the many-process layout with train.grad_compression=bf16")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     prepared = subprocess.run([sys.executable, "-m", "charrnn", "prepare", *args.overrides], check=True, capture_output=True, text=True)
@@ -72,6 +73,10 @@ def main() -> None:
             a, b = statistics.median(one), statistics.median(many)
             print(f"{precision}: 1 process x {args.procs} threads {a:10,.0f} chars/s | {args.procs} processes x 1 thread {b:10,.0f} chars/s | "
                   f"ratio {args.procs}-process / 1-process {b / a:.2f}  (rounds: {', '.join(f'{x:,.0f}' for x in one)} / {', '.join(f'{x:,.0f}' for x in many)})")  # fmt: skip
+            if args.compression:  # the same many-process layout, gradients averaged in bf16
+                packed = [run(args.procs, 1, args.steps, tokens, [*overrides, "grad_compression=bf16"], Path(tmp) / f"{precision}-bf16grad-{r}") for r in range(args.rounds)]
+                c = statistics.median(packed)
+                print(f"{precision}: {args.procs} processes x 1 thread, grad_compression=bf16 {c:10,.0f} chars/s | vs uncompressed {c / b:.2f} | vs 1 process {c / a:.2f}")
 
 
 if __name__ == "__main__":

@@ -138,6 +138,7 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16: autocast with fp32 master weights
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
+    grad_compression: Literal["none", "bf16"] = "none"  # DDP: all-reduce gradients in bf16 (half the bytes; not bit-exact across layouts)
     resume: bool = False
 
 

@@ -317,7 +317,11 @@ class Trainer:
 
     def wrap_model(self) -> None:
         if self.env.distributed:
-            self.train_model = DistributedDataParallel(self.state.model, find_unused_parameters=False)
+            # Gradients live in DDP's buckets (no extra copy); every step uses every parameter.
+            ddp = DistributedDataParallel(self.state.model, find_unused_parameters=False, gradient_as_bucket_view=True)
+            if self.t.grad_compression == "bf16":  # the average is taken in bf16, then cast back into the fp32 gradients
+                ddp.register_comm_hook(None, dist_utils.bf16_allreduce_hook)
+            self.train_model = ddp
         if self.t.compile:
             self.train_model = torch.compile(self.train_model)
 
