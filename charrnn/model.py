@@ -6,8 +6,9 @@ Two views of the same weights (see the seed lecture on ``nn.LSTM`` vs
 * :meth:`CharLSTM.forward` runs the fused multi-layer ``nn.LSTM`` over whole
   windows: one cuDNN/oneDNN call per window, which is what training needs.
 * :meth:`CharLSTM.step` advances one character at a time, layer by layer,
-  with ``torch.lstm_cell`` (the kernel behind ``nn.LSTMCell``) on the very same
-  parameter tensors, which is what generation needs. A test proves the two
+  with the ``nn.LSTMCell`` equations on the very same parameter tensors, which
+  is what generation needs. Its engine, :class:`Stepper`, regroups those
+  weights once so that a step is a few large ops. Tests prove the two views
   give the same logits.
 
 Precision: on CUDA under bf16 autocast the LSTM runs outside autocast in the
@@ -135,17 +136,13 @@ class CharLSTM(nn.Module):
         """One character per stream: ``token`` [batch] -> logits [batch, vocab], new state.
 
         Inter-layer dropout is a training-time op; generation runs in eval mode,
-        where the fused path applies none either.
+        where the fused path applies none either. Inference only: no gradients
+        flow through it. A loop should keep one :class:`Stepper` instead: this
+        call regroups the weights every time.
         """
-        h, c = state
-        x = self.embed(token)
-        new_h, new_c = [], []
-        for layer in range(self.shape.num_layers):
-            h_l, c_l = torch.lstm_cell(x, (h[layer], c[layer]), *self.layer_weights(layer))
-            new_h.append(h_l)
-            new_c.append(c_l)
-            x = h_l
-        return self.head(x), (torch.stack(new_h), torch.stack(new_c))
+        with torch.no_grad():  # the stepper writes into its own buffers, which autograd refuses
+            stepper = Stepper(self, state)
+            return stepper.advance(token), stepper.state()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -159,3 +156,103 @@ class CharLSTM(nn.Module):
             macs += 4 * s.hidden_size * (inp + s.hidden_size)
         macs += s.hidden_size * s.vocab_size
         return 2 * macs
+
+
+def _sigmoid_gates_first(t: Tensor) -> Tensor:
+    """``t`` with its gate blocks along dim 0 from PyTorch's (input, forget, cell, output) to (input, forget, output, cell).
+
+    Then the three sigmoid gates are one contiguous block and the tanh gate
+    another. Slices and one ``cat``: indexing with a row list was ~0.7 ms per
+    :class:`Stepper`, more than ten one-stream steps.
+    """
+    hidden = t.shape[0] // 4
+    input_forget, cell, output = t.split([2 * hidden, hidden, hidden])
+    return torch.cat([input_forget, output, cell])
+
+
+def _tanh(x: Tensor, out: Tensor, two: Tensor, minus_one: Tensor) -> Tensor:
+    """tanh(x) into ``out`` (may be ``x``) as 2 * sigmoid(2x) - 1; ``two`` and ``minus_one`` are 0-dim tensors.
+
+    PyTorch's CPU tanh costs about six times its sigmoid: at 64 streams the four
+    tanh of a 2-layer step were ~8 % of it, this way a quarter of that. The
+    constants are tensors because a Python number is wrapped into a new tensor
+    at every call, which made this slower than tanh for one stream. The
+    identity holds to ~1e-7.
+    """
+    return torch.add(minus_one, torch.mul(x, two, out=out).sigmoid_(), alpha=2, out=out)
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One layer's operands in a :class:`Stepper`; ``x``, ``c`` and ``h`` are views of its buffers."""
+
+    x: Tensor  # [batch, in]: what multiplies ``weight`` (h below and own h, or own h for layer 0)
+    weight: Tensor  # [in, 4 * hidden]
+    bias: Tensor  # added to the product: the biases, or layer 0's looked-up input gates
+    c: Tensor  # [batch, hidden], advanced in place
+    h: Tensor  # [batch, hidden]: where the new h goes
+
+
+class Stepper:
+    """The step-wise LSTM for many steps: :meth:`CharLSTM.step`'s engine, with its own state.
+
+    The ``nn.LSTMCell`` equations on the model's weights, regrouped once so that
+    a character costs few ops (with many streams a step is its matrix products
+    plus a fixed cost per op; with one stream, mostly the per-op cost):
+
+    * layer 0's input projection of every vocabulary entry, biases included,
+      is one table (``embed @ w_ih.T + b_ih + b_hh``): a row lookup per character
+      instead of an embedding lookup and a matrix product;
+    * every layer above multiplies ``[h_below, h_own]`` by ``[w_ih | w_hh]`` in one
+      product, read in place from one ``[batch, layers * hidden]`` buffer of all
+      layers' h, which each layer then overwrites with its new h;
+    * gate rows are reordered so one sigmoid covers three gates; all ops write
+      into buffers made once, whose views are made once too.
+
+    Only rounding differs from the fused path (tests bound the drift).
+    Inference only: build and advance it under ``torch.no_grad()`` or
+    ``torch.inference_mode()``.
+    """
+
+    def __init__(self, model: CharLSTM, state: State):
+        h, c = state
+        layers, batch, hidden = h.shape
+        weights = [model.layer_weights(layer) for layer in range(layers)]
+        dtype, order = weights[0][0].dtype, _sigmoid_gates_first
+        w_ih, w_hh, b_ih, b_hh = weights[0]
+        self.input_gates = torch.addmm(order(b_ih + b_hh), model.embed.weight, order(w_ih).t())
+        self.looked_up = torch.empty(batch, 4 * hidden, device=h.device, dtype=dtype)
+        self.h = torch.empty(batch, layers * hidden, device=h.device, dtype=dtype)
+        self.h.view(batch, layers, hidden).copy_(h.transpose(0, 1))
+        self.c = c.to(dtype, copy=True)  # advanced in place: never the caller's tensor
+        self.gates = torch.empty(batch, 4 * hidden, device=h.device, dtype=dtype)
+        self.scratch = torch.empty(batch, hidden, device=h.device, dtype=dtype)
+        self.two, self.minus_one = (torch.tensor(v, device=h.device, dtype=dtype) for v in (2.0, -1.0))
+        own_h = [self.h[:, i * hidden : (i + 1) * hidden] for i in range(layers)]
+        self.layers = [_Layer(own_h[0], order(w_hh).t(), self.looked_up, self.c[0], own_h[0])]
+        for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights[1:], start=1):
+            x = self.h[:, (i - 1) * hidden : (i + 1) * hidden]  # [h below (already new), own h (still old)]
+            self.layers.append(_Layer(x, order(torch.cat([w_ih, w_hh], 1)).t(), order(b_ih + b_hh), self.c[i], own_h[i]))
+        self.head_weight, self.head_bias = model.head.weight.t(), model.head.bias
+        self.sigmoid_gates, self.cell_gate = self.gates[:, : 3 * hidden], self.gates[:, 3 * hidden :]
+        self.input_gate, self.forget_gate, self.output_gate = self.gates[:, : 3 * hidden].chunk(3, 1)
+
+    def advance(self, token: Tensor) -> Tensor:
+        """Feed ``token`` [batch]; return the next logits [batch, vocab] (a new tensor)."""
+        torch.index_select(self.input_gates, 0, token, out=self.looked_up)
+        for layer in self.layers:
+            torch.addmm(layer.bias, layer.x, layer.weight, out=self.gates)
+            self._cell(layer)
+        return torch.addmm(self.head_bias, self.layers[-1].h, self.head_weight)
+
+    def _cell(self, layer: _Layer) -> None:
+        """The LSTM cell update from ``self.gates``, in place: c = f*c + i*g, h = o*tanh(c)."""
+        self.sigmoid_gates.sigmoid_()
+        cell = _tanh(self.cell_gate, self.cell_gate, self.two, self.minus_one)
+        layer.c.mul_(self.forget_gate).addcmul_(self.input_gate, cell)
+        torch.mul(self.output_gate, _tanh(layer.c, self.scratch, self.two, self.minus_one), out=layer.h)
+
+    def state(self) -> State:
+        """(h, c) as ``nn.LSTM`` takes them, each [num_layers, batch, hidden]; copies."""
+        batch, layers = self.h.shape[0], len(self.layers)
+        return self.h.view(batch, layers, -1).transpose(0, 1).contiguous(), self.c.clone()

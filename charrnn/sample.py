@@ -1,9 +1,10 @@
 """Generation: the step-wise (``LSTMCell``) view of the trained weights.
 
 The prime is run through the fused LSTM once; then each new character costs
-one :meth:`CharLSTM.step` for all streams together, so ``num_samples`` streams
-cost little more than one. :func:`sample_rows` is the table of samples that
-training logs at each validation.
+one :meth:`Stepper.advance` (the engine of :meth:`CharLSTM.step`) for all
+streams together, so a step's fixed cost per op is shared by ``num_samples``
+streams and only the matrix products grow with them. :func:`sample_rows` is
+the table of samples that training logs at each validation.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import TrackConfig
-from .model import CharLSTM
+from .model import CharLSTM, Stepper
 from .vocab import Vocab
 
 
@@ -43,20 +44,73 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
-def sample_tokens(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One token per row of ``probs`` [batch, vocab] by inverse-CDF sampling.
+def uniforms(steps: int, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """[steps, batch, 1] uniform draws in (0, 1) for :func:`sample_tokens`, all drawn at once.
+
+    One RNG call per generation instead of one per character; ``u > 0`` keeps
+    zero-probability tokens out (see :func:`sample_tokens`).
+    """
+    u = torch.rand(steps, batch, 1, generator=generator, device=generator.device)
+    return u.clamp_min_(torch.finfo(u.dtype).tiny)
+
+
+def sample_tokens(probs: torch.Tensor, u: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """One token per row of ``probs`` [batch, vocab] by inverse-CDF sampling with ``u`` [batch, 1].
 
     The same distribution as ``torch.multinomial(probs, 1)`` from one uniform draw
     per row instead of one per vocabulary entry: on a CPU that RNG work was a
-    tenth of a 64-stream generation step. ``u > 0`` and ``cdf >= u`` never pick a
-    zero-probability token.
+    tenth of a 64-stream generation step. The pick is the first index with
+    ``cdf >= u * cdf[-1]``: a zero-probability token repeats its predecessor's
+    cdf and is never first, and as ``u < 1`` the threshold never passes
+    ``cdf[-1]`` (a product rounds to at most its larger factor), so the index
+    stays in range. Returns [batch, 1], into ``out`` when given.
     """
     cdf = probs.cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device).clamp_min_(torch.finfo(probs.dtype).tiny) * cdf[:, -1:]
-    return (cdf < u).sum(-1).clamp_max_(probs.shape[-1] - 1)
+    return torch.searchsorted(cdf, u * cdf[:, -1:], out=out)
 
 
-@torch.no_grad()
+def _sampler(settings: SampleSettings, batch: int, device) -> Callable[[torch.Tensor, int, torch.Tensor], None]:
+    """``pick(logits, step, out)``: writes each row's next token into ``out`` [batch], on the device."""
+    if settings.argmax:
+
+        def greedy(logits: torch.Tensor, step: int, out: torch.Tensor) -> None:
+            torch.argmax(logits, -1, out=out)
+
+        return greedy
+    generator = torch.Generator(device=device)
+    if settings.seed is None:
+        generator.seed()  # a fresh seed for this generator only; the global RNG stays as it was
+    else:
+        generator.manual_seed(settings.seed)
+    u = uniforms(settings.length, batch, generator)
+    temperature = max(settings.temperature, 1e-6)
+    filtered = settings.top_k > 0 or settings.top_p < 1.0
+
+    def pick(logits: torch.Tensor, step: int, out: torch.Tensor) -> None:
+        logits = logits.float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        if filtered:
+            logits = filter_logits(logits, settings.top_k, settings.top_p)
+        sample_tokens(logits.softmax(-1), u[step], out=out.unsqueeze(1))
+
+    return pick
+
+
+def _primed(model: CharLSTM, vocab: Vocab, prime: str, batch: int, device) -> tuple[Stepper, torch.Tensor]:
+    """A :class:`Stepper` for ``batch`` streams that has read all of ``prime`` but its last character, and that character.
+
+    The prime runs once through the fused LSTM for one stream, whose state all
+    streams then share: every stream reads the same prime.
+    """
+    prime_ids = torch.as_tensor(vocab.encode(prime or "\n"), device=device)
+    state = model.initial_state(1, device)
+    if len(prime_ids) > 1:
+        _, state = model(prime_ids[:-1].unsqueeze(0), state)
+    return Stepper(model, tuple(s.expand(-1, batch, -1) for s in state)), prime_ids[-1]
+
+
+@torch.inference_mode()
 def generate(
     model: CharLSTM,
     vocab: Vocab,
@@ -68,35 +122,25 @@ def generate(
 ) -> list[str]:
     """Return ``num_samples`` continuations of ``prime``; ``on_chars`` sees each new column.
 
-    Runs the model in eval mode and gives it back in the mode it came in.
+    Tokens go column by column into one buffer on the device and are decoded
+    once at the end: without ``on_chars`` the loop never waits for the device
+    and runs no per-stream Python. Runs the model in eval mode and gives it
+    back in the mode it came in.
     """
     was_training = model.training
     model.eval()
     try:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(settings.seed if settings.seed is not None else torch.seed())
         n = settings.num_samples
-        prime_ids = torch.as_tensor(vocab.encode(prime or "\n"), device=device)
-        batch_prime = prime_ids.unsqueeze(0).expand(n, -1)
-        state = model.initial_state(n, device)
-        if batch_prime.shape[1] > 1:  # fused pass over all but the last prime character
-            _, state = model(batch_prime[:, :-1], state)
-        token = batch_prime[:, -1]
+        stepper, last = _primed(model, vocab, prime, n, device)
+        pick = _sampler(settings, n, device)
+        tokens = torch.empty(settings.length + 1, n, dtype=torch.long, device=device)  # row 0: the prime's last character
+        tokens[0] = last
         table = ("\ufffd", *vocab.chars)
-        out: list[list[str]] = [[] for _ in range(n)]
-        for _ in range(settings.length):
-            logits, state = model.step(token, state)
-            if settings.argmax:
-                token = logits.argmax(-1)
-            else:
-                logits = filter_logits(logits.float() / max(settings.temperature, 1e-6), settings.top_k, settings.top_p)
-                token = sample_tokens(logits.softmax(-1), generator)
-            chars = [table[i] for i in token.tolist()]
-            for row, ch in zip(out, chars, strict=True):
-                row.append(ch)
+        for step in range(settings.length):
+            pick(stepper.advance(tokens[step]), step, tokens[step + 1])
             if on_chars:
-                on_chars(chars)
-        return ["".join(row) for row in out]
+                on_chars([table[i] for i in tokens[step + 1].tolist()])
+        return [vocab.decode(row) for row in tokens[1:].T.tolist()]
     finally:
         model.train(was_training)
 

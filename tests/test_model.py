@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from charrnn.model import CharLSTM, ModelShape
+from charrnn.model import CharLSTM, ModelShape, Stepper
 
 
 def _model(num_layers=3) -> CharLSTM:
@@ -50,6 +50,22 @@ def test_model_step_matches_forward_from_a_carried_state():
             logits, state = model.step(tokens[:, t], state)
             outs.append(logits)
     torch.testing.assert_close(torch.stack(outs, 1), fused, atol=1e-5, rtol=0)
+
+
+def test_stepper_carries_its_own_state_like_forward():
+    """Generation's engine over many steps, for 1 and 3 layers: the same logits and final state as the fused path."""
+    for num_layers in (1, 3):
+        model = _model(num_layers)
+        tokens = torch.randint(0, 50, (5, 150))
+        with torch.no_grad():
+            _, state = model(tokens[:, :30])
+            fused, (h_n, c_n) = model(tokens[:, 30:], state)
+            given = tuple(s.clone() for s in state)
+            stepper = Stepper(model, state)
+            stepwise = torch.stack([stepper.advance(tokens[:, t]) for t in range(30, 150)], 1)
+        torch.testing.assert_close(stepwise, fused, atol=1e-5, rtol=0)
+        torch.testing.assert_close(stepper.state(), (h_n, c_n), atol=1e-5, rtol=0)
+        assert all(torch.equal(a, b) for a, b in zip(state, given, strict=True))  # the caller's state is left as it was
 
 
 def test_shapes_and_dropout_only_in_training():

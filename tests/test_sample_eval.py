@@ -12,10 +12,12 @@ from helpers import run_env, tiny_config
 
 from charrnn.checkpoint import load_model
 from charrnn.evaluate import evaluate_tokens
+from charrnn.model import CharLSTM, ModelShape
 from charrnn.prepare import prepare
-from charrnn.sample import SampleSettings, filter_logits, generate, sample_tokens
+from charrnn.sample import SampleSettings, filter_logits, generate, sample_tokens, uniforms
 from charrnn.tokens import load_split
 from charrnn.train import train
+from charrnn.vocab import Vocab
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +115,41 @@ def test_every_command_has_help(command):
 
 def test_inverse_cdf_sampling_follows_the_distribution():
     probs = torch.tensor([0.5, 0.0, 0.3, 0.0, 0.2]).expand(20_000, -1)
-    tokens = sample_tokens(probs, torch.Generator().manual_seed(0))
+    tokens = sample_tokens(probs, uniforms(1, len(probs), torch.Generator().manual_seed(0))[0]).squeeze(1)
     freq = torch.bincount(tokens, minlength=5).float() / len(tokens)
     assert freq[1] == 0 and freq[3] == 0  # zero-probability tokens never come out
     assert torch.allclose(freq, probs[0], atol=0.015)
     one_hot = torch.zeros(3, 5).index_fill_(1, torch.tensor([4]), 1.0)  # all mass on the last token
-    assert sample_tokens(one_hot, torch.Generator().manual_seed(1)).tolist() == [4, 4, 4]
+    extremes = torch.tensor([[torch.finfo(torch.float32).tiny], [0.5], [1 - 2**-24]])  # the smallest and largest draws
+    assert sample_tokens(one_hot, extremes).tolist() == [[4], [4], [4]]
+
+
+def _untrained(vocab: Vocab) -> CharLSTM:
+    torch.manual_seed(0)
+    return CharLSTM(ModelShape(vocab.size, embedding_dim=16, hidden_size=32, num_layers=2, dropout=0.0)).eval()
+
+
+def test_batched_streams_are_seeded_independent_rows_and_every_column_is_streamed():
+    vocab = Vocab.from_text("ROMEO:\nSweet night, fair day. café—naïve\n")
+    model = _untrained(vocab)
+    settings = SampleSettings(length=40, num_samples=16, seed=3, temperature=1.5)
+    columns: list[list[str]] = []
+    streamed = generate(model, vocab, "ROMEO:\n", settings, on_chars=columns.append)
+    assert generate(model, vocab, "ROMEO:\n", settings) == streamed  # the same with and without on_chars
+    assert len(columns) == 40 and all(len(col) == 16 for col in columns)
+    assert ["".join(col[row] for col in columns) for row in range(16)] == streamed
+    assert len(set(streamed)) == 16  # one uniform draw per row and step: no two rows alike
+    assert generate(model, vocab, "ROMEO:\n", SampleSettings(length=40, num_samples=16, seed=4, temperature=1.5)) != streamed
+    # Rows never mix: greedy decoding gives every row of a batch the one-stream text.
+    one = generate(model, vocab, "ROMEO:\n", SampleSettings(length=40, argmax=True))
+    assert generate(model, vocab, "ROMEO:\n", SampleSettings(length=40, argmax=True, num_samples=5)) == one * 5
+
+
+def test_unseeded_generation_leaves_the_global_rng_alone():
+    vocab = Vocab.from_text("abc\n")
+    model = _untrained(vocab)
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    assert len(generate(model, vocab, "a", SampleSettings(length=5, num_samples=2))) == 2
+    assert torch.equal(torch.rand(3), expected)
