@@ -23,7 +23,7 @@ def cudnn_rnn_tf32(enabled: bool):
 
     cuDNN's fp32 RNN uses TF32 tensor cores on Ampere and later (H100/H200
     included) while ``torch.backends.cudnn.allow_tf32`` is on, PyTorch's
-    default; ``torch.lstm_cell``'s matmuls (cuBLAS) do not, as
+    default; the step-wise view's matmuls (``Stepper``, cuBLAS) do not, as
     ``torch.backends.cuda.matmul.allow_tf32`` is off by default. TF32 keeps 10
     mantissa bits, so the fused path then differs from the step-wise one by
     ~1e-3, not ~1e-6. PyTorch >= 2.9 has a per-op setting
