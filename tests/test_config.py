@@ -122,7 +122,7 @@ LITERALS = list(_literal_fields())
 
 
 def test_the_literal_walk_finds_every_choice_field():
-    assert {key for key, _ in LITERALS} == {"data.token_dtype", "data.unk_policy", "train.lr_schedule", "train.precision", "train.device", "track.mode"}
+    assert {key for key, _ in LITERALS} == {"data.token_dtype", "data.unk_policy", "train.lr_schedule", "train.precision", "train.device", "train.grad_compression", "track.mode"}
 
 
 @pytest.mark.parametrize(("key", "choices"), LITERALS, ids=[key for key, _ in LITERALS])
