@@ -28,9 +28,10 @@ from .config import TrainConfig
 # Validating should cost about this share of the training time.
 EVAL_SHARE = 0.05
 # Validation characters scored per second, per training character per second. Scoring is
-# a forward pass only, but in fp32 and from one stream per row: on a 2-core AVX512-BF16
-# CPU, bf16 training ran ~60k chars/s and fp32 scoring ~55k (bench/RESULTS.md, session 6).
-# GPUs and fp32 training score relatively faster, so this errs on the cheap side.
+# a forward pass only, but in fp32: on a 2-core AVX512-BF16 EPYC it ran ~48k chars/s
+# against 27-36k for bf16 training (session 6), and issue 13 reports bf16 training at
+# ~60k on another such machine. 0.8 is below both ratios, so the subsample errs on the
+# cheap side; `make run` measured 5.0 % with the W&B sample rows (bench/RESULTS.md).
 EVAL_SPEED_RATIO = 0.8
 # Fewer characters than this make the scores too noisy to pick a best checkpoint by.
 MIN_VAL_CHARS = 16_384
