@@ -22,7 +22,8 @@ Training (rank 0 of ``charrnn train``/``launch``; one directory per process star
 
 * config: the whole ``Config``, then the data and machine facts
 * history rows, every one with ``trainer/step``: ``train/*``, ``lr``, ``grad_norm``, ``perf/*``,
-  memory at each log interval; ``val/*`` at each evaluation, ``test/*`` at the end; the
+  memory at each log interval; ``val/*`` at each validation (the fixed subsample); at the end
+  ``val_full/*`` (the last model, whole split), ``best/val_*``, ``test/*`` and ``best_step``; the
   ``samples`` table (INCREMENTAL: one increment per evaluation)
 * artefacts: ``dataset-<corpus>-<tokens>`` (alias latest); ``model-<run id>``, one version per
   checkpoint (aliases latest, and best at a new best val score), its metadata ``step``,
