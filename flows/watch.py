@@ -10,7 +10,8 @@ nothing. The last fingerprint of each source is a Prefect variable
 failed emit is retried by the next watch.
 
 The ``train`` deployment's trigger in ``prefect.yaml`` turns the event into a
-training run of ``{{ event.payload.uri }}``.
+training run of ``{{ event.payload.uri }}`` in the model line named as the source
+(``{{ event.resource.name }}``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from prefect.events import emit_event
 from prefect.variables import Variable
 
 from charrnn.corpus import fetch_corpus, source_validator
+from charrnn.errors import ConfigError
+from charrnn.registry import validate_model_name
 
 EVENT = "charrnn.corpus.updated"
 
@@ -73,12 +76,18 @@ def corpus_watch(sources: dict[str, str] | None = None, emit_on_first_sight: boo
     """Check every watched corpus once.
 
     Args:
-        sources: name -> corpus URI (default: the offline shakespeare corpus).
+        sources: name -> corpus URI (default: the offline shakespeare corpus). A change retrains
+            the model line of that name (letters, digits, - _ .).
         emit_on_first_sight: also emit for a source seen for the first time (default: only record its baseline).
         cache_dir: corpus cache ("" -> $CHARRNN_CACHE or ~/.cache/charrnn).
         timeout_s: network timeout per request.
     """
     sources = sources or {"shakespeare": "shakespeare"}
+    for name in sources:  # a source's name is the model line its changes retrain (prefect.yaml's trigger)
+        try:
+            validate_model_name(name)
+        except ConfigError as exc:
+            raise ConfigError(f"source name {name!r} cannot name the model line its changes retrain", where="corpus_watch sources", fix=exc.fix) from None
     results, failures = [], []
     for name, uri in sources.items():  # one unreachable source must not hide the others' changes
         try:

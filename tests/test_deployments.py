@@ -107,11 +107,19 @@ def test_changed_corpus_triggers_training_and_unchanged_does_not(deployed, http_
     while not (triggered := train_runs_of(url)) and time.monotonic() < deadline:
         time.sleep(1)
     assert len(triggered) == 1, "the corpus.updated event did not start a train run"
+    assert triggered[0].parameters.get("model_name") == "watched", "the triggered run does not train the watched source's line"
     assert wait_final(triggered[0].id).state.name == "Completed"
 
     assert wait_final(start(WATCH, sources=sources).id).state.name == "Completed"  # unchanged
     time.sleep(10)  # give a (wrong) trigger time to fire
     assert len(train_runs_of(url)) == 1
+
+
+def test_a_watched_source_must_name_a_model_line(deployed, http_server):
+    http_server.files["odd.txt"] = make_text(40_000, seed=7).encode()
+    run = wait_final(start(WATCH, sources={"my corpus!": http_server.url("odd.txt")}).id)
+    assert run.state.name == "Failed"
+    assert "'my corpus!' cannot name the model line" in run.state.message, run.state.message
 
 
 def test_cancelling_a_training_run_leaves_no_process_behind(deployed, http_server):
