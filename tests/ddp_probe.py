@@ -24,7 +24,7 @@ import torch.distributed as dist
 import charrnn.checkpoint as checkpoint_module
 import charrnn.train as train_module
 from charrnn.config import load_config
-from charrnn.distributed import DistEnv
+from charrnn.distributed import DistEnv, destroy_process_group
 from charrnn.tokens import open_token_set
 
 TRAINERS: list[train_module.Trainer] = []
@@ -72,7 +72,7 @@ def main() -> None:
     if env.rank == 0:
         gap = max(float((p - parts[0]).abs().max()) for p in parts)
         Path(args.result).write_text(json.dumps({"max_param_gap": gap, "steps": steps}))
-    dist.destroy_process_group()
+    destroy_process_group(together=True)  # as the CLI does: a rank leaving early can make gloo abort a peer
 
 
 if __name__ == "__main__":
