@@ -25,6 +25,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationError,
     field_validator,
     model_validator,
@@ -44,6 +45,24 @@ def _number(value: Any) -> Any:
 Int = Annotated[int, BeforeValidator(_number)]
 Float = Annotated[float, BeforeValidator(_number)]
 Fraction = Annotated[float, BeforeValidator(_number), Field(ge=0, lt=1)]
+
+
+def _rate_or_auto(value: Any) -> float | str:
+    """``auto``, or a number in [0, 1): one clear error either way, not one per member of a union."""
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise PydanticCustomError("number_type", "expected auto or a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise PydanticCustomError("float_parsing", "expected auto or a number") from None
+    if not 0 <= number < 1:  # also refuses nan
+        raise PydanticCustomError("rate_range", "expected auto or a number in [0, 1)")
+    return number
+
+
+RateOrAuto = Annotated[float | Literal["auto"], PlainValidator(_rate_or_auto)]
 
 
 _LOADING = contextvars.ContextVar("charrnn_config_loading", default=False)
@@ -106,11 +125,9 @@ class ModelConfig(_Section):
     embedding_dim: Int = Field(64, ge=1)
     hidden_size: Int = Field(256, ge=1)
     num_layers: Int = Field(2, ge=1)
-    # Between the LSTM layers and before the head. A run that sees its corpus many times (a small
-    # corpus, a fast machine, a long budget) overfits without it: 120 s on a 234 k-character corpus
-    # scored 1.786 / 1.743 / 1.732 nats/char at 0 / 0.2 / 0.3; on 4.5 MB of Shakespeare (under one
-    # epoch) 0.3 costs ~0.05 and still scores 1.577 (bench/RESULTS.md, session 6).
-    dropout: Fraction = 0.3
+    # Between the LSTM layers and before the head. auto: none while the run sees its corpus a few
+    # times, 0.3 once it repeats it many times (charrnn/dropout.py has the rule and its measurements).
+    dropout: RateOrAuto = Field("auto", description="auto, or a number in [0, 1)")
 
 
 class TrainConfig(_Section):

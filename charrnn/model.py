@@ -20,7 +20,7 @@ left as it is: oneDNN runs the LSTM in bf16.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -74,7 +74,8 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, vocab_size: int) -> ModelShape:
-        return cls(vocab_size, cfg.embedding_dim, cfg.hidden_size, cfg.num_layers, cfg.dropout)
+        # auto: training decides the rate early in the run (charrnn/dropout.py); until then, none
+        return cls(vocab_size, cfg.embedding_dim, cfg.hidden_size, cfg.num_layers, 0.0 if cfg.dropout == "auto" else cfg.dropout)
 
 
 class CharLSTM(nn.Module):
@@ -111,6 +112,12 @@ class CharLSTM(nn.Module):
                 gates[1].fill_(0.5)  # b_ih + b_hh = 1
         nn.init.normal_(self.head.weight, std=self.shape.hidden_size**-0.5)
         nn.init.zeros_(self.head.bias)
+
+    def set_dropout(self, rate: float) -> None:
+        """Change the dropout rate in place (both dropout sites), e.g. once ``model.dropout=auto`` is decided."""
+        self.shape = replace(self.shape, dropout=rate)
+        self.lstm.dropout = rate if self.shape.num_layers > 1 else 0.0  # nn.LSTM reads it on every call
+        self.drop.p = rate
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         s = self.shape

@@ -56,6 +56,11 @@ class Budget:
         """Where the lr decay stands: the explicit decay horizon if one is set, else the run's own."""
         return step / self.decay_steps if self.decay_steps > 0 else self.fraction(step, elapsed_s)
 
+    def planned_steps(self, step: int, elapsed_s: float, pace_s: float) -> float:
+        """The steps the run will have taken at its end, at ``pace_s`` seconds per step from here."""
+        by_time = step + max(self.time_budget_s - elapsed_s, 0.0) / max(pace_s, 1e-9) if self.time_budget_s > 0 else math.inf
+        return min(float(self.horizon) if self.horizon else math.inf, by_time)
+
     def steps_done(self, step: int) -> bool:
         return self.horizon is not None and step >= self.horizon
 

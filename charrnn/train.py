@@ -35,6 +35,7 @@ from .checkpoint import (
 from .config import Config, TrainConfig, dump_config
 from .data import StreamBatcher
 from .distributed import DistEnv
+from .dropout import FULL_RATE, RAMP_EPOCHS, DropoutPlan
 from .errors import CheckpointError, ConfigError, DivergenceError, PeerLostError
 from .evaluate import LN2, EvalResult, evaluate_tokens, format_score
 from .fsutil import atomic_write_json, atomic_write_text
@@ -202,8 +203,9 @@ class Trainer:
         self.budget = Budget.from_config(t, self.batcher.windows_per_epoch)
 
         seed_everything(t.seed + env.rank)
-        self.shape = ModelShape.from_config(cfg.model, tokens.vocab.size)
-        model = CharLSTM(self.shape).to(device)
+        model = CharLSTM(ModelShape.from_config(cfg.model, tokens.vocab.size)).to(device)
+        self.dropout = DropoutPlan.from_config(cfg.model.dropout)
+        self.dropout.decide_up_front(self.budget, self.batcher.windows_per_epoch)
         initial = model.initial_state(self.batcher.local_batch_size, device)
         self.state = TrainState(model, make_optimizer(model, t), initial, early_stopping=EarlyStopping(t.patience))
         self.schedule = EvalSchedule.from_config(t)
@@ -231,6 +233,7 @@ class Trainer:
         """Resume, then step / log / validate / checkpoint until the budget, early stopping or a signal ends the run."""
         t, s = self.t, self.state
         self.resume()
+        self.apply_dropout()
         self.wrap_model()
         self.write_run_info()
         self.session_start = time.perf_counter() - s.train_seconds
@@ -247,6 +250,9 @@ class Trainer:
                 # -- agree on stopping: every rank stops at the same step
                 if s.step % self.agree_every == 0 or self.budget.steps_done(s.step):
                     finished, interrupted = self.agree_stop(stop.requested)
+                # -- model.dropout=auto on a clock: decided from the agreed pace, early in the run
+                if self.dropout.observe(s.step, self.clock, self.budget, self.batcher.windows_per_epoch):
+                    self.apply_dropout()
                 # -- log
                 if s.step % t.log_interval == 0 or finished or interrupted:
                     self.log()
@@ -288,6 +294,7 @@ class Trainer:
             return
         payload, path = found
         self.state.load_payload(payload, env, batch_size=t.batch_size, seed=t.seed)
+        self.dropout.load_payload(payload.get("dropout"), payload["model_shape"]["dropout"])
         self.resumed_from = self.state.step
         if env.is_main:
             if restarted:
@@ -314,6 +321,18 @@ class Trainer:
                 where=str(path),
                 fix="every machine must see the same run directory: a shared volume, or train.out_dir=s3://... (object storage)",
             ) from None
+
+    def apply_dropout(self) -> None:
+        """Set the model's dropout to the plan's rate (none while an auto plan is undecided), and say why."""
+        plan = self.dropout
+        self.state.model.set_dropout(plan.rate or 0.0)
+        if not (plan.decided and self.env.is_main):
+            return
+        why = "set in the config"
+        if plan.planned_epochs is not None:
+            why = f"auto: ~{plan.planned_epochs:.1f} epochs planned (none up to {RAMP_EPOCHS[0]:g}, {FULL_RATE:g} from {RAMP_EPOCHS[1]:g})"
+        log.info("dropout %g (%s)", plan.rate, why)
+        self.tracker.update_config({"dropout_rate": plan.rate, "dropout_planned_epochs": plan.planned_epochs})
 
     def wrap_model(self) -> None:
         if self.env.distributed:
@@ -342,7 +361,7 @@ class Trainer:
         self.tracker.log_dataset(dataset_artifact_name(tokens.corpus_sha256, tokens.key), files, {**facts, "num_tokens": tokens.num_tokens}, cfg.track.dataset_max_mb)
         log.info(
             "model %s: %.2fM parameters | vocab %d | world size %d | device %s%s | precision %s | %s chars/step | %d windows/epoch",
-            f"{self.shape.num_layers}x{self.shape.hidden_size}", model.num_parameters() / 1e6, tokens.vocab.size, self.env.world_size,
+            f"{model.shape.num_layers}x{model.shape.hidden_size}", model.num_parameters() / 1e6, tokens.vocab.size, self.env.world_size,
             self.device, f" ({self.threads} threads/process)" if self.threads else "", "bf16 autocast" if self.amp_dtype else "fp32",
             f"{self.batcher.chars_per_step:,}", self.batcher.windows_per_epoch,
         )  # fmt: skip
@@ -518,7 +537,8 @@ class Trainer:
         return {
             "lr_schedule": f"warmup_{self.t.lr_schedule}",
             "config": self.cfg.to_dict(),
-            "model_shape": asdict(self.shape),
+            "model_shape": asdict(self.state.model.shape),  # with the dropout rate in force
+            "dropout": self.dropout.to_payload(),
             "vocab": list(self.tokens.vocab.chars),
             "tokens": {"key": self.tokens.key, "corpus_sha256": self.tokens.corpus_sha256},
         }

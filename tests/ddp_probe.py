@@ -5,7 +5,7 @@
 
 It runs the real ``charrnn.train.train`` on each rank, then all-gathers every
 rank's parameters and writes, from rank 0, the largest difference between
-ranks and each rank's step. The probes stand for what happens in production:
+ranks, each rank's step and each rank's dropout decision. The probes stand for what happens in production:
 ``--rank0-delay-s`` for rank 0's W&B set-up before training (rank 0 starts its
 clock later), ``--hide-newest-checkpoint-on-rank1`` for node-local or stale
 storage on which another rank does not see the newest checkpoint.
@@ -67,11 +67,12 @@ def main() -> None:
     flat = torch.cat([p.detach().float().flatten() for p in TRAINERS[0].state.model.parameters()])
     parts = [torch.empty_like(flat) for _ in range(env.world_size)]
     dist.all_gather(parts, flat)
-    steps = [None] * env.world_size
+    steps, dropout = [None] * env.world_size, [None] * env.world_size
     dist.all_gather_object(steps, (result.step, result.resumed_from))
+    dist.all_gather_object(dropout, TRAINERS[0].dropout.to_payload())
     if env.rank == 0:
         gap = max(float((p - parts[0]).abs().max()) for p in parts)
-        Path(args.result).write_text(json.dumps({"max_param_gap": gap, "steps": steps}))
+        Path(args.result).write_text(json.dumps({"max_param_gap": gap, "steps": steps, "dropout": dropout}))
     destroy_process_group(together=True)  # as the CLI does: a rank leaving early can make gloo abort a peer
 
 

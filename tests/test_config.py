@@ -67,7 +67,7 @@ def test_list_fields_take_yaml_lists_and_the_old_strings():
         (["lr=true"], r"train\.lr=True has the wrong type: expected a number > 0"),
         (["compile=maybe"], r"train\.compile='maybe' has the wrong type: expected true or false"),
         (["track.tags={a: 1}"], r"track\.tags=\{'a': 1\} has the wrong type"),
-        (["dropout=1"], r"model\.dropout=1 is out of range: must be a number in \[0, 1\)"),
+        (["dropout=1"], r"model\.dropout=1 is out of range: must be auto, or a number in \[0, 1\)"),
         (["beta1=1"], r"train\.beta1=1 is out of range: must be a number in \(0, 1\)"),
         (["keep_last=0"], r"train\.keep_last=0 is out of range: must be an integer >= 1"),
         (["log_interval=0"], r"train\.log_interval=0"),
