@@ -141,6 +141,7 @@ class Outcome:
     val: WindowScore
     val_stateful: float | None = None  # charrnn.evaluate.evaluate_tokens (LSTMs only)
     scored: str = "the final model"  # which weights were scored
+    dropout: dict | None = None  # charrnn's dropout record (model.dropout=auto decides it during the run)
 
 
 def prepare(corpus: Corpus) -> TokenSet:
@@ -164,7 +165,7 @@ def run_charrnn(tokens: TokenSet, budget: float, *, overrides: tuple[str, ...] =
         train_loss = last_train_loss(run_dir / "metrics.jsonl")
     val = load_split(tokens, "val")
     return Outcome(summary["step"], summary["train_seconds"], summary["chars_per_s"], train_loss, model.num_parameters(),
-                   windowed_val_loss(lstm_forward(model), val), stateful(model, val), f"{checkpoint.name} (step {payload['step']})")  # fmt: skip
+                   windowed_val_loss(lstm_forward(model), val), stateful(model, val), f"{checkpoint.name} (step {payload['step']})", payload.get("dropout"))  # fmt: skip
 
 
 def last_train_loss(metrics: Path) -> float | None:
@@ -224,7 +225,7 @@ def record(corpus: Corpus, tokens: TokenSet, budget: float, contender: str, out:
         "split_chars": tokens.num_tokens, "budget_s": budget, "contender": contender, "model": MODELS[contender], "scored": out.scored, "steps": out.steps,
         "train_seconds": round(out.train_seconds, 2), "chars_per_s": round(out.chars_per_s), "params": out.params,
         "val_nats": out.val.nats, "val_chars": out.val.chars, "window": WINDOW, "stride": STRIDE,
-        "val_nats_stateful": out.val_stateful, "train_loss_end": out.train_loss_end,
+        "val_nats_stateful": out.val_stateful, "train_loss_end": out.train_loss_end, **({"dropout": out.dropout} if out.dropout else {}),
         "machine": machine(), "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "command": command,
     }  # fmt: skip
 
