@@ -8,6 +8,10 @@
 * ``naive re-feed``: what a user writes first: at every step run the whole
   prefix through the model from a zero state and sample from the last logits.
 
+Each of the first three runs in fp32 and, where the CPU has native bf16, with
+bf16 matrix products too (the cell state stays fp32); ``precision=auto`` picks
+bf16 there from 16 streams, and the targets compare what auto picks.
+
 All use the default model size and temperature-1 sampling; figures are total
 generated characters per second, median of alternating rounds, and the
 batched ones also as a ratio to one stream measured in the same rounds. A
@@ -33,7 +37,7 @@ from bench.common import Report, Target
 from charrnn.config import Config
 from charrnn.corpus import fetch_corpus
 from charrnn.model import CharLSTM, ModelShape
-from charrnn.sample import SampleSettings, generate
+from charrnn.sample import SampleSettings, generate, matmul_dtype
 from charrnn.vocab import Vocab
 
 PRIME = "ROMEO:\n"
@@ -55,14 +59,22 @@ def run(*, length: int = 400, rounds: int = 3, log: Callable[[str], None] = prin
     torch.manual_seed(0)
     model = CharLSTM(ModelShape.from_config(cfg.model, vocab.size)).eval()
     sink = io.StringIO()
+    def auto(streams: int) -> str:  # what charrnn sample's precision=auto picks here for that many streams
+        return "bf16" if matmul_dtype("auto", "cpu", streams) == torch.bfloat16 else "fp32"
 
-    def one_stream() -> int:
-        generate(model, vocab, PRIME, SampleSettings(length=length, seed=1), on_chars=lambda chars: sink.write(chars[0]))
-        return length
+    precisions = ["fp32", "bf16"] if auto(64) == "bf16" else ["fp32"]
 
-    def batched(n: int) -> Callable[[], int]:
+    def one_stream(precision: str) -> Callable[[], int]:
+        def run_one() -> int:
+            settings = SampleSettings(length=length, seed=1, precision=precision)
+            generate(model, vocab, PRIME, settings, on_chars=lambda chars: sink.write(chars[0]))
+            return length
+
+        return run_one
+
+    def batched(n: int, precision: str) -> Callable[[], int]:
         def run_batch() -> int:
-            generate(model, vocab, PRIME, SampleSettings(length=length, num_samples=n, seed=1))
+            generate(model, vocab, PRIME, SampleSettings(length=length, num_samples=n, seed=1, precision=precision))
             return n * length
 
         return run_batch
@@ -71,16 +83,23 @@ def run(*, length: int = 400, rounds: int = 3, log: Callable[[str], None] = prin
         naive_refeed(model, vocab, PRIME, length, torch.Generator().manual_seed(1))
         return length
 
-    contenders = {"charrnn, 1 stream": one_stream, "charrnn, 16 streams": batched(16), "charrnn, 64 streams": batched(64), "naive re-feed, 1 stream": naive}
+    contenders: dict[str, Callable[[], int]] = {}
+    for p in precisions:
+        contenders |= {f"{p}, 1 stream": one_stream(p), f"{p}, 16 streams": batched(16, p), f"{p}, 64 streams": batched(64, p)}
+    contenders["naive re-feed, 1 stream"] = naive
     med = _median_rates(contenders, rounds, log)
-    one, naive_rate = med["charrnn, 1 stream"], med["naive re-feed, 1 stream"]
-    ratio = {n: med[f"charrnn, {n} streams"] / one for n in (16, 64)}
-    lines = [f"model: {cfg.model.num_layers}x{cfg.model.hidden_size} (emb {cfg.model.embedding_dim}), vocab {vocab.size}, {length} chars per stream, {torch.get_num_threads()} threads"]
+    one, naive_rate = med[f"{auto(1)}, 1 stream"], med["naive re-feed, 1 stream"]
+    ratio = {n: med[f"{auto(n)}, {n} streams"] / one for n in (16, 64)}
+    picks = ", ".join(f"{n} -> {auto(n)}" for n in (1, 16, 64))
+    lines = [f"model: {cfg.model.num_layers}x{cfg.model.hidden_size} (emb {cfg.model.embedding_dim}), vocab {vocab.size}, {length} chars per stream, "
+             f"{torch.get_num_threads()} threads; precision auto here, streams -> products: {picks} (the cell state stays fp32)"]  # fmt: skip
     lines += [f"{name:>24}: {rate:10,.0f} chars/s" for name, rate in med.items()]
-    lines.append(f"16 streams / 1 stream: {ratio[16]:.1f}x;  64 streams / 1 stream: {ratio[64]:.1f}x;  1 stream / naive re-feed: {one / naive_rate:.1f}x")
+    for p in precisions:
+        lines.append(f"{p}: 16 streams / 1 stream {med[f'{p}, 16 streams'] / med[f'{p}, 1 stream']:.1f}x;  64 streams / 1 stream {med[f'{p}, 64 streams'] / med[f'{p}, 1 stream']:.1f}x")
     targets = [
-        Target("64 batched streams vs 1 stream, total chars/s", f"{ratio[64]:.1f}x", ">= 20x", ratio[64] >= 20),
-        Target("16 batched streams vs 1 stream, total chars/s", f"{ratio[16]:.1f}x", "-", None),
+        Target(f"64 batched streams ({auto(64)}) vs 1 stream ({auto(1)}) at precision auto, total chars/s", f"{ratio[64]:.1f}x", ">= 20x", ratio[64] >= 20),
+        Target(f"16 batched streams ({auto(16)}) vs 1 stream ({auto(1)}) at precision auto", f"{ratio[16]:.1f}x", "-", None),
+        Target("1 stream at precision auto vs 1 stream fp32", f"{one / med['fp32, 1 stream']:.2f}x", "no slower: >= 0.97 (run-to-run noise)", one / med["fp32, 1 stream"] >= 0.97),
         Target(f"1 stream vs naive re-feed ({length} chars)", f"{one / naive_rate:.1f}x", "-", None),
     ]
     cmd = "python -m bench.generation" + (f" --length {length} --rounds {rounds}" if (length, rounds) != (400, 3) else "")

@@ -161,6 +161,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         argmax=args.argmax,
         num_samples=args.num_samples,
         seed=args.seed,
+        precision=args.precision,
     )
     stream = args.num_samples == 1 and not args.json
     if stream:
@@ -315,6 +316,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed for reproducible samples")
     p.add_argument("--argmax", action="store_true", help="greedy decoding (deterministic; ignores temperature/top-k/top-p)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="matrix products per character: auto (bf16 from 16 samples where the hardware has native bf16, else fp32), fp32 or bf16; the cell state stays fp32")
     p.add_argument("--json", action="store_true", help="print JSON instead of streaming text")
     p.set_defaults(func=cmd_sample)
 

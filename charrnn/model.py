@@ -216,50 +216,60 @@ class Stepper:
     * gate rows are reordered so one sigmoid covers three gates; all ops write
       into buffers made once, whose views are made once too.
 
+    ``matmul_dtype`` bf16 runs the matrix products (and so the weights, h and
+    the logits) in bf16, as bf16 training's autocast does; the gate activations
+    are read from the bf16 products into fp32 buffers, and the cell state and
+    its update stay fp32: c sums over every step of a sample, and an 8-bit
+    mantissa there would drift. On a CPU with native bf16 that is what makes
+    many streams cheap (bench/generation.py).
+
     Only rounding differs from the fused path (tests bound the drift).
     Inference only: build and advance it under ``torch.no_grad()`` or
     ``torch.inference_mode()``.
     """
 
-    def __init__(self, model: CharLSTM, state: State):
+    def __init__(self, model: CharLSTM, state: State, matmul_dtype: torch.dtype = torch.float32):
         h, c = state
         layers, batch, hidden = h.shape
         weights = [model.layer_weights(layer) for layer in range(layers)]
-        dtype, order = weights[0][0].dtype, _sigmoid_gates_first
+        dtype, mm, order = weights[0][0].dtype, matmul_dtype, _sigmoid_gates_first
         w_ih, w_hh, b_ih, b_hh = weights[0]
-        self.input_gates = torch.addmm(order(b_ih + b_hh), model.embed.weight, order(w_ih).t())
-        self.looked_up = torch.empty(batch, 4 * hidden, device=h.device, dtype=dtype)
-        self.h = torch.empty(batch, layers * hidden, device=h.device, dtype=dtype)
+        self.input_gates = torch.addmm(order(b_ih + b_hh), model.embed.weight, order(w_ih).t()).to(mm)
+        self.looked_up = torch.empty(batch, 4 * hidden, device=h.device, dtype=mm)
+        self.h = torch.empty(batch, layers * hidden, device=h.device, dtype=mm)
         self.h.view(batch, layers, hidden).copy_(h.transpose(0, 1))
         self.c = c.to(dtype, copy=True)  # advanced in place: never the caller's tensor
         self.gates = torch.empty(batch, 4 * hidden, device=h.device, dtype=dtype)
+        # bf16 products land here, and the activations widen them into ``gates`` as they read them (no extra copy)
+        self.products = self.gates if mm == dtype else torch.empty(batch, 4 * hidden, device=h.device, dtype=mm)
         self.scratch = torch.empty(batch, hidden, device=h.device, dtype=dtype)
         self.two, self.minus_one = (torch.tensor(v, device=h.device, dtype=dtype) for v in (2.0, -1.0))
         own_h = [self.h[:, i * hidden : (i + 1) * hidden] for i in range(layers)]
-        self.layers = [_Layer(own_h[0], order(w_hh).t(), self.looked_up, self.c[0], own_h[0])]
+        self.layers = [_Layer(own_h[0], order(w_hh).t().to(mm), self.looked_up, self.c[0], own_h[0])]
         for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights[1:], start=1):
             x = self.h[:, (i - 1) * hidden : (i + 1) * hidden]  # [h below (already new), own h (still old)]
-            self.layers.append(_Layer(x, order(torch.cat([w_ih, w_hh], 1)).t(), order(b_ih + b_hh), self.c[i], own_h[i]))
-        self.head_weight, self.head_bias = model.head.weight.t(), model.head.bias
+            self.layers.append(_Layer(x, order(torch.cat([w_ih, w_hh], 1)).t().to(mm), order(b_ih + b_hh).to(mm), self.c[i], own_h[i]))
+        self.head_weight, self.head_bias = model.head.weight.t().to(mm), model.head.bias.to(mm)
         self.sigmoid_gates, self.cell_gate = self.gates[:, : 3 * hidden], self.gates[:, 3 * hidden :]
+        self.sigmoid_products, self.cell_products = self.products[:, : 3 * hidden], self.products[:, 3 * hidden :]
         self.input_gate, self.forget_gate, self.output_gate = self.gates[:, : 3 * hidden].chunk(3, 1)
 
     def advance(self, token: Tensor) -> Tensor:
         """Feed ``token`` [batch]; return the next logits [batch, vocab] (a new tensor)."""
         torch.index_select(self.input_gates, 0, token, out=self.looked_up)
         for layer in self.layers:
-            torch.addmm(layer.bias, layer.x, layer.weight, out=self.gates)
+            torch.addmm(layer.bias, layer.x, layer.weight, out=self.products)
             self._cell(layer)
         return torch.addmm(self.head_bias, self.layers[-1].h, self.head_weight)
 
     def _cell(self, layer: _Layer) -> None:
         """The LSTM cell update from ``self.gates``, in place: c = f*c + i*g, h = o*tanh(c)."""
-        self.sigmoid_gates.sigmoid_()
-        cell = _tanh(self.cell_gate, self.cell_gate, self.two, self.minus_one)
+        torch.sigmoid(self.sigmoid_products, out=self.sigmoid_gates)  # bf16 products are widened as they are read
+        cell = _tanh(self.cell_products, self.cell_gate, self.two, self.minus_one)
         layer.c.mul_(self.forget_gate).addcmul_(self.input_gate, cell)
-        torch.mul(self.output_gate, _tanh(layer.c, self.scratch, self.two, self.minus_one), out=layer.h)
+        torch.mul(self.output_gate, _tanh(layer.c, self.scratch, self.two, self.minus_one), out=layer.h)  # rounded to h's dtype
 
     def state(self) -> State:
         """(h, c) as ``nn.LSTM`` takes them, each [num_layers, batch, hidden]; copies."""
         batch, layers = self.h.shape[0], len(self.layers)
-        return self.h.view(batch, layers, -1).transpose(0, 1).contiguous(), self.c.clone()
+        return self.h.view(batch, layers, -1).transpose(0, 1).to(self.c.dtype, memory_format=torch.contiguous_format, copy=True), self.c.clone()
