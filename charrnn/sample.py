@@ -24,7 +24,7 @@ from .vocab import Vocab
 @dataclass(frozen=True)
 class SampleSettings:
     length: int = 500
-    temperature: float = 1.0
+    temperature: float | tuple[float, ...] = 1.0  # a tuple: one per sample (num_samples of them)
     top_k: int = 0  # 0: no top-k filter
     top_p: float = 1.0  # 1.0: no nucleus filter
     argmax: bool = False  # greedy decoding (deterministic)
@@ -107,18 +107,27 @@ def _sampler(settings: SampleSettings, batch: int, device) -> Callable[[torch.Te
     else:
         generator.manual_seed(settings.seed)
     u = uniforms(settings.length, batch, generator)
-    temperature = max(settings.temperature, 1e-6)
+    temperature = _temperatures(settings.temperature, batch, device)
     filtered = settings.top_k > 0 or settings.top_p < 1.0
 
     def pick(logits: torch.Tensor, step: int, out: torch.Tensor) -> None:
         logits = logits.float()
-        if temperature != 1.0:
+        if temperature is not None:
             logits = logits / temperature
         if filtered:
             logits = filter_logits(logits, settings.top_k, settings.top_p)
         sample_tokens(logits.softmax(-1), u[step], out=out.unsqueeze(1))
 
     return pick
+
+
+def _temperatures(temperature: float | tuple[float, ...], batch: int, device) -> torch.Tensor | float | None:
+    """What :func:`_sampler` divides logits by: a number, a [batch, 1] tensor of per-row ones, or None for 1."""
+    if isinstance(temperature, tuple):
+        if len(temperature) != batch:
+            raise ValueError(f"{len(temperature)} temperatures for {batch} samples: give one per sample")
+        return torch.tensor(temperature, device=device).clamp_min(1e-6).unsqueeze(1)
+    return None if temperature == 1.0 else max(temperature, 1e-6)
 
 
 def _primed(model: CharLSTM, vocab: Vocab, prime: str, batch: int, device, dtype: torch.dtype) -> tuple[Stepper, torch.Tensor]:
@@ -170,16 +179,18 @@ def generate(
 
 
 def sample_rows(model: CharLSTM, vocab: Vocab, cfg: TrackConfig, device, *, seed: int) -> list[tuple[float, str, str]]:
-    """(temperature, prompt, sample) for every configured prompt and temperature.
+    """(temperature, prompt, sample) for every configured prompt and temperature, temperature by temperature.
 
-    Each row has a seed of its own (``seed`` + its index): with one seed for all,
-    the same uniform draws picked the same characters, and two prompts' samples
-    converged to one text. The seeds stay the same at every evaluation, so the
-    rows of one prompt and temperature show the model improving, not new luck.
+    Each prompt's temperatures are one batch (one stream each: a validation pays
+    for one prompt's steps, not one per row), seeded with ``seed`` + the prompt's
+    index, so every row draws its own uniforms: with one seed for all, the same
+    draws picked the same characters, and two prompts' samples converged to one
+    text. The seeds stay the same at every evaluation, so the rows of one prompt
+    and temperature show the model improving, not new luck.
     """
-    rows = []
-    for temperature in cfg.sample_temperatures:
-        for prompt in cfg.sample_prompts:
-            settings = SampleSettings(length=cfg.sample_length, temperature=temperature, seed=seed + len(rows))
-            rows.append((temperature, prompt, prompt + generate(model, vocab, prompt, settings, device=device)[0]))
-    return rows
+    temperatures, prompts = tuple(cfg.sample_temperatures), cfg.sample_prompts
+    texts = [
+        generate(model, vocab, prompt, SampleSettings(length=cfg.sample_length, temperature=temperatures, num_samples=len(temperatures), seed=seed + index), device=device)
+        for index, prompt in enumerate(prompts)
+    ]  # texts[prompt index][temperature index]
+    return [(t, prompt, prompt + texts[j][i]) for i, t in enumerate(temperatures) for j, prompt in enumerate(prompts)]

@@ -330,7 +330,7 @@ class Trainer:
             return
         why = "set in the config"
         if plan.planned_epochs is not None:
-            why = f"auto: ~{plan.planned_epochs:.1f} epochs planned (none up to {RAMP_EPOCHS[0]:g}, {FULL_RATE:g} from {RAMP_EPOCHS[1]:g})"
+            why = f"auto: ~{plan.planned_epochs:.1f} epochs planned; none up to {RAMP_EPOCHS[0]:g}, {FULL_RATE:g} from {RAMP_EPOCHS[1]:g}"
         log.info("dropout %g (%s)", plan.rate, why)
         self.tracker.update_config({"dropout_rate": plan.rate, "dropout_planned_epochs": plan.planned_epochs})
 

@@ -215,3 +215,15 @@ def test_bf16_generation_without_bf16_kernels_is_refused_clearly(trained):
     assert matmul_dtype("auto", "cpu") == torch.float32
     out = _charrnn("sample", result.run_dir, "--precision", "bf16", cache=root / "cache")
     assert out.returncode == 2 and "sampling precision=bf16" in out.stderr and "use precision auto" in out.stderr, out.stderr
+
+
+def test_each_sample_of_a_batch_can_have_its_own_temperature(trained):
+    """What the W&B sample rows rely on: one batch per prompt, a temperature per row."""
+    result, _, _ = trained
+    model, vocab, _ = load_model(result.run_dir)
+    greedy = generate(model, vocab, "ROMEO:\n", SampleSettings(length=60, argmax=True, precision="fp32"))[0]
+    cold, hot = generate(model, vocab, "ROMEO:\n", SampleSettings(length=60, temperature=(1e-4, 50.0), num_samples=2, seed=5, precision="fp32"))
+    assert cold == greedy  # near-zero temperature: the most likely character every time
+    assert hot != greedy
+    with pytest.raises(ValueError, match="2 temperatures for 3 samples"):
+        generate(model, vocab, "a", SampleSettings(length=5, temperature=(0.5, 1.0), num_samples=3))

@@ -29,7 +29,7 @@ def test_tags_reach_wandb_as_a_list(monkeypatch, tmp_path):
 
 
 def test_sample_rows_use_every_prompt_at_every_temperature(monkeypatch):
-    monkeypatch.setattr("charrnn.sample.generate", lambda model, vocab, prompt, settings, device: [f"<{settings.temperature}>"])
+    monkeypatch.setattr("charrnn.sample.generate", lambda model, vocab, prompt, settings, device: [f"<{t}>" for t in settings.temperature])
     model = types.SimpleNamespace(train=lambda: None)
     cfg = load_config(None, ['track.sample_prompts=["A:\\n", "B|C"]', "track.sample_temperatures=[0.5, 1]"]).track
     rows = sample_rows(model, None, cfg, "cpu", seed=1)
