@@ -6,8 +6,8 @@ twice: a noisier gradient and, on CPU, ~20 % of each step for the masks
 BF16 EPYC, 2 cores, default model):
 
 * shakespeare, 120 s (~1 epoch): 0.3 costs ~0.05 nats/char against none;
-* shakespeare, 600 s (~5 epochs): none 1.509, 0.1 1.524, 0.3 1.524; nothing
-  overfits (the best checkpoint is the last);
+* shakespeare, 600 s (~5 epochs): none 1.509, 0.1 1.524, 0.3 1.524 (with none
+  the best checkpoint comes at ~93 % of the run: barely past its best);
 * poems (234 k characters), 120 s (~20 epochs): none 1.786, 0.2 1.743, 0.3 1.732.
 
 So: no dropout up to ``RAMP_EPOCHS[0]`` epochs, the full rate from

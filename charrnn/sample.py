@@ -34,8 +34,8 @@ class SampleSettings:
 
 
 # One stream's step is bound by reading the weights, where bf16 products ran slower than fp32 on a
-# bf16 CPU (1 stream 3.9 k vs 5.9 k chars/s); from 16 streams they are faster (41.7 k vs 36.6 k;
-# 64 streams 70 k vs 42 k). bench/generation.py, 2-core EPYC with avx512_bf16.
+# bf16 CPU (1 stream 4.9 k vs 7.2 k chars/s); from 16 streams they are faster (53 k vs 46 k; 64
+# streams 109 k vs 76 k). bench/generation.py, 2-core EPYC with avx512_bf16 (bench/RESULTS.md).
 BF16_FROM_STREAMS = 16
 
 
