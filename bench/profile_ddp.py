@@ -74,7 +74,8 @@ def worker(args: argparse.Namespace) -> None:
     if env.is_main:
         kinds: dict[str, float] = {}
         for event in prof.key_averages():
-            kinds[kind_of(event.key)] = kinds.get(kind_of(event.key), 0.0) + event.self_cpu_time_total / 1e6
+            kind = kind_of(event.key)
+            kinds[kind] = kinds.get(kind, 0.0) + event.self_cpu_time_total / 1e6
         prof.export_chrome_trace(args.trace)
         Path(args.report).write_text(json.dumps({"step_s": elapsed / args.steps, "chars_per_s": args.steps * trainer.batcher.chars_per_step / elapsed, "kinds": kinds, "top": prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)}))
 

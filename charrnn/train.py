@@ -205,7 +205,8 @@ class Trainer:
         seed_everything(t.seed + env.rank)
         model = CharLSTM(ModelShape.from_config(cfg.model, tokens.vocab.size)).to(device)
         self.dropout = DropoutPlan.from_config(cfg.model.dropout)
-        self.dropout.decide_up_front(self.budget, self.batcher.windows_per_epoch)
+        if self.dropout.decide_up_front(self.budget, self.batcher.windows_per_epoch):
+            model.set_dropout(self.dropout.rate)  # a Trainer used step by step (bench/profile_ddp.py) trains as fit() would
         initial = model.initial_state(self.batcher.local_batch_size, device)
         self.state = TrainState(model, make_optimizer(model, t), initial, early_stopping=EarlyStopping(t.patience))
         self.schedule = EvalSchedule.from_config(t)
