@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from .data import rank_slice
 from .distributed import DistEnv
+from .errors import CheckpointError
 from .evaluate import EvalResult
 from .model import CharLSTM
 from .validation import EarlyStopping
@@ -62,7 +63,7 @@ class TrainState:
         device = self.hidden[0].device
         self.model.load_state_dict(payload["model"])
         self.model.lstm.flatten_parameters()
-        self.optimizer.load_state_dict(payload["optimizer"])
+        self.optimizer.load_state_dict(regroup_optimizer_state(payload["optimizer"], self.model, self.optimizer))
         self.step, self.train_seconds = payload["step"], payload["train_seconds"]
         self.early_stopping.load_payload(payload)
         self.val_chars = payload.get("val_chars", 0)
@@ -123,3 +124,33 @@ def gather_rng(env: DistEnv) -> list[dict[str, Any]] | None:
     states: list | None = [None] * env.world_size if env.is_main else None
     dist.gather_object(mine, states, dst=0)
     return states
+
+
+def regroup_optimizer_state(saved: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``saved`` laid out in ``optimizer``'s parameter groups.
+
+    Checkpoints before weight decay was limited to the matrices hold one group
+    over ``model.parameters()`` in order; the optimiser now has two (matrices,
+    then vectors). Each parameter keeps its moments and step, and each group
+    its own weight decay, so such a checkpoint resumes as if it had been
+    written today. A state already in today's layout passes through unchanged.
+    """
+    if len(saved["param_groups"]) == len(optimizer.param_groups):
+        return saved
+    if len(saved["param_groups"]) != 1:
+        raise CheckpointError(
+            f"the optimizer state has {len(saved['param_groups'])} parameter groups; this version reads 1 or {len(optimizer.param_groups)}",
+            fix="resume with the charrnn version that wrote the checkpoint, or start a new run from its weights",
+        )
+    old_index = {id(p): i for i, p in enumerate(model.parameters())}
+    hyper = {k: v for k, v in saved["param_groups"][0].items() if k != "params"}
+    groups, state, index = [], {}, 0
+    for group in optimizer.param_groups:
+        ids = []
+        for p in group["params"]:
+            if old_index[id(p)] in saved["state"]:
+                state[index] = saved["state"][old_index[id(p)]]
+            ids.append(index)
+            index += 1
+        groups.append({**hyper, "weight_decay": group["weight_decay"], "params": ids})
+    return {"state": state, "param_groups": groups}

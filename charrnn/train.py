@@ -86,10 +86,19 @@ class TrainResult:
 
 
 def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; the fused (single-kernel) implementation where PyTorch has one for the device."""
+    """AdamW; the fused (single-kernel) implementation where PyTorch has one for the device.
+
+    Weight decay applies to the matrices (embedding, LSTM and head weights) only:
+    decaying the biases would pull the forget gate's bias of 1 back to 0.
+    """
     device_type = next(model.parameters()).device.type
+    params = list(model.parameters())
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2]},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(
-        model.parameters(),
+        groups,
         lr=t.lr,
         betas=(t.beta1, t.beta2),
         weight_decay=t.weight_decay,
