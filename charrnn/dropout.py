@@ -10,7 +10,9 @@ BF16 EPYC, 2 cores, default model):
   the best checkpoint comes at ~93 % of the run: barely past its best);
 * poems (234 k characters), 120 s (~20 epochs): none 1.786, 0.2 1.743, 0.3 1.732.
 
-So: no dropout up to ``RAMP_EPOCHS[0]`` epochs, the full rate from
+These were measured before ``train.weight_decay=0.1`` became the default
+(session 9), which regularises long runs on its own; the two were not tuned
+together. So: no dropout up to ``RAMP_EPOCHS[0]`` epochs, the full rate from
 ``RAMP_EPOCHS[1]``, linear between (no cliff for a run near the boundary). A
 step- or epoch-limited run knows its epochs up front; a run on a clock learns
 them from its pace over ``PACE_STEPS`` steps after ``PACE_FROM_STEP``, read from
