@@ -140,7 +140,7 @@ def regroup_optimizer_state(saved: dict[str, Any], model: torch.nn.Module, optim
     if len(saved["param_groups"]) != 1:
         raise CheckpointError(
             f"the optimizer state has {len(saved['param_groups'])} parameter groups; this version reads 1 or {len(optimizer.param_groups)}",
-            fix="resume with the charrnn version that wrote the checkpoint, or start a new run from its weights",
+            fix="resume with the charrnn version that wrote the checkpoint, or start a new run (without --resume) in another train.out_dir",
         )
     old_index = {id(p): i for i, p in enumerate(model.parameters())}
     hyper = {k: v for k, v in saved["param_groups"][0].items() if k != "params"}
