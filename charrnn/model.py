@@ -165,16 +165,28 @@ class CharLSTM(nn.Module):
         return 2 * macs
 
 
-def _sigmoid_gates_first(t: Tensor) -> Tensor:
-    """``t`` with its gate blocks along dim 0 from PyTorch's (input, forget, cell, output) to (input, forget, output, cell).
+def _gate_rows(t: Tensor) -> Tensor:
+    """``t`` with its gate blocks along dim 0 from PyTorch's (input, forget, cell, output) to (input, forget, output, 2 x cell).
 
-    Then the three sigmoid gates are one contiguous block and the tanh gate
-    another. Slices and one ``cat``: indexing with a row list was ~0.7 ms per
-    :class:`Stepper`, more than ten one-stream steps.
+    Then the three sigmoid gates come first, and a sigmoid of the doubled cell
+    gate's pre-activation is what ``tanh(x) = 2 sigmoid(2x) - 1`` needs: one
+    sigmoid covers all four gates. Doubling is exact in binary floating point
+    (bf16 too), so the products are exactly twice the undoubled ones. Slices and
+    one ``cat``: indexing with a row list was ~0.7 ms per :class:`Stepper`, more
+    than ten one-stream steps.
     """
     hidden = t.shape[0] // 4
     input_forget, cell, output = t.split([2 * hidden, hidden, hidden])
-    return torch.cat([input_forget, output, cell])
+    return torch.cat([input_forget, output, 2 * cell])
+
+
+def _operand(weight: Tensor, dtype: torch.dtype) -> Tensor:
+    """``weight`` [out, in] as the contiguous [in, out] right operand of ``x @ W.T`` in ``dtype``.
+
+    A transposed view works too, but at 64 streams oneDNN's bf16 product reads the
+    contiguous one up to ~15 % faster (bench/RESULTS.md, session 10).
+    """
+    return weight.t().to(dtype, memory_format=torch.contiguous_format, copy=True)
 
 
 def _tanh(x: Tensor, out: Tensor, two: Tensor, minus_one: Tensor) -> Tensor:
@@ -213,15 +225,18 @@ class Stepper:
     * every layer above multiplies ``[h_below, h_own]`` by ``[w_ih | w_hh]`` in one
       product, read in place from one ``[batch, layers * hidden]`` buffer of all
       layers' h, which each layer then overwrites with its new h;
-    * gate rows are reordered so one sigmoid covers three gates; all ops write
-      into buffers made once, whose views are made once too.
+    * gate rows are reordered and the cell gate's rows doubled (exact in binary
+      floating point), so one sigmoid covers all four gates and
+      ``tanh(x) = 2 sigmoid(2x) - 1`` is one more op; the weights are stored as
+      the contiguous ``[in, 4 * hidden]`` operand the product reads fastest;
+    * all ops write into buffers made once, whose views are made once too.
 
     ``matmul_dtype`` bf16 runs the matrix products (and so the weights, h and
-    the logits) in bf16, as bf16 training's autocast does; the gate activations
-    are read from the bf16 products into fp32 buffers, and the cell state and
-    its update stay fp32: c sums over every step of a sample, and an 8-bit
-    mantissa there would drift. On a CPU with native bf16 that is what makes
-    many streams cheap (bench/generation.py).
+    the logits) in bf16, as bf16 training's autocast does; each layer's bf16
+    products are widened to fp32 once, and the gate activations, the cell
+    state and its update all run in fp32: c sums over every step of a sample,
+    and an 8-bit mantissa there would drift. On a CPU with native bf16 that is
+    what makes many streams cheap (bench/generation.py).
 
     Only rounding differs from the fused path (tests bound the drift).
     Inference only: build and advance it under ``torch.no_grad()`` or
@@ -232,26 +247,24 @@ class Stepper:
         h, c = state
         layers, batch, hidden = h.shape
         weights = [model.layer_weights(layer) for layer in range(layers)]
-        dtype, mm, order = weights[0][0].dtype, matmul_dtype, _sigmoid_gates_first
+        dtype, mm, rows = weights[0][0].dtype, matmul_dtype, _gate_rows
         w_ih, w_hh, b_ih, b_hh = weights[0]
-        self.input_gates = torch.addmm(order(b_ih + b_hh), model.embed.weight, order(w_ih).t()).to(mm)
+        self.input_gates = torch.addmm(rows(b_ih + b_hh), model.embed.weight, rows(w_ih).t()).to(mm)
         self.looked_up = torch.empty(batch, 4 * hidden, device=h.device, dtype=mm)
         self.h = torch.empty(batch, layers * hidden, device=h.device, dtype=mm)
         self.h.view(batch, layers, hidden).copy_(h.transpose(0, 1))
         self.c = c.to(dtype, copy=True)  # advanced in place: never the caller's tensor
         self.gates = torch.empty(batch, 4 * hidden, device=h.device, dtype=dtype)
-        # bf16 products land here, and the activations widen them into ``gates`` as they read them (no extra copy)
         self.products = self.gates if mm == dtype else torch.empty(batch, 4 * hidden, device=h.device, dtype=mm)
         self.scratch = torch.empty(batch, hidden, device=h.device, dtype=dtype)
         self.two, self.minus_one = (torch.tensor(v, device=h.device, dtype=dtype) for v in (2.0, -1.0))
         own_h = [self.h[:, i * hidden : (i + 1) * hidden] for i in range(layers)]
-        self.layers = [_Layer(own_h[0], order(w_hh).t().to(mm), self.looked_up, self.c[0], own_h[0])]
+        self.layers = [_Layer(own_h[0], _operand(rows(w_hh), mm), self.looked_up, self.c[0], own_h[0])]
         for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights[1:], start=1):
             x = self.h[:, (i - 1) * hidden : (i + 1) * hidden]  # [h below (already new), own h (still old)]
-            self.layers.append(_Layer(x, order(torch.cat([w_ih, w_hh], 1)).t().to(mm), order(b_ih + b_hh).to(mm), self.c[i], own_h[i]))
-        self.head_weight, self.head_bias = model.head.weight.t().to(mm), model.head.bias.to(mm)
-        self.sigmoid_gates, self.cell_gate = self.gates[:, : 3 * hidden], self.gates[:, 3 * hidden :]
-        self.sigmoid_products, self.cell_products = self.products[:, : 3 * hidden], self.products[:, 3 * hidden :]
+            self.layers.append(_Layer(x, _operand(rows(torch.cat([w_ih, w_hh], 1)), mm), rows(b_ih + b_hh).to(mm), self.c[i], own_h[i]))
+        self.head_weight, self.head_bias = _operand(model.head.weight, mm), model.head.bias.to(mm)
+        self.cell_gate = self.gates[:, 3 * hidden :]
         self.input_gate, self.forget_gate, self.output_gate = self.gates[:, : 3 * hidden].chunk(3, 1)
 
     def advance(self, token: Tensor) -> Tensor:
@@ -263,10 +276,12 @@ class Stepper:
         return torch.addmm(self.head_bias, self.layers[-1].h, self.head_weight)
 
     def _cell(self, layer: _Layer) -> None:
-        """The LSTM cell update from ``self.gates``, in place: c = f*c + i*g, h = o*tanh(c)."""
-        torch.sigmoid(self.sigmoid_products, out=self.sigmoid_gates)  # bf16 products are widened as they are read
-        cell = _tanh(self.cell_products, self.cell_gate, self.two, self.minus_one)
-        layer.c.mul_(self.forget_gate).addcmul_(self.input_gate, cell)
+        """The LSTM cell update from ``self.products``, in place: c = f*c + i*g, h = o*tanh(c)."""
+        if self.products is not self.gates:  # bf16 products: widened once, so the activations run in fp32
+            self.gates.copy_(self.products)
+        self.gates.sigmoid_()  # i, f, o, and sigmoid(2x) for the cell gate (its rows are doubled)
+        torch.add(self.minus_one, self.cell_gate, alpha=2, out=self.cell_gate)  # g = tanh(x) = 2 sigmoid(2x) - 1
+        layer.c.mul_(self.forget_gate).addcmul_(self.input_gate, self.cell_gate)
         torch.mul(self.output_gate, _tanh(layer.c, self.scratch, self.two, self.minus_one), out=layer.h)  # rounded to h's dtype
 
     def state(self) -> State:
