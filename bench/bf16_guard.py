@@ -52,7 +52,7 @@ def run(*, steps: int = 600, log: Callable[[str], None] = print) -> Report:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=600)
-    print(run(steps=parser.parse_args().steps).body)
+    print(run(steps=parser.parse_args().steps).text())
 
 
 if __name__ == "__main__":

@@ -37,6 +37,12 @@ class Report:
     targets: list[Target] = field(default_factory=list)
     notes: str = ""  # markdown after the figures
 
+    def text(self) -> str:
+        """The figures, then each target's figure and verdict: what a single benchmark script prints."""
+        lines = [self.body.rstrip()]
+        lines += [f"{t.what}: {t.figure} (required {t.target}; met: {verdict(t.met).strip('*')})" for t in self.targets]
+        return "\n".join(lines)
+
     def markdown(self) -> str:
         parts = [f"### {self.title}", "", f"Command: `{self.command}`", "", "```", self.body.rstrip(), "```", ""]
         if self.targets:

@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    print(run(length=args.length, rounds=args.rounds).body)
+    print(run(length=args.length, rounds=args.rounds).text())
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--png", type=Path, default=REPO / "bench" / "quality_curve.png")
     args = parser.parse_args()
     report = run(budget_s=args.budget_s, every=args.every, png=args.png)
-    print(report.body)
+    print(report.text())
 
 
 if __name__ == "__main__":

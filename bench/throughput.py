@@ -165,9 +165,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides (model.*, train.*)")
     args = parser.parse_args()
     report = run(rounds=args.rounds, round_s=args.round_s, overrides=args.overrides)
-    print(report.body)
-    for target in report.targets:
-        print(f"{target.what}: {target.figure} (required {target.target})")
+    print(report.text())
 
 
 if __name__ == "__main__":

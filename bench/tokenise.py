@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=100)
     parser.add_argument("--train-steps", type=int, default=30)
     args = parser.parse_args()
-    print(run(mb=args.mb, train_steps=args.train_steps).body)
+    print(run(mb=args.mb, train_steps=args.train_steps).text())
 
 
 if __name__ == "__main__":
