@@ -6,7 +6,10 @@ median of the per-log-interval chars/s that training itself reports (first
 interval dropped as warm-up).
 
 Each precision this CPU has (fp32; bf16 where it has bf16 LSTM kernels) is
-measured in the same run.
+measured in the same run. A third layout, N independent ``charrnn train``
+processes x 1 thread, each with its 1/N share of the batch and no DDP, is the
+ceiling DDP could reach with free communication: it tells what splitting the
+batch costs apart from what gradient averaging costs.
 
     python bench/ddp_scaling.py [--steps 400] [--rounds 2] [--compression] [key=value train overrides]
 """
@@ -28,6 +31,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 import torch
 
 from bench.common import machine_summary
+from charrnn.config import load_config
 from charrnn.errors import ConfigError
 from charrnn.machine import available_cores
 from charrnn.precision import autocast_dtype
@@ -39,7 +43,28 @@ def run(nproc: int, threads: int, steps: int, tokens: str, overrides: list[str],
            "--out-dir", str(out), "--tokens", tokens, f"max_steps={steps}", "time_budget_s=0",
            "log_interval=50", "eval_interval=0", "checkpoint_interval=100000", "data.val_fraction=0", *overrides]  # fmt: skip
     subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
-    rates = [json.loads(line)["perf/chars_per_s"] for line in (out / "metrics.jsonl").read_text().splitlines() if "perf/chars_per_s" in line]
+    return median_rate(out)
+
+
+def run_independent(procs: int, steps: int, tokens: str, overrides: list[str], out: Path) -> float:
+    """Sum of ``procs`` concurrent single-process trainers' chars/s, each 1 thread and 1/procs of the global batch."""
+    share = load_config(None, [o for o in overrides if "=" in o]).train.batch_size // procs
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = []
+    for i in range(procs):
+        cmd = [sys.executable, "-m", "charrnn", "train", "--no-summary", "--out-dir", str(out / str(i)), "--tokens", tokens, f"max_steps={steps}", "time_budget_s=0",
+               "log_interval=50", "eval_interval=0", "checkpoint_interval=100000", "data.val_fraction=0", *overrides, f"batch_size={share}"]  # fmt: skip
+        runs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    for proc in runs:
+        _, err = proc.communicate()
+        if proc.returncode:
+            raise SystemExit(f"an independent trainer failed ({proc.returncode}):\n{err[-2000:]}")
+    return sum(median_rate(out / str(i)) for i in range(procs))
+
+
+def median_rate(run_dir: Path) -> float:
+    """Median of the chars/s that training logged, the first interval (warm-up) dropped."""
+    rates = [json.loads(line)["perf/chars_per_s"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "perf/chars_per_s" in line]
     return statistics.median(rates[1:])
 
 
@@ -66,13 +91,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for precision in precisions():
             overrides = [*args.overrides, f"precision={precision}"]
-            one, many = [], []
-            for r in range(args.rounds):  # alternating, so machine drift hits both layouts
+            one, many, apart = [], [], []
+            for r in range(args.rounds):  # alternating, so machine drift hits every layout
                 one.append(run(1, args.procs, args.steps, tokens, overrides, Path(tmp) / f"{precision}-one-{r}"))
                 many.append(run(args.procs, 1, args.steps, tokens, overrides, Path(tmp) / f"{precision}-many-{r}"))
-            a, b = statistics.median(one), statistics.median(many)
+                apart.append(run_independent(args.procs, args.steps, tokens, overrides, Path(tmp) / f"{precision}-apart-{r}"))
+            a, b, c = statistics.median(one), statistics.median(many), statistics.median(apart)
             print(f"{precision}: 1 process x {args.procs} threads {a:10,.0f} chars/s | {args.procs} processes x 1 thread {b:10,.0f} chars/s | "
                   f"ratio {args.procs}-process / 1-process {b / a:.2f}  (rounds: {', '.join(f'{x:,.0f}' for x in one)} / {', '.join(f'{x:,.0f}' for x in many)})")  # fmt: skip
+            print(f"{precision}: {args.procs} independent processes x 1 thread, no DDP {c:10,.0f} chars/s in all | vs 1 process {c / a:.2f} "
+                  f"(the batch split alone) | DDP keeps {b / c:.2f} of it (gradient averaging)  (rounds: {', '.join(f'{x:,.0f}' for x in apart)})")  # fmt: skip
             if args.compression:  # the same many-process layout, gradients averaged in bf16
                 packed = [run(args.procs, 1, args.steps, tokens, [*overrides, "grad_compression=bf16"], Path(tmp) / f"{precision}-bf16grad-{r}") for r in range(args.rounds)]
                 c = statistics.median(packed)

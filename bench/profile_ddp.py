@@ -8,6 +8,11 @@ and the time per kind of work (self CPU time of the profiled ops, grouped by
 name), and writes a Chrome trace per layout under ``--out`` (default ``bench/profiles/``, git-ignored: each is ~8 MB)
 (``chrome://tracing`` or https://ui.perfetto.dev open it).
 
+Self CPU time shows what each op computes, not how long a rank waits: time
+spent waiting for the gradient all-reduce lands in the ops around it (the
+LSTM backward looked 1.4x slower under DDP). ``bench/ddp_scaling.py``'s
+independent-process layout measures what the average costs as a whole.
+
     python bench/profile_ddp.py [--procs 2] [--steps 40] [--precision bf16] [--out bench/profiles] [key=value ...]
 """
 

@@ -20,9 +20,10 @@ def auto_nproc(precision: str = "auto") -> tuple[int, str]:
     One process per GPU where there are GPUs. On a CPU, intra-op threads already
     use every core, so DDP only splits the batch and adds an all-reduce. Measured
     side by side (bench/RESULTS.md, ``bench/ddp_scaling.py``): on AVX-512 CPUs one
-    process with all cores beat two in bf16 (2 processes at 0.52x and 0.81x) and in
-    fp32 (0.70x and 0.97x); on AVX2-only CPUs two processes ran at 1.03x in fp32, so
-    they keep the two processes they had before ``auto``.
+    process with all cores beat two in bf16 (2 processes at 0.52x-0.82x) and in
+    fp32 (0.70x-0.97x), and the loss is the all-reduce, not the split batch (two
+    independent half-batch processes match one); on AVX2-only CPUs two processes
+    ran at 1.03x in fp32, so they keep the two processes they had before ``auto``.
     """
     import torch
 
@@ -33,9 +34,9 @@ def auto_nproc(precision: str = "auto") -> tuple[int, str]:
         return gpus, f"one process per GPU ({gpus} visible)"
     cores = available_cores()
     if autocast_dtype(precision, torch.device("cpu")) is not None:
-        return 1, f"CPU with bf16 LSTM kernels: one process with all {cores} cores (faster than splitting the batch)"
+        return 1, f"CPU with bf16 LSTM kernels: one process with all {cores} cores (faster than averaging gradients between processes)"
     isa = torch.backends.cpu.get_cpu_capability()
     if isa == "AVX512":
-        return 1, f"AVX-512 CPU in fp32: one process with all {cores} cores (faster than splitting the batch)"
+        return 1, f"AVX-512 CPU in fp32: one process with all {cores} cores (faster than averaging gradients between processes)"
     procs = min(2, cores)
     return procs, f"{isa} CPU in fp32: {procs} process(es) sharing {cores} cores (2 measured at 1.03x of 1 on AVX2)"
