@@ -11,7 +11,7 @@ processes x 1 thread, each with its 1/N share of the batch and no DDP, is the
 ceiling DDP could reach with free communication: it tells what splitting the
 batch costs apart from what gradient averaging costs.
 
-    python bench/ddp_scaling.py [--steps 400] [--rounds 2] [--compression] [key=value train overrides]
+    python bench/ddp_scaling.py [--steps 400] [--rounds 2] [--precisions fp32,bf16] [--compression] [key=value train overrides]
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def run(nproc: int, threads: int, steps: int, tokens: str, overrides: list[str],
 
 def run_independent(procs: int, steps: int, tokens: str, overrides: list[str], out: Path) -> float:
     """Sum of ``procs`` concurrent single-process trainers' chars/s, each 1 thread and 1/procs of the global batch."""
-    share = load_config(None, [o for o in overrides if "=" in o]).train.batch_size // procs
+    share = load_config(None, overrides).train.batch_size // procs
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     runs = []
     for i in range(procs):
@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--procs", type=int, default=available_cores())
+    parser.add_argument("--precisions", type=lambda v: v.split(","), default=None, help="comma-separated (default: every precision this CPU has)")
     parser.add_argument("--compression", action="store_true", help="also time the many-process layout with train.grad_compression=bf16")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
@@ -89,7 +90,7 @@ def main() -> None:
     tokens = json.loads(prepared.stdout)["tokens"]["dir"]
     print(f"machine: {machine_summary()}")
     with tempfile.TemporaryDirectory() as tmp:
-        for precision in precisions():
+        for precision in args.precisions or precisions():
             overrides = [*args.overrides, f"precision={precision}"]
             one, many, apart = [], [], []
             for r in range(args.rounds):  # alternating, so machine drift hits every layout
