@@ -20,7 +20,9 @@ left as it is: oneDNN runs the LSTM in bf16.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -201,13 +203,45 @@ def _tanh(x: Tensor, out: Tensor, two: Tensor, minus_one: Tensor) -> Tensor:
     return torch.add(minus_one, torch.mul(x, two, out=out).sigmoid_(), alpha=2, out=out)
 
 
+def prepacks(device: torch.device, dtype: torch.dtype, batch: int) -> bool:
+    """Whether :class:`Stepper` runs its LSTM products as oneDNN linears on weights packed once.
+
+    ``torch.addmm`` repacks the weight operand at every call (MKL for fp32,
+    oneDNN for bf16). Packing once for the batch is what ``torch.compile``
+    does on CPU (inductor's ``freezing``, the same two ``torch.ops.mkldnn``
+    ops). On a 2-core EPYC, products 256 and 512 -> 1024: 1.4-3.3x faster in
+    fp32 from 2 to 16 rows, 1.2-1.5x at 64, and 1.1-1.7x in bf16 at every
+    batch; with oneDNN held to AVX2 (``ONEDNN_MAX_CPU_ISA``) fp32 gains
+    1.15-2.7x. Whole fp32 generation with 16 or 64 streams: 1.1-1.3x. One
+    fp32 row is slower (0.7x at 256 -> 1024: the call's fixed cost), so it
+    keeps addmm (bench/RESULTS.md, session 11). bf16 packing needs native bf16.
+    """
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return False
+    if dtype == torch.bfloat16:
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return dtype == torch.float32 and batch >= 2
+
+
+def _product(x: Tensor, weight: Tensor, bias: Tensor, out: Tensor, packed: bool) -> Callable[[], Tensor]:
+    """``x @ weight.T + bias`` as a call without arguments; ``bias`` is [out] or [batch, out] (layer 0's looked-up gates).
+
+    addmm writes into ``out``; a packed linear returns a new tensor (oneDNN's
+    op has no ``out=``), so callers read the result, not ``out``.
+    """
+    if not packed:
+        return partial(torch.addmm, bias, x, _operand(weight, out.dtype), out=out)
+    w = torch.ops.mkldnn._reorder_linear_weight(weight.to(out.dtype), x.shape[0])
+    if bias.dim() == 2:
+        return partial(torch.ops.mkldnn._linear_pointwise.binary, x, bias, w, None, "add")
+    return partial(torch.ops.mkldnn._linear_pointwise, x, w, bias, "none", [], "")
+
+
 @dataclass(frozen=True)
 class _Layer:
-    """One layer's operands in a :class:`Stepper`; ``x``, ``c`` and ``h`` are views of its buffers."""
+    """One layer's operands in a :class:`Stepper`; ``c`` and ``h`` are views of its buffers."""
 
-    x: Tensor  # [batch, in]: what multiplies ``weight`` (h below and own h, or own h for layer 0)
-    weight: Tensor  # [in, 4 * hidden]
-    bias: Tensor  # added to the product: the biases, or layer 0's looked-up input gates
+    product: Callable[[], Tensor]  # the gates' pre-activations: [h below, own h] (own h for layer 0) times the weights, plus biases
     c: Tensor  # [batch, hidden], advanced in place
     h: Tensor  # [batch, hidden]: where the new h goes
 
@@ -227,8 +261,10 @@ class Stepper:
       layers' h, which each layer then overwrites with its new h;
     * gate rows are reordered and the cell gate's rows doubled (exact in binary
       floating point), so one sigmoid covers all four gates and
-      ``tanh(x) = 2 sigmoid(2x) - 1`` is one more op; the weights are stored as
-      the contiguous ``[in, 4 * hidden]`` operand the product reads fastest;
+      ``tanh(x) = 2 sigmoid(2x) - 1`` is one more op;
+    * on CPUs the LSTM weights are packed once into oneDNN's layout for the
+      batch (see :func:`prepacks`), else stored as the contiguous
+      ``[in, 4 * hidden]`` operand ``addmm`` reads fastest;
     * all ops write into buffers made once, whose views are made once too.
 
     ``matmul_dtype`` bf16 runs the matrix products (and so the weights, h and
@@ -259,10 +295,12 @@ class Stepper:
         self.scratch = torch.empty(batch, hidden, device=h.device, dtype=dtype)
         self.two, self.minus_one = (torch.tensor(v, device=h.device, dtype=dtype) for v in (2.0, -1.0))
         own_h = [self.h[:, i * hidden : (i + 1) * hidden] for i in range(layers)]
-        self.layers = [_Layer(own_h[0], _operand(rows(w_hh), mm), self.looked_up, self.c[0], own_h[0])]
+        self.packed = prepacks(h.device, mm, batch)
+        self.layers = [_Layer(_product(own_h[0], rows(w_hh), self.looked_up, self.products, self.packed), self.c[0], own_h[0])]
         for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights[1:], start=1):
             x = self.h[:, (i - 1) * hidden : (i + 1) * hidden]  # [h below (already new), own h (still old)]
-            self.layers.append(_Layer(x, _operand(rows(torch.cat([w_ih, w_hh], 1)), mm), rows(b_ih + b_hh).to(mm), self.c[i], own_h[i]))
+            product = _product(x, rows(torch.cat([w_ih, w_hh], 1)), rows(b_ih + b_hh).to(mm), self.products, self.packed)
+            self.layers.append(_Layer(product, self.c[i], own_h[i]))
         self.head_weight, self.head_bias = _operand(model.head.weight, mm), model.head.bias.to(mm)
         self.cell_gate = self.gates[:, 3 * hidden :]
         self.input_gate, self.forget_gate, self.output_gate = self.gates[:, : 3 * hidden].chunk(3, 1)
@@ -271,15 +309,14 @@ class Stepper:
         """Feed ``token`` [batch]; return the next logits [batch, vocab] (a new tensor)."""
         torch.index_select(self.input_gates, 0, token, out=self.looked_up)
         for layer in self.layers:
-            torch.addmm(layer.bias, layer.x, layer.weight, out=self.products)
-            self._cell(layer)
+            self._cell(layer, layer.product())
         return torch.addmm(self.head_bias, self.layers[-1].h, self.head_weight)
 
-    def _cell(self, layer: _Layer) -> None:
-        """The LSTM cell update from ``self.products``, in place: c = f*c + i*g, h = o*tanh(c)."""
-        if self.products is not self.gates:  # bf16 products: widened once, so the activations run in fp32
-            self.gates.copy_(self.products)
-        self.gates.sigmoid_()  # i, f, o, and sigmoid(2x) for the cell gate (its rows are doubled)
+    def _cell(self, layer: _Layer, products: Tensor) -> None:
+        """The LSTM cell update from the gates' pre-activations, in place: c = f*c + i*g, h = o*tanh(c)."""
+        if products.dtype != self.gates.dtype:  # bf16 products widened once, so the activations run in fp32
+            products = self.gates.copy_(products)
+        torch.sigmoid(products, out=self.gates)  # i, f, o, and sigmoid(2x) for the cell gate (its rows are doubled)
         torch.add(self.minus_one, self.cell_gate, alpha=2, out=self.cell_gate)  # g = tanh(x) = 2 sigmoid(2x) - 1
         layer.c.mul_(self.forget_gate).addcmul_(self.input_gate, self.cell_gate)
         torch.mul(self.output_gate, _tanh(layer.c, self.scratch, self.two, self.minus_one), out=layer.h)  # rounded to h's dtype
