@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import charrnn.model
-from charrnn.model import CharLSTM, ModelShape, Stepper, prepacks
+from charrnn.model import CharLSTM, ModelShape, Stepper, UniformDropout, prepacks
 
 
 def _model(num_layers=3) -> CharLSTM:
@@ -94,6 +94,26 @@ def test_stepper_packs_its_weights_on_cpu_and_stays_the_same_model(monkeypatch):
                 logits.append(torch.stack([stepper.advance(tokens[:, t]).float() for t in range(200)], 1))
             monkeypatch.undo()
         torch.testing.assert_close(logits[0], logits[1], atol=1e-5 if dtype == torch.float32 else 1e-2, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_uniform_dropout_is_nn_dropouts_distribution(dtype):
+    """The head's dropout: each value kept with probability 1 - p and scaled by 1 / (1 - p), independently; the gradient is the same mask."""
+    torch.manual_seed(0)
+    p, n = 0.3, 1_000_000
+    drop = UniformDropout(p)
+    x = torch.ones(n, dtype=dtype, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5  # 5 standard errors
+    assert torch.equal(y[kept], torch.full_like(y[kept], 1 / (1 - p)))  # the scale, rounded to dtype as F.dropout's is
+    assert torch.equal(y[kept], torch.nn.functional.dropout(torch.ones(8, dtype=dtype), p, True).amax().expand(int(kept.sum())))
+    pairs = torch.stack([kept[:-1], kept[1:]]).float()  # neighbours independent: P(both kept) = (1 - p)^2
+    assert abs(pairs.prod(0).mean().item() - (1 - p) ** 2) < 0.003
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad, y.detach())
+    drop.eval()
+    assert drop(x) is x  # identity outside training, like nn.Dropout
 
 
 def test_shapes_and_dropout_only_in_training():
