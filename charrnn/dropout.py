@@ -1,8 +1,10 @@
 """The run's dropout rate: fixed by the config, or, with ``model.dropout=auto``, from the epochs the run will see.
 
 Dropout pays only once a run would otherwise memorise its corpus, and it costs
-twice: a noisier gradient and, on CPU, ~20 % of each step for the masks
-(bench/profile_ddp.py). On the generalisation benchmark (bench/RESULTS.md,
+twice: a noisier gradient and, on CPU, time for the masks (~20 % of a step
+in bench/profile_ddp.py before the head's mask came from uniform draws,
+:class:`charrnn.model.UniformDropout`; the LSTM's own between its layers still
+costs ~10 %). On the generalisation benchmark (bench/RESULTS.md,
 BF16 EPYC, 2 cores, default model):
 
 * shakespeare, 120 s (~1 epoch): 0.3 costs ~0.05 nats/char against none;
