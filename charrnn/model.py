@@ -232,8 +232,10 @@ def prepacks(device: torch.device, dtype: torch.dtype, batch: int) -> bool:
     1.15-2.7x. Whole fp32 generation with 16 or 64 streams: 1.1-1.3x. One
     fp32 row is slower (0.7x at 256 -> 1024: the call's fixed cost), so it
     keeps addmm (bench/RESULTS.md, session 11). bf16 packing needs native bf16.
+    Not where oneDNN is missing or switched off (``torch.backends.mkldnn.flags``).
     """
-    if device.type != "cpu" or not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+    onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    if device.type != "cpu" or not onednn:
         return False
     if dtype == torch.bfloat16:
         return torch.ops.mkldnn._is_mkldnn_bf16_supported()

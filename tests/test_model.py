@@ -71,6 +71,7 @@ def test_stepper_carries_its_own_state_like_forward():
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # mkldnn.flags() restores a TF32 setting this build lacks
 def test_stepper_packs_its_weights_on_cpu_and_stays_the_same_model(monkeypatch):
     """From 2 streams (bf16: from 1, where native) the CPU Stepper runs oneDNN linears on packed weights; addmm gives the same logits.
 
@@ -80,6 +81,8 @@ def test_stepper_packs_its_weights_on_cpu_and_stays_the_same_model(monkeypatch):
     cpu = torch.device("cpu")
     assert prepacks(cpu, torch.float32, 2) and not prepacks(cpu, torch.float32, 1)  # one fp32 row: addmm's call is cheaper
     assert not prepacks(torch.device("meta"), torch.float32, 64)  # CUDA and other devices: addmm
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert not prepacks(cpu, torch.float32, 64)  # oneDNN switched off by the user
     dtypes = [torch.float32] + ([torch.bfloat16] if torch.ops.mkldnn._is_mkldnn_bf16_supported() else [])
     model = _model(num_layers=2)
     tokens = torch.randint(0, 50, (8, 200))
