@@ -1,11 +1,11 @@
 """The run's dropout rate: fixed by the config, or, with ``model.dropout=auto``, from the epochs the run will see.
 
 Dropout pays only once a run would otherwise memorise its corpus, and it costs
-twice: a noisier gradient and, on CPU, time for the masks (~20 % of a step
-in bench/profile_ddp.py before the head's mask came from uniform draws,
-:class:`charrnn.model.UniformDropout`; the LSTM's own between its layers still
-costs ~10 %). On the generalisation benchmark (bench/RESULTS.md,
-BF16 EPYC, 2 cores, default model):
+twice: a noisier gradient and, on CPU, time for the masks. bench/profile_ddp.py
+put the two masks at ~20 % of a step; the head's now comes from uniform draws
+(:class:`charrnn.model.UniformDropout`, ~3x cheaper), the LSTM's own between
+its layers is still about half of that 20 %. On the generalisation benchmark
+(bench/RESULTS.md, BF16 EPYC, 2 cores, default model):
 
 * shakespeare, 120 s (~1 epoch): 0.3 costs ~0.05 nats/char against none;
 * shakespeare, 600 s (~5 epochs): none 1.509, 0.1 1.524, 0.3 1.524 (with none

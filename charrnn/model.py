@@ -220,7 +220,7 @@ def _tanh(x: Tensor, out: Tensor, two: Tensor, minus_one: Tensor) -> Tensor:
     return torch.add(minus_one, torch.mul(x, two, out=out).sigmoid_(), alpha=2, out=out)
 
 
-def prepacks(device: torch.device, dtype: torch.dtype, batch: int) -> bool:
+def uses_packed_weights(device: torch.device, dtype: torch.dtype, batch: int) -> bool:
     """Whether :class:`Stepper` runs its LSTM products as oneDNN linears on weights packed once.
 
     ``torch.addmm`` repacks the weight operand at every call (MKL for fp32,
@@ -229,10 +229,13 @@ def prepacks(device: torch.device, dtype: torch.dtype, batch: int) -> bool:
     ops). On a 2-core EPYC, products 256 and 512 -> 1024: 1.4-3.3x faster in
     fp32 from 2 to 16 rows, 1.2-1.5x at 64, and 1.1-1.7x in bf16 at every
     batch; with oneDNN held to AVX2 (``ONEDNN_MAX_CPU_ISA``) fp32 gains
-    1.15-2.7x. Whole fp32 generation with 16 or 64 streams: 1.1-1.3x. One
+    1.15-2.7x. Whole fp32 generation with 16 or 64 streams: 1.1-1.5x. One
     fp32 row is slower (0.7x at 256 -> 1024: the call's fixed cost), so it
-    keeps addmm (bench/RESULTS.md, session 11). bf16 packing needs native bf16.
-    Not where oneDNN is missing or switched off (``torch.backends.mkldnn.flags``).
+    keeps addmm (bench/RESULTS.md, session 11). bf16 is packed where oneDNN
+    runs bf16 kernels (the check training's ``precision=auto`` uses, which
+    counts AVX-512 CPUs without bf16 instructions too; measured on
+    avx512_bf16 only). Not where oneDNN is missing or switched off
+    (``torch.backends.mkldnn.flags``) when the :class:`Stepper` is built.
     """
     onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and hasattr(torch.ops.mkldnn, "_linear_pointwise")
     if device.type != "cpu" or not onednn:
@@ -242,25 +245,25 @@ def prepacks(device: torch.device, dtype: torch.dtype, batch: int) -> bool:
     return dtype == torch.float32 and batch >= 2
 
 
-def _product(x: Tensor, weight: Tensor, bias: Tensor, out: Tensor, packed: bool) -> Callable[[], Tensor]:
-    """``x @ weight.T + bias`` as a call without arguments; ``bias`` is [out] or [batch, out] (layer 0's looked-up gates).
+def _bind_preactivations(x: Tensor, weight: Tensor, bias: Tensor, dtype: torch.dtype, out: Tensor | None) -> Callable[[], Tensor]:
+    """A call without arguments that returns ``x @ weight.T + bias`` in ``dtype``; ``bias`` is [out] or [batch, out] (layer 0's looked-up gates).
 
-    addmm writes into ``out``; a packed linear returns a new tensor (oneDNN's
-    op has no ``out=``), so callers read the result, not ``out``.
+    With ``out``: ``addmm`` into it. Without: a oneDNN linear on ``weight``
+    packed once, which returns a new tensor (the op has no ``out=``).
     """
-    if not packed:
-        return partial(torch.addmm, bias, x, _operand(weight, out.dtype), out=out)
-    w = torch.ops.mkldnn._reorder_linear_weight(weight.to(out.dtype), x.shape[0])
+    if out is not None:
+        return partial(torch.addmm, bias, x, _operand(weight, dtype), out=out)
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight.to(dtype), x.shape[0])
     if bias.dim() == 2:
-        return partial(torch.ops.mkldnn._linear_pointwise.binary, x, bias, w, None, "add")
-    return partial(torch.ops.mkldnn._linear_pointwise, x, w, bias, "none", [], "")
+        return partial(torch.ops.mkldnn._linear_pointwise.binary, x, bias, packed, None, "add")
+    return partial(torch.ops.mkldnn._linear_pointwise, x, packed, bias, "none", [], "")
 
 
 @dataclass(frozen=True)
 class _Layer:
     """One layer's operands in a :class:`Stepper`; ``c`` and ``h`` are views of its buffers."""
 
-    product: Callable[[], Tensor]  # the gates' pre-activations: [h below, own h] (own h for layer 0) times the weights, plus biases
+    preactivations: Callable[[], Tensor]  # the gates' inputs: [h below, own h] (own h for layer 0) times the weights, plus biases
     c: Tensor  # [batch, hidden], advanced in place
     h: Tensor  # [batch, hidden]: where the new h goes
 
@@ -282,9 +285,10 @@ class Stepper:
       floating point), so one sigmoid covers all four gates and
       ``tanh(x) = 2 sigmoid(2x) - 1`` is one more op;
     * on CPUs the LSTM weights are packed once into oneDNN's layout for the
-      batch (see :func:`prepacks`), else stored as the contiguous
+      batch (see :func:`uses_packed_weights`), else stored as the contiguous
       ``[in, 4 * hidden]`` operand ``addmm`` reads fastest;
-    * all ops write into buffers made once, whose views are made once too.
+    * all other ops write into buffers made once, whose views are made once too
+      (a packed linear returns a new tensor: oneDNN's op has no ``out=``).
 
     ``matmul_dtype`` bf16 runs the matrix products (and so the weights, h and
     the logits) in bf16, as bf16 training's autocast does; each layer's bf16
@@ -310,16 +314,16 @@ class Stepper:
         self.h.view(batch, layers, hidden).copy_(h.transpose(0, 1))
         self.c = c.to(dtype, copy=True)  # advanced in place: never the caller's tensor
         self.gates = torch.empty(batch, 4 * hidden, device=h.device, dtype=dtype)
-        self.products = self.gates if mm == dtype else torch.empty(batch, 4 * hidden, device=h.device, dtype=mm)
         self.scratch = torch.empty(batch, hidden, device=h.device, dtype=dtype)
         self.two, self.minus_one = (torch.tensor(v, device=h.device, dtype=dtype) for v in (2.0, -1.0))
         own_h = [self.h[:, i * hidden : (i + 1) * hidden] for i in range(layers)]
-        self.packed = prepacks(h.device, mm, batch)
-        self.layers = [_Layer(_product(own_h[0], rows(w_hh), self.looked_up, self.products, self.packed), self.c[0], own_h[0])]
+        self.packed = uses_packed_weights(h.device, mm, batch)
+        out = None if self.packed else self.gates if mm == dtype else torch.empty(batch, 4 * hidden, device=h.device, dtype=mm)  # addmm's
+        self.layers = [_Layer(_bind_preactivations(own_h[0], rows(w_hh), self.looked_up, mm, out), self.c[0], own_h[0])]
         for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights[1:], start=1):
             x = self.h[:, (i - 1) * hidden : (i + 1) * hidden]  # [h below (already new), own h (still old)]
-            product = _product(x, rows(torch.cat([w_ih, w_hh], 1)), rows(b_ih + b_hh).to(mm), self.products, self.packed)
-            self.layers.append(_Layer(product, self.c[i], own_h[i]))
+            preactivations = _bind_preactivations(x, rows(torch.cat([w_ih, w_hh], 1)), rows(b_ih + b_hh).to(mm), mm, out)
+            self.layers.append(_Layer(preactivations, self.c[i], own_h[i]))
         self.head_weight, self.head_bias = _operand(model.head.weight, mm), model.head.bias.to(mm)
         self.cell_gate = self.gates[:, 3 * hidden :]
         self.input_gate, self.forget_gate, self.output_gate = self.gates[:, : 3 * hidden].chunk(3, 1)
@@ -328,14 +332,14 @@ class Stepper:
         """Feed ``token`` [batch]; return the next logits [batch, vocab] (a new tensor)."""
         torch.index_select(self.input_gates, 0, token, out=self.looked_up)
         for layer in self.layers:
-            self._cell(layer, layer.product())
+            self._cell(layer, layer.preactivations())
         return torch.addmm(self.head_bias, self.layers[-1].h, self.head_weight)
 
-    def _cell(self, layer: _Layer, products: Tensor) -> None:
+    def _cell(self, layer: _Layer, preactivations: Tensor) -> None:
         """The LSTM cell update from the gates' pre-activations, in place: c = f*c + i*g, h = o*tanh(c)."""
-        if products.dtype != self.gates.dtype:  # bf16 products widened once, so the activations run in fp32
-            products = self.gates.copy_(products)
-        torch.sigmoid(products, out=self.gates)  # i, f, o, and sigmoid(2x) for the cell gate (its rows are doubled)
+        if preactivations.dtype != self.gates.dtype:  # bf16 products widened once, so the activations run in fp32
+            preactivations = self.gates.copy_(preactivations)
+        torch.sigmoid(preactivations, out=self.gates)  # i, f, o, and sigmoid(2x) for the cell gate (its rows are doubled)
         torch.add(self.minus_one, self.cell_gate, alpha=2, out=self.cell_gate)  # g = tanh(x) = 2 sigmoid(2x) - 1
         layer.c.mul_(self.forget_gate).addcmul_(self.input_gate, self.cell_gate)
         torch.mul(self.output_gate, _tanh(layer.c, self.scratch, self.two, self.minus_one), out=layer.h)  # rounded to h's dtype
