@@ -153,7 +153,7 @@ def run(*, rounds: int = 5, round_s: float = 2.0, overrides: list[str] | None = 
     if f"charrnn {other}" in rates:
         targets.append(Target(f"{other} vs default precision", f"{rates[f'charrnn {other}'] / rates['charrnn']:.2f}x", "report", None))
     else:
-        lines.append(f"charrnn {other}: not run, this CPU has no bf16 LSTM kernels (oneDNN needs AVX512-BF16 or AMX)")
+        lines.append(f"charrnn {other}: not run, this CPU has no native bf16 LSTM kernels (AVX512-BF16 or AMX)")
     cmd = "python bench/throughput.py" + (f" --rounds {rounds} --round-s {round_s:g}" if (rounds, round_s) != (5, 2.0) else "")
     return Report("Training throughput", cmd, "\n".join(lines), targets)
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .precision import explicit_lstm_dtype
+from .precision import cpu_has_native_bf16, explicit_lstm_dtype
 
 State = tuple[Tensor, Tensor]  # (h, c), each [num_layers, batch, hidden]
 
@@ -231,17 +231,16 @@ def uses_packed_weights(device: torch.device, dtype: torch.dtype, batch: int) ->
     batch; with oneDNN held to AVX2 (``ONEDNN_MAX_CPU_ISA``) fp32 gains
     1.15-2.7x. Whole fp32 generation with 16 or 64 streams: 1.1-1.5x. One
     fp32 row is slower (0.7x at 256 -> 1024: the call's fixed cost), so it
-    keeps addmm (bench/RESULTS.md, session 11). bf16 is packed where oneDNN
-    runs bf16 kernels (the check training's ``precision=auto`` uses, which
-    counts AVX-512 CPUs without bf16 instructions too; measured on
-    avx512_bf16 only). Not where oneDNN is missing or switched off
+    keeps addmm (bench/RESULTS.md, session 11). bf16 is packed where the CPU
+    has native bf16 (:func:`charrnn.precision.cpu_has_native_bf16`, training's
+    rule). Not where oneDNN is missing or switched off
     (``torch.backends.mkldnn.flags``) when the :class:`Stepper` is built.
     """
     onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and hasattr(torch.ops.mkldnn, "_linear_pointwise")
     if device.type != "cpu" or not onednn:
         return False
     if dtype == torch.bfloat16:
-        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return cpu_has_native_bf16()
     return dtype == torch.float32 and batch >= 2
 
 

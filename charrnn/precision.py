@@ -25,6 +25,8 @@ bf16, which is what a bf16 CPU run means.
 
 from __future__ import annotations
 
+import platform
+
 import torch
 
 from .errors import ConfigError
@@ -43,10 +45,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         raise ConfigError(f"unknown precision {precision!r}", where="train.precision", fix="use auto, fp32 or bf16")
     if precision == "fp32":
         return None
-    supported = _cuda_has_native_bf16(device) if device.type == "cuda" else _cpu_has_native_bf16()
+    supported = _cuda_has_native_bf16(device) if device.type == "cuda" else cpu_has_native_bf16()
     if precision == "bf16" and not supported:
         raise ConfigError(
-            f"this {device.type.upper()} has no bf16 LSTM kernels (oneDNN needs AVX512-BF16 or AMX on a CPU; CUDA needs compute capability >= 8.0)",
+            f"this {device.type.upper()} has no native bf16 LSTM kernels (a CPU needs AVX512-BF16 or AMX, elsewhere oneDNN emulates bf16 "
+            "at about half fp32's speed; CUDA needs compute capability >= 8.0)",
             where="train.precision=bf16",
             fix="use train.precision=auto (bf16 where the hardware has it, else fp32) or fp32",
         )
@@ -60,11 +63,27 @@ def _cuda_has_native_bf16(device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
-def _cpu_has_native_bf16() -> bool:
-    try:  # oneDNN builds its bf16 LSTM only on CPUs with native bf16 (AVX512-BF16 or AMX)
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU runs oneDNN's bf16 kernels on bf16 instructions: AVX512-BF16 or AMX on x86.
+
+    oneDNN's own check (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) also says
+    yes on AVX-512 CPUs without them (Skylake to Ice Lake servers), where it
+    emulates bf16: with oneDNN held to ``AVX512_CORE_VNNI`` on a 2-core EPYC,
+    bf16 training ran at 0.55x of fp32 (bench/RESULTS.md, session 11). On Arm,
+    oneDNN's check is the BF16 instruction check.
+    """
+    try:
+        onednn = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+    return native_bf16(onednn, platform.machine(), torch.cpu.get_capabilities() if onednn else {})
+
+
+def native_bf16(onednn_bf16: bool, machine: str, capabilities: dict[str, object]) -> bool:
+    """:func:`cpu_has_native_bf16` from what it reads: oneDNN's answer, ``platform.machine()``, ``torch.cpu.get_capabilities()``."""
+    if not onednn_bf16 or machine.lower() not in ("x86_64", "amd64"):
+        return onednn_bf16
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
 
 
 def _cudnn_version_int(version: tuple[int, int, int]) -> int:

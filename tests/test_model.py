@@ -10,6 +10,7 @@ from torch import nn
 
 import charrnn.model
 from charrnn.model import CharLSTM, ModelShape, Stepper, UniformDropout, uses_packed_weights
+from charrnn.precision import cpu_has_native_bf16
 
 
 def _model(num_layers=3) -> CharLSTM:
@@ -72,12 +73,12 @@ def test_stepper_carries_its_own_state_like_forward():
         assert all(torch.equal(a, b) for a, b in zip(state, given, strict=True))  # the caller's state is left as it was
 
 
-def test_stepper_packs_weights_on_cpu_from_two_fp32_streams_or_where_onednn_has_bf16():
+def test_stepper_packs_weights_on_cpu_from_two_fp32_streams_or_where_bf16_is_native():
     cpu = torch.device("cpu")
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch build has no oneDNN")
     assert uses_packed_weights(cpu, torch.float32, 2) and not uses_packed_weights(cpu, torch.float32, 1)  # one fp32 row: addmm's call is cheaper
-    assert uses_packed_weights(cpu, torch.bfloat16, 1) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert uses_packed_weights(cpu, torch.bfloat16, 1) == cpu_has_native_bf16()
     assert not uses_packed_weights(torch.device("meta"), torch.float32, 64)  # CUDA and other devices: addmm
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "TF32 acceleration on top of oneDNN")  # flags() restores a TF32 setting this build lacks
@@ -94,7 +95,7 @@ def test_packed_stepper_is_the_addmm_stepper(monkeypatch, dtype, num_layers, str
     are the fused-vs-step-wise tests' 1e-5 in fp32 and a few ulps of bf16's
     logits, for other CPUs' kernels.
     """
-    if not torch.backends.mkldnn.is_available() or (dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+    if not torch.backends.mkldnn.is_available() or (dtype == torch.bfloat16 and not cpu_has_native_bf16()):
         pytest.skip("no oneDNN kernels to pack for")
     model = _model(num_layers)
     tokens = torch.randint(0, 50, (streams, 200))

@@ -7,6 +7,9 @@ tests/test_gpu.py, skipped without a GPU.
 from __future__ import annotations
 
 import contextlib
+import platform
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,9 +20,11 @@ from charrnn.errors import ConfigError
 from charrnn.model import CharLSTM, ModelShape, run_lstm
 from charrnn.precision import (
     autocast_dtype,
+    cpu_has_native_bf16,
     cudnn_bf16_rnn_supported,
     explicit_lstm_dtype,
     lstm_compute_dtype,
+    native_bf16,
 )
 
 
@@ -135,19 +140,36 @@ def test_fp32_is_never_autocast():
 
 @pytest.mark.parametrize("has_bf16", [True, False])
 def test_cpu_bf16_follows_onednn(monkeypatch, has_bf16):
-    monkeypatch.setattr(precision, "_cpu_has_native_bf16", lambda: has_bf16)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: has_bf16)
     assert autocast_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if has_bf16 else None)
     if has_bf16:
         assert autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
     else:
-        with pytest.raises(ConfigError, match="has no bf16 LSTM kernels"):
+        with pytest.raises(ConfigError, match="has no native bf16 LSTM kernels"):
             autocast_dtype("bf16", torch.device("cpu"))
+
+
+def test_emulated_cpu_bf16_does_not_count():
+    """oneDNN also runs bf16 on AVX-512 CPUs without bf16 instructions, emulated at about half fp32's training speed: that is fp32 for auto."""
+    skylake = {"avx512_f": True, "avx512_vnni": True, "avx512_bf16": False, "amx_bf16": False}
+    assert not native_bf16(True, "x86_64", skylake)
+    assert native_bf16(True, "x86_64", skylake | {"avx512_bf16": True})  # Zen 4, Cooper Lake
+    assert native_bf16(True, "AMD64", skylake | {"amx_bf16": True})  # Sapphire Rapids (Windows spells the machine AMD64)
+    assert not native_bf16(False, "x86_64", skylake | {"avx512_bf16": True})  # no oneDNN bf16 kernels at all
+    assert native_bf16(True, "aarch64", {}) and not native_bf16(False, "aarch64", {})  # Arm: oneDNN's check is the instruction check
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or not Path("/proc/cpuinfo").exists(), reason="reads x86 Linux CPU flags")
+def test_native_cpu_bf16_matches_this_machines_cpu_flags():
+    flags = set(re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M).group(1).split())
+    expected = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and bool(flags & {"avx512_bf16", "amx_bf16"})
+    assert cpu_has_native_bf16() == expected, sorted(flags & {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
 
 
 def test_emulated_cuda_bf16_does_not_count(monkeypatch):
     _fake_cuda(monkeypatch, native=False)
     assert autocast_dtype("auto", torch.device("cuda", 0)) is None  # fp32, not emulated bf16
-    with pytest.raises(ConfigError, match="this CUDA has no bf16 LSTM kernels") as info:
+    with pytest.raises(ConfigError, match="this CUDA has no native bf16 LSTM kernels") as info:
         autocast_dtype("bf16", torch.device("cuda", 0))
     assert info.value.where == "train.precision=bf16" and "compute capability >= 8.0" in str(info.value)
 

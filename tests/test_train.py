@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_env, tiny_config, tiny_overrides
+from helpers import CPU_BF16, run_env, tiny_config, tiny_overrides
 
 from charrnn.checkpoint import (
     list_checkpoints,
@@ -114,10 +114,10 @@ def test_divergence_stops_with_a_clear_message(small_corpus, tmp_path):
         train(cfg, prepare(cfg)[1])
 
 
-@pytest.mark.skipif(torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has bf16 LSTM kernels")
+@pytest.mark.skipif(CPU_BF16, reason="this CPU has native bf16 LSTM kernels")
 def test_bf16_on_a_cpu_without_bf16_kernels_is_refused_clearly(small_corpus, tmp_path):
     cfg = tiny_config(small_corpus, tmp_path / "run", max_steps=5, precision="bf16")
-    with pytest.raises(ConfigError, match="no bf16 LSTM kernels") as err:
+    with pytest.raises(ConfigError, match="no native bf16 LSTM kernels") as err:
         train(cfg, prepare(cfg)[1])
     assert "precision=auto" in str(err.value)
     cfg.train.precision = "auto"  # picks fp32 here and trains
