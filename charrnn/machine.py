@@ -34,7 +34,7 @@ def auto_nproc(precision: str = "auto") -> tuple[int, str]:
         return gpus, f"one process per GPU ({gpus} visible)"
     cores = available_cores()
     if autocast_dtype(precision, torch.device("cpu")) is not None:
-        return 1, f"CPU with bf16 LSTM kernels: one process with all {cores} cores (faster than averaging gradients between processes)"
+        return 1, f"CPU with native bf16: one process with all {cores} cores (faster than averaging gradients between processes)"
     isa = torch.backends.cpu.get_cpu_capability()
     if isa == "AVX512":
         return 1, f"AVX-512 CPU in fp32: one process with all {cores} cores (faster than averaging gradients between processes)"

@@ -26,7 +26,7 @@ def pytest_report_header(config) -> str:
     """Say where the suite ran: which precision paths it could exercise on this machine."""
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     bf16 = "yes: bf16 tests run (test_bf16.py)" if CPU_BF16 else "no: bf16 tests skipped, fp32 only"
-    return f"charrnn: CPU bf16 LSTM kernels: {bf16}; CUDA: {cuda}"
+    return f"charrnn: CPU native bf16 LSTM kernels: {bf16}; CUDA: {cuda}"
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""bf16 autocast paths, run wherever the CPU has bf16 LSTM kernels (AVX512-BF16 or AMX).
+"""bf16 autocast paths, run wherever the CPU has native bf16 LSTM kernels (AVX512-BF16 or AMX).
 
 The rest of the suite pins ``precision=fp32`` so its exactness checks hold on
 every machine; these tests cover what ``precision=auto`` does on a bf16 CPU,
