@@ -317,7 +317,8 @@ class Stepper:
         self.two, self.minus_one = (torch.tensor(v, device=h.device, dtype=dtype) for v in (2.0, -1.0))
         own_h = [self.h[:, i * hidden : (i + 1) * hidden] for i in range(layers)]
         self.packed = uses_packed_weights(h.device, mm, batch)
-        out = None if self.packed else self.gates if mm == dtype else torch.empty(batch, 4 * hidden, device=h.device, dtype=mm)  # addmm's
+        # addmm's output: the gates themselves in fp32, a bf16 buffer widened into them in bf16; packed linears return their own
+        out = None if self.packed else self.gates if mm == dtype else torch.empty(batch, 4 * hidden, device=h.device, dtype=mm)
         self.layers = [_Layer(_bind_preactivations(own_h[0], rows(w_hh), self.looked_up, mm, out), self.c[0], own_h[0])]
         for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights[1:], start=1):
             x = self.h[:, (i - 1) * hidden : (i + 1) * hidden]  # [h below (already new), own h (still old)]

@@ -20,8 +20,8 @@ from charrnn.config import SECTIONS, Config
 from charrnn.launch import child_env
 from charrnn.precision import cpu_has_native_bf16
 
-# oneDNN builds its bf16 LSTM only on CPUs with native bf16 (AVX512-BF16 or AMX): there
-# precision=auto trains in bf16. Tests that compare numbers pin fp32 so they hold on every
+# precision=auto trains in bf16 only on CPUs with native bf16 (AVX512-BF16 or AMX; oneDNN
+# would emulate it on other AVX-512 CPUs). Tests that compare numbers pin fp32 so they hold on every
 # machine; the bf16 paths have tests of their own (test_bf16.py), which run only here.
 CPU_BF16 = cpu_has_native_bf16()  # what precision=auto trains in bf16 on
 requires_cpu_bf16 = pytest.mark.skipif(not CPU_BF16, reason="this CPU has no native bf16 LSTM kernels (needs AVX512-BF16 or AMX)")
