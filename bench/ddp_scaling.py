@@ -37,11 +37,15 @@ from charrnn.machine import available_cores
 from charrnn.precision import autocast_dtype
 
 
+def train_args(out: Path, tokens: str, steps: int, overrides: list[str]) -> list[str]:
+    """The training arguments every timed layout shares: a step budget, no validation, no checkpoints in between."""
+    return ["--out-dir", str(out), "--tokens", tokens, f"max_steps={steps}", "time_budget_s=0",
+            "log_interval=50", "eval_interval=0", "checkpoint_interval=100000", "data.val_fraction=0", *overrides]  # fmt: skip
+
+
 def run(nproc: int, threads: int, steps: int, tokens: str, overrides: list[str], out: Path) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "charrnn", "launch", "--nproc-per-node", str(nproc), "--",
-           "--out-dir", str(out), "--tokens", tokens, f"max_steps={steps}", "time_budget_s=0",
-           "log_interval=50", "eval_interval=0", "checkpoint_interval=100000", "data.val_fraction=0", *overrides]  # fmt: skip
+    cmd = [sys.executable, "-m", "charrnn", "launch", "--nproc-per-node", str(nproc), "--", *train_args(out, tokens, steps, overrides)]
     subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
     return median_rate(out)
 
@@ -52,8 +56,7 @@ def run_independent(procs: int, steps: int, tokens: str, overrides: list[str], o
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     runs = []
     for i in range(procs):
-        cmd = [sys.executable, "-m", "charrnn", "train", "--no-summary", "--out-dir", str(out / str(i)), "--tokens", tokens, f"max_steps={steps}", "time_budget_s=0",
-               "log_interval=50", "eval_interval=0", "checkpoint_interval=100000", "data.val_fraction=0", *overrides, f"batch_size={share}"]  # fmt: skip
+        cmd = [sys.executable, "-m", "charrnn", "train", "--no-summary", *train_args(out / str(i), tokens, steps, [*overrides, f"batch_size={share}"])]
         runs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
     for proc in runs:
         _, err = proc.communicate()
