@@ -11,14 +11,15 @@ STAMP  := $(VENV)/.installed
 # The tests' extra tools (moto, kubernetes-validate, ...) only when testing: `make run` stays quick.
 TEST_STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup setup-dev sysdeps run test lint bench serve serve-stop clean help
+.PHONY: setup setup-dev sysdeps run test lint format bench serve serve-stop clean help
 
 help:
 	@echo "make run        - set up and run the main job: the Prefect pipeline (fetch -> tokenise -> train (DDP) -> evaluate -> sample -> publish)"
 	@echo "make test       - set up and run the test suite"
 	@echo "make serve      - start local Prefect: server on 127.0.0.1:4200, work pool, deployments, worker"
 	@echo "make serve-stop - stop what make serve started"
-	@echo "make lint       - ruff"
+	@echo "make lint       - ruff check and ruff format --check"
+	@echo "make format     - rewrite the tree in the house style (ruff format)"
 	@echo "make bench      - the benchmark suite, ~15 min (python -m bench; writes bench/RESULTS.md)"
 
 $(STAMP): pyproject.toml
@@ -51,10 +52,17 @@ sysdeps:
 
 test: setup-dev sysdeps
 	$(BIN)/ruff check charrnn flows infra tests bench
+	$(BIN)/ruff format --check charrnn flows infra tests bench
 	$(BIN)/python -m pytest -q
 
 lint: setup-dev
 	$(BIN)/ruff check charrnn flows infra tests bench
+	$(BIN)/ruff format --check charrnn flows infra tests bench
+
+# Rewrites the tree in the house style (ruff format, line length 100).
+format: setup-dev
+	$(BIN)/ruff format charrnn flows infra tests bench
+	$(BIN)/ruff check --fix charrnn flows infra tests bench
 
 serve: setup
 	$(BIN)/python -m flows serve

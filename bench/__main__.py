@@ -33,8 +33,12 @@ def benchmarks(quick: bool, png: Path) -> dict:
         return {
             "throughput": lambda: throughput.run(rounds=1, round_s=0.2, log=log),
             # Many eval streams: scoring the 226k-character val split in few sequential windows.
-            "quality": lambda: quality.run(budget_s=2, every=10, points=1, eval_streams=1024, png=png, log=log),
-            "tokenise": lambda: tokenise.run(mb=2, train_steps=2, attempts=1, eval_streams=1024, log=log),
+            "quality": lambda: quality.run(
+                budget_s=2, every=10, points=1, eval_streams=1024, png=png, log=log
+            ),
+            "tokenise": lambda: tokenise.run(
+                mb=2, train_steps=2, attempts=1, eval_streams=1024, log=log
+            ),
             "generation": lambda: generation.run(length=10, rounds=1, log=log),
             "bf16": lambda: bf16_guard.run(steps=3, log=log),
         }
@@ -58,7 +62,11 @@ def render(reports: list[Report], command: str, seconds: float) -> str:
         "| benchmark | target | figure | required | met |",
         "| --- | --- | --- | --- | --- |",
     ]
-    lines += [f"| {r.title} | {t.what} | {t.figure} | {t.target} | {verdict(t.met)} |" for r in reports for t in r.targets]
+    lines += [
+        f"| {r.title} | {t.what} | {t.figure} | {t.target} | {verdict(t.met)} |"
+        for r in reports
+        for t in r.targets
+    ]
     lines.append("")
     lines += [r.markdown() for r in reports]
     lines.append(END)
@@ -76,10 +84,28 @@ def write_results(path: Path, section: str) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=["throughput", "quality", "tokenise", "generation", "bf16"], help="run only these")
-    parser.add_argument("--quick", action="store_true", help="tiny settings: checks that every benchmark runs, figures are meaningless")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "RESULTS.md", help="results file to update (default: bench/RESULTS.md)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=["throughput", "quality", "tokenise", "generation", "bf16"],
+        help="run only these",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny settings: checks that every benchmark runs, figures are meaningless",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "bench" / "RESULTS.md",
+        help="results file to update (default: bench/RESULTS.md)",
+    )
     args = parser.parse_args()
     chosen = benchmarks(args.quick, args.out.parent / "quality_curve.png")
     if args.only:
@@ -91,7 +117,11 @@ def main() -> int:
         report = fn()
         print(report.markdown(), flush=True)
         reports.append(report)
-    command = "python -m bench" + (" --quick" if args.quick else "") + (f" --only {' '.join(args.only)}" if args.only else "")
+    command = (
+        "python -m bench"
+        + (" --quick" if args.quick else "")
+        + (f" --only {' '.join(args.only)}" if args.only else "")
+    )
     write_results(args.out, render(reports, command, time.perf_counter() - start))
     log(f"wrote {args.out}")
     return 0

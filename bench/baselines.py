@@ -72,7 +72,18 @@ class PlainLSTM(nn.Module):
 class PlainTrainer:
     """Baseline (b): random windows, zero state per batch, Adam, clip, ``loss.item()`` each step."""
 
-    def __init__(self, corpus: np.ndarray, vocab: int, *, emb: int, hidden: int, layers: int, batch_size: int, seq_len: int, lr: float):
+    def __init__(
+        self,
+        corpus: np.ndarray,
+        vocab: int,
+        *,
+        emb: int,
+        hidden: int,
+        layers: int,
+        batch_size: int,
+        seq_len: int,
+        lr: float,
+    ):
         self.corpus = torch.from_numpy(np.asarray(corpus).astype(np.int64))
         self.vocab, self.batch_size, self.seq_len = vocab, batch_size, seq_len
         self.model = PlainLSTM(vocab, emb, hidden, layers)
@@ -95,7 +106,9 @@ class PlainTrainer:
 def issue13_plain_trainer(corpus: np.ndarray, vocab: int) -> PlainTrainer:
     """Baseline (b) exactly as issue 13 defines it: a plain fp32 ``nn.LSTM`` 2x256, embedding 64,
     batch 32 of 128-character random windows from a zero state, Adam 2e-3, grad clip 1."""
-    return PlainTrainer(corpus, vocab, emb=64, hidden=256, layers=2, batch_size=32, seq_len=128, lr=2e-3)
+    return PlainTrainer(
+        corpus, vocab, emb=64, hidden=256, layers=2, batch_size=32, seq_len=128, lr=2e-3
+    )
 
 
 class CausalSelfAttention(nn.Module):
@@ -107,7 +120,10 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c = x.shape
-        q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in self.qkv(x).split(c, dim=2))
+        q, k, v = (
+            z.view(b, t, self.heads, c // self.heads).transpose(1, 2)
+            for z in self.qkv(x).split(c, dim=2)
+        )
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.proj(y.transpose(1, 2).reshape(b, t, c))
 
@@ -119,7 +135,11 @@ class Block(nn.Module):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(width, bias=False), nn.LayerNorm(width, bias=False)
         self.attn = CausalSelfAttention(width, heads)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width, bias=False), nn.GELU(), nn.Linear(4 * width, width, bias=False))
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 4 * width, bias=False),
+            nn.GELU(),
+            nn.Linear(4 * width, width, bias=False),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))
@@ -132,7 +152,9 @@ class CharTransformer(nn.Module):
     ``bias=False``), dropout 0. Defaults: nanoGPT's shakespeare_char CPU run (4 layers,
     4 heads, width 128, block 64)."""
 
-    def __init__(self, vocab: int, *, layers: int = 4, heads: int = 4, width: int = 128, block: int = 64):
+    def __init__(
+        self, vocab: int, *, layers: int = 4, heads: int = 4, width: int = 128, block: int = 64
+    ):
         super().__init__()
         self.block = block
         self.tok = nn.Embedding(vocab, width)

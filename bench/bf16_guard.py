@@ -43,14 +43,34 @@ def run(*, steps: int = 600, log: Callable[[str], None] = print) -> Report:
             result = json.loads(done.stdout)
             scores[precision] = (result["val"]["loss_nats"], result["chars_per_s"], wall)
     gap = scores["bf16"][0] - scores["fp32"][0]
-    lines = [f"device: {device} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'CPU'}), {steps} steps, default model and data"]
-    lines += [f"{p:>5}: full val {v:.4f} nats/char, {r:,.0f} chars/s" for p, (v, r, _) in scores.items()]
-    lines.append(f"bf16 - fp32: {gap:+.4f} nats/char; bf16 speed x{scores['bf16'][1] / scores['fp32'][1]:.2f}")
-    return Report("bf16 accuracy guard", cmd, "\n".join(lines), [Target("bf16 vs fp32 val loss at equal steps", f"{gap:+.4f}", "<= 0.02 nats/char", abs(gap) <= 0.02)])
+    lines = [
+        f"device: {device} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'CPU'}), {steps} steps, default model and data"
+    ]
+    lines += [
+        f"{p:>5}: full val {v:.4f} nats/char, {r:,.0f} chars/s" for p, (v, r, _) in scores.items()
+    ]
+    lines.append(
+        f"bf16 - fp32: {gap:+.4f} nats/char; bf16 speed x{scores['bf16'][1] / scores['fp32'][1]:.2f}"
+    )
+    return Report(
+        "bf16 accuracy guard",
+        cmd,
+        "\n".join(lines),
+        [
+            Target(
+                "bf16 vs fp32 val loss at equal steps",
+                f"{gap:+.4f}",
+                "<= 0.02 nats/char",
+                abs(gap) <= 0.02,
+            )
+        ],
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=600)
     print(run(steps=parser.parse_args().steps).text())
 

@@ -40,14 +40,28 @@ class Report:
     def text(self) -> str:
         """The figures, then each target's figure and verdict: what a single benchmark script prints."""
         lines = [self.body.rstrip()]
-        lines += [f"{t.what}: {t.figure} (required {t.target}; met: {verdict(t.met).strip('*')})" for t in self.targets]
+        lines += [
+            f"{t.what}: {t.figure} (required {t.target}; met: {verdict(t.met).strip('*')})"
+            for t in self.targets
+        ]
         return "\n".join(lines)
 
     def markdown(self) -> str:
-        parts = [f"### {self.title}", "", f"Command: `{self.command}`", "", "```", self.body.rstrip(), "```", ""]
+        parts = [
+            f"### {self.title}",
+            "",
+            f"Command: `{self.command}`",
+            "",
+            "```",
+            self.body.rstrip(),
+            "```",
+            "",
+        ]
         if self.targets:
             parts += ["| target | figure | required | met |", "| --- | --- | --- | --- |"]
-            parts += [f"| {t.what} | {t.figure} | {t.target} | {verdict(t.met)} |" for t in self.targets]
+            parts += [
+                f"| {t.what} | {t.figure} | {t.target} | {verdict(t.met)} |" for t in self.targets
+            ]
             parts.append("")
         if self.notes:
             parts += [self.notes.strip(), ""]
@@ -84,7 +98,9 @@ def machine_summary() -> str:
 PEAK_SHAPES = ((1024, 1024, 1024), (2048, 2048, 2048), (1024, 512, 1024))
 
 
-def measured_peak_flops(dtype: torch.dtype = torch.float32, seconds: float = 0.5) -> tuple[float, str]:
+def measured_peak_flops(
+    dtype: torch.dtype = torch.float32, seconds: float = 0.5
+) -> tuple[float, str]:
     """The practical peak FLOP/s in ``dtype``: the best of every probe, and which probe gave it.
 
     Probes both GEMM libraries torch has on a CPU, BLAS (``torch.mm``: MKL, which
@@ -152,17 +168,33 @@ class Peak:
     anon: int  # bytes: the peak of anonymous memory (heap, tensors), sampled every 10 ms
 
 
-def run_measured(cmd: list[str], *, env: dict | None = None, cwd: str | Path | None = None) -> tuple[subprocess.CompletedProcess, float, Peak]:
+def run_measured(
+    cmd: list[str], *, env: dict | None = None, cwd: str | Path | None = None
+) -> tuple[subprocess.CompletedProcess, float, Peak]:
     """Run ``cmd``; return (completed process, wall seconds, its peak memory)."""
     with tempfile.TemporaryDirectory(prefix="charrnn-bench-rss-") as tmp:
         peak_file = Path(tmp) / "peak"
         start = time.perf_counter()
-        wrapper_env = (os.environ if env is None else env) | {"CHARRNN_BENCH_PEAK_FILE": str(peak_file)}
-        done = subprocess.run([sys.executable, "-c", _PEAK_RSS_WRAPPER, *cmd], env=wrapper_env, cwd=cwd, capture_output=True, text=True)
+        wrapper_env = (os.environ if env is None else env) | {
+            "CHARRNN_BENCH_PEAK_FILE": str(peak_file)
+        }
+        done = subprocess.run(
+            [sys.executable, "-c", _PEAK_RSS_WRAPPER, *cmd],
+            env=wrapper_env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+        )
         wall = time.perf_counter() - start
         if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-        return subprocess.CompletedProcess(cmd, 0, done.stdout, done.stderr), wall, Peak(**json.loads(peak_file.read_text()))
+            raise RuntimeError(
+                f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}"
+            )
+        return (
+            subprocess.CompletedProcess(cmd, 0, done.stdout, done.stderr),
+            wall,
+            Peak(**json.loads(peak_file.read_text())),
+        )
 
 
 def charrnn_cmd(*args: str) -> list[str]:

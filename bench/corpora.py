@@ -63,13 +63,19 @@ def _debian_file(package: str, member: str) -> bytes:
             raise CorpusError(f"{tool} is not installed", where=f"Debian package {package}",
                               fix="run on a Debian/Ubuntu machine, or use --corpus-file PATH with the text")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="charrnn-bench-deb-") as tmp:
-        os.chmod(tmp, 0o777)  # apt's unprivileged _apt user downloads into it (else apt warns and falls back to root)
-        done = subprocess.run(["apt-get", "download", package], cwd=tmp, capture_output=True, text=True)
+        os.chmod(
+            tmp, 0o777
+        )  # apt's unprivileged _apt user downloads into it (else apt warns and falls back to root)
+        done = subprocess.run(
+            ["apt-get", "download", package], cwd=tmp, capture_output=True, text=True
+        )
         debs = sorted(Path(tmp).glob(f"{package}_*.deb"))
         if done.returncode != 0 or not debs:
             raise CorpusError(f"`apt-get download {package}` failed: {done.stderr.strip()[-800:] or 'no .deb written'}",
                               where=f"Debian package {package}", fix="run `apt-get update` (as root) and check the network or a local mirror")  # fmt: skip
-        done = subprocess.run(["dpkg-deb", "-x", str(debs[0]), "root"], cwd=tmp, capture_output=True, text=True)
+        done = subprocess.run(
+            ["dpkg-deb", "-x", str(debs[0]), "root"], cwd=tmp, capture_output=True, text=True
+        )
         target = Path(tmp) / "root" / member
         if done.returncode != 0 or not target.is_file():
             raise CorpusError(f"{member} not found in {debs[0].name}: {done.stderr.strip()[-800:]}",
@@ -81,7 +87,9 @@ def _decode(data: bytes, where: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise CorpusError(f"not UTF-8 text ({exc})", where=where, fix="check the package version") from None
+        raise CorpusError(
+            f"not UTF-8 text ({exc})", where=where, fix="check the package version"
+        ) from None
 
 
 def _poems() -> tuple[str, str]:
@@ -106,22 +114,45 @@ def _code() -> tuple[str, str]:
         parts.append(text)
         total += len(text)
     if not parts:
-        raise CorpusError("no top-level *.py modules", where=str(stdlib), fix="use a full CPython install (not a stripped one)")
-    return "".join(parts), f"Python {platform.python_version()} stdlib {stdlib}: {len(parts)} top-level *.py modules, sorted by name"
+        raise CorpusError(
+            "no top-level *.py modules",
+            where=str(stdlib),
+            fix="use a full CPython install (not a stripped one)",
+        )
+    return (
+        "".join(parts),
+        f"Python {platform.python_version()} stdlib {stdlib}: {len(parts)} top-level *.py modules, sorted by name",
+    )
 
 
 BUILDERS: dict[str, tuple[Callable[[], tuple[str, str]], bool, str]] = {
     "shakespeare": (_shakespeare, True, "charrnn's offline Shakespeare plays, ~4.5 M chars"),
-    "poems": (_poems, True, "Debian fortunes: songs-poems, ~234 K chars (apt-get download fortunes)"),
-    "code": (_code, True, f"Python stdlib top-level *.py, <= {CODE_LIMIT:,} chars (Python {platform.python_version()})"),
-    "jargon": (_jargon, False, "Debian jargon-text: the Jargon File, ~1.6 M chars (UNTUNED, reported separately)"),
+    "poems": (
+        _poems,
+        True,
+        "Debian fortunes: songs-poems, ~234 K chars (apt-get download fortunes)",
+    ),
+    "code": (
+        _code,
+        True,
+        f"Python stdlib top-level *.py, <= {CODE_LIMIT:,} chars (Python {platform.python_version()})",
+    ),
+    "jargon": (
+        _jargon,
+        False,
+        "Debian jargon-text: the Jargon File, ~1.6 M chars (UNTUNED, reported separately)",
+    ),
 }
 
 
 def get_corpus(name: str) -> Corpus:
     """The named corpus, built into the cache on first use and checked against its recorded sha256 after."""
     if name not in BUILDERS:
-        raise CorpusError(f"unknown corpus {name!r}", where="--corpus", fix=f"use one of {', '.join(BUILDERS)}, or --corpus-file PATH")
+        raise CorpusError(
+            f"unknown corpus {name!r}",
+            where="--corpus",
+            fix=f"use one of {', '.join(BUILDERS)}, or --corpus-file PATH",
+        )
     build, tuned, _ = BUILDERS[name]
     root = cache_dir() / "corpora"
     text_path, meta_path = root / f"{name}.txt", root / f"{name}.json"
@@ -130,7 +161,13 @@ def get_corpus(name: str) -> Corpus:
         if not (text_path.is_file() and meta_path.is_file()):
             text, source = build()
             # The record first, then the text: the text's presence marks a complete entry.
-            meta = {"name": name, "sha256": sha256_bytes(text.encode("utf-8")), "num_chars": len(text), "source": source, "python": sys.version.split()[0]}
+            meta = {
+                "name": name,
+                "sha256": sha256_bytes(text.encode("utf-8")),
+                "num_chars": len(text),
+                "source": source,
+                "python": sys.version.split()[0],
+            }
             atomic_write_json(meta_path, meta)
             atomic_write_text(text_path, text)
     return _verified(name, text_path, meta_path, tuned)
@@ -149,7 +186,16 @@ def file_corpus(path: str | os.PathLike[str]) -> Corpus:
     """A local text file as a corpus (``--corpus-file``): used as it is, not copied into the cache."""
     p = Path(path)
     if not p.is_file():
-        raise CorpusError("no such file", where=str(p), fix="pass an existing UTF-8 text file to --corpus-file")
+        raise CorpusError(
+            "no such file", where=str(p), fix="pass an existing UTF-8 text file to --corpus-file"
+        )
     data = p.read_bytes()
     text = _decode(data, str(p))
-    return Corpus(f"file:{p.name}", str(p.resolve()), sha256_bytes(data), len(text), f"local file {p.resolve()}", tuned=False)
+    return Corpus(
+        f"file:{p.name}",
+        str(p.resolve()),
+        sha256_bytes(data),
+        len(text),
+        f"local file {p.resolve()}",
+        tuned=False,
+    )

@@ -43,9 +43,20 @@ def train_args(out: Path, tokens: str, steps: int, overrides: list[str]) -> list
             "log_interval=50", "eval_interval=0", "checkpoint_interval=100000", "data.val_fraction=0", *overrides]  # fmt: skip
 
 
-def run(nproc: int, threads: int, steps: int, tokens: str, overrides: list[str], out: Path) -> float:
+def run(
+    nproc: int, threads: int, steps: int, tokens: str, overrides: list[str], out: Path
+) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "charrnn", "launch", "--nproc-per-node", str(nproc), "--", *train_args(out, tokens, steps, overrides)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "charrnn",
+        "launch",
+        "--nproc-per-node",
+        str(nproc),
+        "--",
+        *train_args(out, tokens, steps, overrides),
+    ]
     subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
     return median_rate(out)
 
@@ -56,8 +67,19 @@ def run_independent(procs: int, steps: int, tokens: str, overrides: list[str], o
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     runs = []
     for i in range(procs):
-        cmd = [sys.executable, "-m", "charrnn", "train", "--no-summary", *train_args(out / str(i), tokens, steps, [*overrides, f"batch_size={share}"])]
-        runs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        cmd = [
+            sys.executable,
+            "-m",
+            "charrnn",
+            "train",
+            "--no-summary",
+            *train_args(out / str(i), tokens, steps, [*overrides, f"batch_size={share}"]),
+        ]
+        runs.append(
+            subprocess.Popen(
+                cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            )
+        )
     for proc in runs:
         _, err = proc.communicate()
         if proc.returncode:
@@ -67,7 +89,11 @@ def run_independent(procs: int, steps: int, tokens: str, overrides: list[str], o
 
 def median_rate(run_dir: Path) -> float:
     """Median of the chars/s that training logged, the first interval (warm-up) dropped."""
-    rates = [json.loads(line)["perf/chars_per_s"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "perf/chars_per_s" in line]
+    rates = [
+        json.loads(line)["perf/chars_per_s"]
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if "perf/chars_per_s" in line
+    ]
     return statistics.median(rates[1:])
 
 
@@ -81,15 +107,31 @@ def precisions() -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--procs", type=int, default=available_cores())
-    parser.add_argument("--precisions", type=lambda v: v.split(","), default=None, help="comma-separated (default: every precision this CPU has)")
-    parser.add_argument("--compression", action="store_true", help="also time the many-process layout with train.grad_compression=bf16")
+    parser.add_argument(
+        "--precisions",
+        type=lambda v: v.split(","),
+        default=None,
+        help="comma-separated (default: every precision this CPU has)",
+    )
+    parser.add_argument(
+        "--compression",
+        action="store_true",
+        help="also time the many-process layout with train.grad_compression=bf16",
+    )
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    prepared = subprocess.run([sys.executable, "-m", "charrnn", "prepare", *args.overrides], check=True, capture_output=True, text=True)
+    prepared = subprocess.run(
+        [sys.executable, "-m", "charrnn", "prepare", *args.overrides],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     tokens = json.loads(prepared.stdout)["tokens"]["dir"]
     print(f"machine: {machine_summary()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,18 +139,56 @@ def main() -> None:
             overrides = [*args.overrides, f"precision={precision}"]
             one, many, apart = [], [], []
             for r in range(args.rounds):  # alternating, so machine drift hits every layout
-                one.append(run(1, args.procs, args.steps, tokens, overrides, Path(tmp) / f"{precision}-one-{r}"))
-                many.append(run(args.procs, 1, args.steps, tokens, overrides, Path(tmp) / f"{precision}-many-{r}"))
-                apart.append(run_independent(args.procs, args.steps, tokens, overrides, Path(tmp) / f"{precision}-apart-{r}"))
+                one.append(
+                    run(
+                        1,
+                        args.procs,
+                        args.steps,
+                        tokens,
+                        overrides,
+                        Path(tmp) / f"{precision}-one-{r}",
+                    )
+                )
+                many.append(
+                    run(
+                        args.procs,
+                        1,
+                        args.steps,
+                        tokens,
+                        overrides,
+                        Path(tmp) / f"{precision}-many-{r}",
+                    )
+                )
+                apart.append(
+                    run_independent(
+                        args.procs,
+                        args.steps,
+                        tokens,
+                        overrides,
+                        Path(tmp) / f"{precision}-apart-{r}",
+                    )
+                )
             a, b, c = statistics.median(one), statistics.median(many), statistics.median(apart)
             print(f"{precision}: 1 process x {args.procs} threads {a:10,.0f} chars/s | {args.procs} processes x 1 thread {b:10,.0f} chars/s | "
                   f"ratio {args.procs}-process / 1-process {b / a:.2f}  (rounds: {', '.join(f'{x:,.0f}' for x in one)} / {', '.join(f'{x:,.0f}' for x in many)})")  # fmt: skip
             print(f"{precision}: {args.procs} independent processes x 1 thread, no DDP {c:10,.0f} chars/s in all | vs 1 process {c / a:.2f} "
                   f"(the batch split alone) | DDP keeps {b / c:.2f} of it (gradient averaging)  (rounds: {', '.join(f'{x:,.0f}' for x in apart)})")  # fmt: skip
             if args.compression:  # the same many-process layout, gradients averaged in bf16
-                packed = [run(args.procs, 1, args.steps, tokens, [*overrides, "grad_compression=bf16"], Path(tmp) / f"{precision}-bf16grad-{r}") for r in range(args.rounds)]
+                packed = [
+                    run(
+                        args.procs,
+                        1,
+                        args.steps,
+                        tokens,
+                        [*overrides, "grad_compression=bf16"],
+                        Path(tmp) / f"{precision}-bf16grad-{r}",
+                    )
+                    for r in range(args.rounds)
+                ]
                 c = statistics.median(packed)
-                print(f"{precision}: {args.procs} processes x 1 thread, grad_compression=bf16 {c:10,.0f} chars/s | vs uncompressed {c / b:.2f} | vs 1 process {c / a:.2f}")
+                print(
+                    f"{precision}: {args.procs} processes x 1 thread, grad_compression=bf16 {c:10,.0f} chars/s | vs uncompressed {c / b:.2f} | vs 1 process {c / a:.2f}"
+                )
 
 
 if __name__ == "__main__":

@@ -72,7 +72,9 @@ WINDOW, STRIDE = 64, 32  # the transformer's block, and half of it
 
 # ---------------------------------------------------------------- the shared evaluator
 
-ForwardFn = Callable[[torch.Tensor], torch.Tensor]  # inputs [batch, time] int64 -> logits [batch, time, vocab]
+ForwardFn = Callable[
+    [torch.Tensor], torch.Tensor
+]  # inputs [batch, time] int64 -> logits [batch, time, vocab]
 
 
 @dataclass(frozen=True)
@@ -95,14 +97,23 @@ def window_plan(n_tokens: int, window: int, stride: int) -> list[tuple[int, int]
         plan.append((start, window - stride))
         start += stride
     scored_to = plan[-1][0] + window  # the last target scored so far
-    if scored_to < n_targets:  # a window flush with the end scores the rest (fewer than stride, so more context)
+    if (
+        scored_to < n_targets
+    ):  # a window flush with the end scores the rest (fewer than stride, so more context)
         last = n_targets - window
         plan.append((last, scored_to - last))
     return plan
 
 
 @torch.no_grad()
-def windowed_val_loss(forward_fn: ForwardFn, tokens: np.ndarray, *, window: int = WINDOW, stride: int = STRIDE, batch: int = 256) -> WindowScore:
+def windowed_val_loss(
+    forward_fn: ForwardFn,
+    tokens: np.ndarray,
+    *,
+    window: int = WINDOW,
+    stride: int = STRIDE,
+    batch: int = 256,
+) -> WindowScore:
     """Mean nats/char of ``forward_fn`` over every next-character target of ``tokens``, each once.
 
     The same context rule for every model (see the module docstring): a stateful
@@ -114,9 +125,13 @@ def windowed_val_loss(forward_fn: ForwardFn, tokens: np.ndarray, *, window: int 
     total, count = torch.zeros((), dtype=torch.float64), 0
     for i in range(0, len(plan), batch):
         chunk = plan[i : i + batch]
-        rows = data[torch.tensor([s for s, _ in chunk])[:, None] + torch.arange(width + 1)]  # [b, width + 1]
+        rows = data[
+            torch.tensor([s for s, _ in chunk])[:, None] + torch.arange(width + 1)
+        ]  # [b, width + 1]
         logits = forward_fn(rows[:, :-1]).float()
-        loss = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="none").view(len(chunk), width)
+        loss = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="none").view(
+            len(chunk), width
+        )
         keep = torch.arange(width)[None, :] >= torch.tensor([f for _, f in chunk])[:, None]
         total += loss[keep].double().sum()
         count += int(keep.sum())
@@ -141,12 +156,16 @@ class Outcome:
     val: WindowScore
     val_stateful: float | None = None  # charrnn.evaluate.evaluate_tokens (LSTMs only)
     scored: str = "the final model"  # which weights were scored
-    dropout: dict | None = None  # charrnn's dropout record (model.dropout=auto decides it during the run)
+    dropout: dict | None = (
+        None  # charrnn's dropout record (model.dropout=auto decides it during the run)
+    )
 
 
 def prepare(corpus: Corpus) -> TokenSet:
     """charrnn's own split of the corpus (``charrnn prepare``), shared by all three contenders."""
-    done, _, _ = run_measured(charrnn_cmd("prepare", f"data.corpus={corpus.path}"), env=quiet_env(), cwd=REPO)
+    done, _, _ = run_measured(
+        charrnn_cmd("prepare", f"data.corpus={corpus.path}"), env=quiet_env(), cwd=REPO
+    )
     return open_token_set(json.loads(done.stdout)["tokens"]["dir"])
 
 
@@ -154,10 +173,21 @@ def stateful(model: torch.nn.Module, val: np.ndarray) -> float:
     return evaluate_tokens(model, val, num_streams=Config().train.eval_batch_size).loss_nats
 
 
-def run_charrnn(tokens: TokenSet, budget: float, *, overrides: tuple[str, ...] = (), **_) -> Outcome:
+def run_charrnn(
+    tokens: TokenSet, budget: float, *, overrides: tuple[str, ...] = (), **_
+) -> Outcome:
     with tempfile.TemporaryDirectory(prefix="charrnn-bench-gen-") as tmp:
         run_dir = Path(tmp) / "run"
-        cmd = charrnn_cmd("train", "--tokens", tokens.dir, "--out-dir", str(run_dir), "track.mode=disabled", f"train.time_budget_s={budget:g}", *overrides)
+        cmd = charrnn_cmd(
+            "train",
+            "--tokens",
+            tokens.dir,
+            "--out-dir",
+            str(run_dir),
+            "track.mode=disabled",
+            f"train.time_budget_s={budget:g}",
+            *overrides,
+        )
         done, _, _ = run_measured(cmd, env=quiet_env(), cwd=REPO)
         summary = json.loads(done.stdout)
         checkpoint = resolve_checkpoint(run_dir)
@@ -172,7 +202,11 @@ def last_train_loss(metrics: Path) -> float | None:
     """The last ``train/loss_nats`` charrnn logged (a mean over its last log interval)."""
     if not metrics.is_file():
         return None
-    losses = [r["train/loss_nats"] for r in map(json.loads, metrics.read_text().splitlines()) if "train/loss_nats" in r]
+    losses = [
+        r["train/loss_nats"]
+        for r in map(json.loads, metrics.read_text().splitlines())
+        if "train/loss_nats" in r
+    ]
     return losses[-1] if losses else None
 
 
@@ -181,7 +215,11 @@ def train_for(trainer, budget: float, *, timed_lr: bool = False) -> tuple[int, f
     losses, start = [], time.perf_counter()
     while (elapsed := time.perf_counter() - start) < budget:
         losses.append(trainer.step(elapsed / budget) if timed_lr else trainer.step())
-    return len(losses), time.perf_counter() - start, float(np.mean(losses[-50:])) if losses else math.nan
+    return (
+        len(losses),
+        time.perf_counter() - start,
+        float(np.mean(losses[-50:])) if losses else math.nan,
+    )
 
 
 def run_plain(tokens: TokenSet, budget: float, *, seed: int) -> Outcome:
@@ -190,7 +228,15 @@ def run_plain(tokens: TokenSet, budget: float, *, seed: int) -> Outcome:
     steps, seconds, loss = train_for(trainer, budget)
     model, val = trainer.model.eval(), load_split(tokens, "val")
     params = sum(p.numel() for p in model.parameters())
-    return Outcome(steps, seconds, steps * trainer.chars_per_step / seconds, loss, params, windowed_val_loss(lstm_forward(model), val), stateful(model, val))
+    return Outcome(
+        steps,
+        seconds,
+        steps * trainer.chars_per_step / seconds,
+        loss,
+        params,
+        windowed_val_loss(lstm_forward(model), val),
+        stateful(model, val),
+    )
 
 
 def run_transformer(tokens: TokenSet, budget: float, *, seed: int) -> Outcome:
@@ -199,7 +245,14 @@ def run_transformer(tokens: TokenSet, budget: float, *, seed: int) -> Outcome:
     steps, seconds, loss = train_for(trainer, budget, timed_lr=True)
     model = trainer.model.eval()
     params = sum(p.numel() for p in model.parameters())  # the tied head counted once
-    return Outcome(steps, seconds, steps * trainer.chars_per_step / seconds, loss, params, windowed_val_loss(model, load_split(tokens, "val")))
+    return Outcome(
+        steps,
+        seconds,
+        steps * trainer.chars_per_step / seconds,
+        loss,
+        params,
+        windowed_val_loss(model, load_split(tokens, "val")),
+    )
 
 
 RUNNERS = {"charrnn": run_charrnn, "plain": run_plain, "transformer": run_transformer}
@@ -218,7 +271,9 @@ def machine() -> dict:
             "torch": torch.__version__, "threads": torch.get_num_threads()}  # fmt: skip
 
 
-def record(corpus: Corpus, tokens: TokenSet, budget: float, contender: str, out: Outcome, command: str) -> dict:
+def record(
+    corpus: Corpus, tokens: TokenSet, budget: float, contender: str, out: Outcome, command: str
+) -> dict:
     return {
         "corpus": corpus.name, "tuned": corpus.tuned, "sha256": corpus.sha256, "chars": corpus.num_chars, "source": corpus.source,
         "tokens": {"key": tokens.key, "corpus_sha256": tokens.corpus_sha256, "vocab": tokens.vocab_size},
@@ -233,7 +288,9 @@ def record(corpus: Corpus, tokens: TokenSet, budget: float, contender: str, out:
 def read_records(path: Path) -> list[dict]:
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 def _fmt(value: float | None) -> str:
@@ -252,11 +309,22 @@ def table_rows(records: list[dict]) -> dict[tuple[str, float], dict[str, dict]]:
 
 def table_line(corpus: str, budget: float, cell: dict[str, dict]) -> str:
     """The two LSTMs compared as LSTMs are used (stateful, whole split); all three on the windowed evaluator."""
-    ours_s, base_s = (cell[c]["val_nats_stateful"] if c in cell else None for c in ("charrnn", "plain"))
+    ours_s, base_s = (
+        cell[c]["val_nats_stateful"] if c in cell else None for c in ("charrnn", "plain")
+    )
     ours, base, tf = (cell[c]["val_nats"] if c in cell else None for c in CONTENDERS)
     margin = None if ours_s is None or base_s is None else base_s - ours_s
-    met = "-" if margin is None or tf is None else ("**yes**" if margin >= MARGIN and ours < tf else "**no**")
-    where = sorted({f"{r['machine']['cpu']} ({r['machine']['cores']} cores, {'/'.join(r['machine']['bf16_flags']) or 'no bf16'}), {r['date'][:10]}" for r in cell.values()})
+    met = (
+        "-"
+        if margin is None or tf is None
+        else ("**yes**" if margin >= MARGIN and ours < tf else "**no**")
+    )
+    where = sorted(
+        {
+            f"{r['machine']['cpu']} ({r['machine']['cores']} cores, {'/'.join(r['machine']['bf16_flags']) or 'no bf16'}), {r['date'][:10]}"
+            for r in cell.values()
+        }
+    )
     margin_text = "-" if margin is None else f"{margin:+.4f}"
     return f"| {corpus} | {budget:g} s | {_fmt(ours_s)} | {_fmt(base_s)} | {margin_text} | {_fmt(ours)} | {_fmt(base)} | {_fmt(tf)} | {met} | {'; '.join(where)} |"
 
@@ -272,9 +340,15 @@ def table(records: list[dict]) -> str:
     header = ["| corpus | budget | charrnn stateful | plain (b) stateful | margin (b - charrnn) | charrnn windowed | plain (b) windowed | transformer windowed | met | machine, date |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     groups = {"Tuned corpora": [], "Untuned corpus (jargon)": [], "Local files (--corpus-file)": []}
-    for (corpus, budget), cell in sorted(table_rows(records).items(), key=lambda kv: _row_order(*kv[0])):
+    for (corpus, budget), cell in sorted(
+        table_rows(records).items(), key=lambda kv: _row_order(*kv[0])
+    ):
         name = corpus if corpus in BUILDERS else None
-        group = "Local files (--corpus-file)" if name is None else ("Tuned corpora" if BUILDERS[name][1] else "Untuned corpus (jargon)")
+        group = (
+            "Local files (--corpus-file)"
+            if name is None
+            else ("Tuned corpora" if BUILDERS[name][1] else "Untuned corpus (jargon)")
+        )
         groups[group].append(table_line(corpus, budget, cell))
     parts = [f"Validation nats/char, every character scored once. *stateful*: charrnn's own evaluator (`evaluate_tokens`, state carried "
              f"through the split), used for the two LSTMs; *windowed*: all three in windows of {WINDOW} (the transformer's block) at stride {STRIDE}, "
@@ -288,29 +362,57 @@ def table(records: list[dict]) -> str:
 # ---------------------------------------------------------------- one cell, and the command line
 
 
-def run_cell(corpus: Corpus, budget: float, contenders: list[str], jsonl: Path, command: str, seed: int, overrides: tuple[str, ...] = ()) -> list[dict]:
+def run_cell(
+    corpus: Corpus,
+    budget: float,
+    contenders: list[str],
+    jsonl: Path,
+    command: str,
+    seed: int,
+    overrides: tuple[str, ...] = (),
+) -> list[dict]:
     """Train and score each contender; ``overrides`` (key=value) change charrnn's defaults, for tuning: such records stay out of the table."""
-    torch.set_num_threads(available_cores())  # every contender gets all cores (charrnn's CLI sets its own)
+    torch.set_num_threads(
+        available_cores()
+    )  # every contender gets all cores (charrnn's CLI sets its own)
     tokens = prepare(corpus)
     records = []
     for name in contenders:
-        print(f"[generalisation] {corpus.name}, {budget:g} s: training {name}", file=sys.stderr, flush=True)
-        outcome = run_charrnn(tokens, budget, overrides=overrides) if name == "charrnn" else RUNNERS[name](tokens, budget, seed=seed)
+        print(
+            f"[generalisation] {corpus.name}, {budget:g} s: training {name}",
+            file=sys.stderr,
+            flush=True,
+        )
+        outcome = (
+            run_charrnn(tokens, budget, overrides=overrides)
+            if name == "charrnn"
+            else RUNNERS[name](tokens, budget, seed=seed)
+        )
         rec = record(corpus, tokens, budget, name, outcome, command)
         rec["overrides"] = list(overrides) if name == "charrnn" else []
         jsonl.parent.mkdir(parents=True, exist_ok=True)
-        with open(jsonl, "a", encoding="utf-8") as fh:  # one record at a time: a later crash keeps the earlier ones
+        with open(
+            jsonl, "a", encoding="utf-8"
+        ) as fh:  # one record at a time: a later crash keeps the earlier ones
             fh.write(json.dumps(rec) + "\n")
         records.append(rec)
     return records
 
 
 def cell_line(records: list[dict]) -> str:
-    parts = [f"{records[0]['corpus']} ({records[0]['chars']:,} chars), {records[0]['budget_s']:g} s:"]
+    parts = [
+        f"{records[0]['corpus']} ({records[0]['chars']:,} chars), {records[0]['budget_s']:g} s:"
+    ]
     for r in records:
-        ref = f" (stateful {r['val_nats_stateful']:.4f})" if r["val_nats_stateful"] is not None else ""
+        ref = (
+            f" (stateful {r['val_nats_stateful']:.4f})"
+            if r["val_nats_stateful"] is not None
+            else ""
+        )
         label = r["contender"] + (f"[{' '.join(r['overrides'])}]" if r.get("overrides") else "")
-        parts.append(f"{label} {r['val_nats']:.4f}{ref} [{r['steps']} steps, {r['chars_per_s']:,} chars/s, {r['params']:,} params]")
+        parts.append(
+            f"{label} {r['val_nats']:.4f}{ref} [{r['steps']} steps, {r['chars_per_s']:,} chars/s, {r['params']:,} params]"
+        )
     by = {r["contender"]: r["val_nats"] for r in records}
     if {"charrnn", "plain"} <= by.keys():
         parts.append(f"margin (b - charrnn) {by['plain'] - by['charrnn']:+.4f}")
@@ -318,18 +420,55 @@ def cell_line(records: list[dict]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.generalisation", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.generalisation",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--corpus", choices=list(BUILDERS), help="a named corpus (see --list)")
-    what.add_argument("--corpus-file", type=Path, metavar="PATH", help="a local UTF-8 text file instead (no network)")
-    what.add_argument("--table", action="store_true", help="print the markdown tables from the records")
+    what.add_argument(
+        "--corpus-file",
+        type=Path,
+        metavar="PATH",
+        help="a local UTF-8 text file instead (no network)",
+    )
+    what.add_argument(
+        "--table", action="store_true", help="print the markdown tables from the records"
+    )
     what.add_argument("--list", action="store_true", help="list the named corpora")
-    p.add_argument("--budget", type=float, default=120.0, help="training seconds per contender: 120 or 600 (default 120)")
-    p.add_argument("--contender", choices=CONTENDERS, action="append", help="run only this one (repeatable); default all three")
-    p.add_argument("--jsonl", type=Path, default=JSONL, help=f"records file (default {JSONL.relative_to(REPO)})")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="change one of charrnn's defaults (repeatable), for tuning; such records are kept out of --table")
-    p.add_argument("--seed", type=int, default=Config().train.seed, help="torch seed for the baselines (default charrnn's)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=120.0,
+        help="training seconds per contender: 120 or 600 (default 120)",
+    )
+    p.add_argument(
+        "--contender",
+        choices=CONTENDERS,
+        action="append",
+        help="run only this one (repeatable); default all three",
+    )
+    p.add_argument(
+        "--jsonl",
+        type=Path,
+        default=JSONL,
+        help=f"records file (default {JSONL.relative_to(REPO)})",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change one of charrnn's defaults (repeatable), for tuning; such records are kept out of --table",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=Config().train.seed,
+        help="torch seed for the baselines (default charrnn's)",
+    )
     return p.parse_args(argv)
 
 
@@ -345,7 +484,15 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.generalisation " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         corpus = file_corpus(args.corpus_file) if args.corpus_file else get_corpus(args.corpus)
-        records = run_cell(corpus, args.budget, args.contender or list(CONTENDERS), args.jsonl, command, args.seed, tuple(args.overrides))
+        records = run_cell(
+            corpus,
+            args.budget,
+            args.contender or list(CONTENDERS),
+            args.jsonl,
+            command,
+            args.seed,
+            tuple(args.overrides),
+        )
     except CharRNNError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

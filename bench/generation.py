@@ -44,7 +44,9 @@ PRIME = "ROMEO:\n"
 
 
 @torch.no_grad()
-def naive_refeed(model: CharLSTM, vocab: Vocab, prime: str, length: int, generator: torch.Generator) -> str:
+def naive_refeed(
+    model: CharLSTM, vocab: Vocab, prime: str, length: int, generator: torch.Generator
+) -> str:
     ids = torch.as_tensor(vocab.encode(prime), dtype=torch.long).unsqueeze(0)
     for _ in range(length):
         logits, _ = model(ids)  # the whole prefix again, from a zero state
@@ -55,11 +57,16 @@ def naive_refeed(model: CharLSTM, vocab: Vocab, prime: str, length: int, generat
 
 def run(*, length: int = 400, rounds: int = 3, log: Callable[[str], None] = print) -> Report:
     cfg = Config()
-    vocab = Vocab.from_text(Path(fetch_corpus("shakespeare").path).read_text(encoding="utf-8"))  # the default corpus's characters
+    vocab = Vocab.from_text(
+        Path(fetch_corpus("shakespeare").path).read_text(encoding="utf-8")
+    )  # the default corpus's characters
     torch.manual_seed(0)
     model = CharLSTM(ModelShape.from_config(cfg.model, vocab.size)).eval()
     sink = io.StringIO()
-    def auto(streams: int) -> str:  # what charrnn sample's precision=auto picks here for that many streams
+
+    def auto(
+        streams: int,
+    ) -> str:  # what charrnn sample's precision=auto picks here for that many streams
         return "bf16" if matmul_dtype("auto", "cpu", streams) == torch.bfloat16 else "fp32"
 
     precisions = ["fp32", "bf16"] if auto(64) == "bf16" else ["fp32"]
@@ -74,7 +81,12 @@ def run(*, length: int = 400, rounds: int = 3, log: Callable[[str], None] = prin
 
     def batched(n: int, precision: str) -> Callable[[], int]:
         def run_batch() -> int:
-            generate(model, vocab, PRIME, SampleSettings(length=length, num_samples=n, seed=1, precision=precision))
+            generate(
+                model,
+                vocab,
+                PRIME,
+                SampleSettings(length=length, num_samples=n, seed=1, precision=precision),
+            )
             return n * length
 
         return run_batch
@@ -85,7 +97,11 @@ def run(*, length: int = 400, rounds: int = 3, log: Callable[[str], None] = prin
 
     contenders: dict[str, Callable[[], int]] = {}
     for p in precisions:
-        contenders |= {f"{p}, 1 stream": one_stream(p), f"{p}, 16 streams": batched(16, p), f"{p}, 64 streams": batched(64, p)}
+        contenders |= {
+            f"{p}, 1 stream": one_stream(p),
+            f"{p}, 16 streams": batched(16, p),
+            f"{p}, 64 streams": batched(64, p),
+        }
     contenders["naive re-feed, 1 stream"] = naive
     med = _median_rates(contenders, rounds, log)
     one, naive_rate = med[f"{auto(1)}, 1 stream"], med["naive re-feed, 1 stream"]
@@ -95,18 +111,41 @@ def run(*, length: int = 400, rounds: int = 3, log: Callable[[str], None] = prin
              f"{torch.get_num_threads()} threads; precision auto here, streams -> products: {picks} (the cell state stays fp32)"]  # fmt: skip
     lines += [f"{name:>24}: {rate:10,.0f} chars/s" for name, rate in med.items()]
     for p in precisions:
-        lines.append(f"{p}: 16 streams / 1 stream {med[f'{p}, 16 streams'] / med[f'{p}, 1 stream']:.1f}x;  64 streams / 1 stream {med[f'{p}, 64 streams'] / med[f'{p}, 1 stream']:.1f}x")
+        lines.append(
+            f"{p}: 16 streams / 1 stream {med[f'{p}, 16 streams'] / med[f'{p}, 1 stream']:.1f}x;  64 streams / 1 stream {med[f'{p}, 64 streams'] / med[f'{p}, 1 stream']:.1f}x"
+        )
     targets = [
-        Target(f"64 batched streams ({auto(64)}) vs 1 stream ({auto(1)}) at precision auto, total chars/s", f"{ratio[64]:.1f}x", ">= 20x", ratio[64] >= 20),
-        Target(f"16 batched streams ({auto(16)}) vs 1 stream ({auto(1)}) at precision auto", f"{ratio[16]:.1f}x", "-", None),
-        Target("1 stream at precision auto vs 1 stream fp32", f"{one / med['fp32, 1 stream']:.2f}x", "no slower: >= 0.97 (run-to-run noise)", one / med["fp32, 1 stream"] >= 0.97),
-        Target(f"1 stream vs naive re-feed ({length} chars)", f"{one / naive_rate:.1f}x", "-", None),
+        Target(
+            f"64 batched streams ({auto(64)}) vs 1 stream ({auto(1)}) at precision auto, total chars/s",
+            f"{ratio[64]:.1f}x",
+            ">= 20x",
+            ratio[64] >= 20,
+        ),
+        Target(
+            f"16 batched streams ({auto(16)}) vs 1 stream ({auto(1)}) at precision auto",
+            f"{ratio[16]:.1f}x",
+            "-",
+            None,
+        ),
+        Target(
+            "1 stream at precision auto vs 1 stream fp32",
+            f"{one / med['fp32, 1 stream']:.2f}x",
+            "no slower: >= 0.97 (run-to-run noise)",
+            one / med["fp32, 1 stream"] >= 0.97,
+        ),
+        Target(
+            f"1 stream vs naive re-feed ({length} chars)", f"{one / naive_rate:.1f}x", "-", None
+        ),
     ]
-    cmd = "python -m bench.generation" + (f" --length {length} --rounds {rounds}" if (length, rounds) != (400, 3) else "")
+    cmd = "python -m bench.generation" + (
+        f" --length {length} --rounds {rounds}" if (length, rounds) != (400, 3) else ""
+    )
     return Report("Generation", cmd, "\n".join(lines), targets)
 
 
-def _median_rates(contenders: dict[str, Callable[[], int]], rounds: int, log: Callable[[str], None]) -> dict[str, float]:
+def _median_rates(
+    contenders: dict[str, Callable[[], int]], rounds: int, log: Callable[[str], None]
+) -> dict[str, float]:
     """Characters per second of each contender: one warm-up, then the median of ``rounds`` alternating rounds."""
     log(f"generation: {len(contenders)} contenders x {rounds} rounds")
     rates: dict[str, list[float]] = {name: [] for name in contenders}
@@ -121,7 +160,9 @@ def _median_rates(contenders: dict[str, Callable[[], int]], rounds: int, log: Ca
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--length", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()

@@ -45,18 +45,42 @@ class Spec:
 
     device: str
     resume_steps: tuple[int, int] = (40, 80)
-    resume_model: tuple[str, ...] = ("num_layers=2", "hidden_size=256", "embedding_dim=64", "batch_size=64", "seq_len=64")
-    compare_model: tuple[str, ...] = ("num_layers=3", "hidden_size=1024", "embedding_dim=128", "batch_size=128", "seq_len=128")
+    resume_model: tuple[str, ...] = (
+        "num_layers=2",
+        "hidden_size=256",
+        "embedding_dim=64",
+        "batch_size=64",
+        "seq_len=64",
+    )
+    compare_model: tuple[str, ...] = (
+        "num_layers=3",
+        "hidden_size=1024",
+        "embedding_dim=128",
+        "batch_size=128",
+        "seq_len=128",
+    )
     compare_steps: int = 300
     compare_lr: float = 2e-3
     min_speedup_bf16_lstm: float = 1.2  # bf16/fp32 chars/s when the LSTM itself runs in bf16
-    min_speedup_fp32_lstm: float = 0.9  # when only the head is bf16 (no cuDNN bf16 RNNs): about even
+    min_speedup_fp32_lstm: float = (
+        0.9  # when only the head is bf16 (no cuDNN bf16 RNNs): about even
+    )
     max_val_gap: float = 0.05  # |val bf16 - val fp32|, nats/char, after compare_steps
-    large_model: tuple[str, ...] = ("num_layers=3", "hidden_size=2048", "embedding_dim=128", "batch_size=1024", "seq_len=128")
+    large_model: tuple[str, ...] = (
+        "num_layers=3",
+        "hidden_size=2048",
+        "embedding_dim=128",
+        "batch_size=1024",
+        "seq_len=128",
+    )
     large_steps: int = 40
     large_log_interval: int = 5
-    max_rate_spread: float = 0.15  # every log interval after the first within +-15% of the median chars/s
-    eval_tol_fp32: float = 2e-3  # nats/char: same kernels (TF32 cuDNN) in training's evaluation and `charrnn evaluate`
+    max_rate_spread: float = (
+        0.15  # every log interval after the first within +-15% of the median chars/s
+    )
+    eval_tol_fp32: float = (
+        2e-3  # nats/char: same kernels (TF32 cuDNN) in training's evaluation and `charrnn evaluate`
+    )
     eval_tol_bf16: float = 0.02  # training scored in bf16, `charrnn evaluate` in fp32
     ddp_steps: int = 200
     ddp_tol: float = 0.02  # nats/char between 2 processes and 1 at the same global batch
@@ -78,7 +102,13 @@ class Spec:
             min_speedup_bf16_lstm=0.0,
             min_speedup_fp32_lstm=0.0,
             max_val_gap=0.5,
-            large_model=("num_layers=2", "hidden_size=64", "embedding_dim=16", "batch_size=16", "seq_len=32"),
+            large_model=(
+                "num_layers=2",
+                "hidden_size=64",
+                "embedding_dim=16",
+                "batch_size=16",
+                "seq_len=32",
+            ),
             large_steps=12,
             large_log_interval=3,
             max_rate_spread=10.0,
@@ -119,7 +149,10 @@ class Checklist:
         return any(line.status == "FAIL" for line in self.lines)
 
     def summary(self) -> str:
-        counts = {status: sum(line.status == status for line in self.lines) for status in ("PASS", "FAIL", "SKIP")}
+        counts = {
+            status: sum(line.status == status for line in self.lines)
+            for status in ("PASS", "FAIL", "SKIP")
+        }
         return ", ".join(f"{n} {status}" for status, n in counts.items())
 
 
@@ -132,21 +165,34 @@ class CommandFailed(RuntimeError):
 
 def _env(cache: Path, device: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
-    env |= {"WANDB_MODE": "disabled", "CHARRNN_CACHE": str(cache), "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))}
+    env |= {
+        "WANDB_MODE": "disabled",
+        "CHARRNN_CACHE": str(cache),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")])),
+    }
     if device == "cpu":
         env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
 
-def charrnn(args: list[str], *, env: dict[str, str], timeout_s: float, log_to: Path | None = None) -> str:
+def charrnn(
+    args: list[str], *, env: dict[str, str], timeout_s: float, log_to: Path | None = None
+) -> str:
     """Run ``python -m charrnn ARGS``; return stdout, or raise CommandFailed with the output's tail."""
     cmd = [sys.executable, "-m", "charrnn", *args]
     try:
-        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run(
+            cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s
+        )
     except subprocess.TimeoutExpired as exc:
-        raise CommandFailed(f"timed out after {timeout_s:.0f} s: charrnn {' '.join(args[:3])} ...") from exc
+        raise CommandFailed(
+            f"timed out after {timeout_s:.0f} s: charrnn {' '.join(args[:3])} ..."
+        ) from exc
     if log_to is not None:
-        log_to.write_text(f"$ {' '.join(cmd)}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}", encoding="utf-8")
+        log_to.write_text(
+            f"$ {' '.join(cmd)}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}",
+            encoding="utf-8",
+        )
     if done.returncode != 0:
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-6:])
         raise CommandFailed(f"exit {done.returncode}: {tail}")
@@ -168,7 +214,11 @@ def summary(run: Path) -> dict:
 def rates(run: Path) -> list[float]:
     """perf/chars_per_s of each log interval, in order."""
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [record["perf/chars_per_s"] for record in map(json.loads, lines) if "perf/chars_per_s" in record]
+    return [
+        record["perf/chars_per_s"]
+        for record in map(json.loads, lines)
+        if "perf/chars_per_s" in record
+    ]
 
 
 def steady_rate(run: Path) -> float:
@@ -185,7 +235,14 @@ def check_pytest(spec: Spec, out: Checklist, env: dict[str, str]) -> None:
         out.add("pytest-gpu", None, "tests marked gpu need CUDA: skipped in a CPU dry run")
         return
     try:
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests"], cwd=REPO, env=env, capture_output=True, text=True, timeout=spec.timeout_s)
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=spec.timeout_s,
+        )
     except subprocess.TimeoutExpired:
         out.add("pytest-gpu", False, f"pytest -m gpu tests: timed out after {spec.timeout_s:.0f} s")
         return
@@ -212,7 +269,11 @@ def check_lstm_dtype(spec: Spec, out: Checklist) -> None:
         raw, _ = model.lstm(model.embed(tokens))  # nn.LSTM straight under autocast, for the record
     expected = lstm_compute_dtype(device, amp)
     name = lambda dtype: str(dtype).removeprefix("torch.")  # noqa: E731
-    extra = f"; cuDNN bf16 RNNs: {'yes' if cudnn_bf16_rnn_supported(device) else 'no'}, cuDNN {torch.backends.cudnn.version()}" if device.type == "cuda" else ""
+    extra = (
+        f"; cuDNN bf16 RNNs: {'yes' if cudnn_bf16_rnn_supported(device) else 'no'}, cuDNN {torch.backends.cudnn.version()}"
+        if device.type == "cuda"
+        else ""
+    )
     out.add(
         "lstm-dtype",
         h.dtype == expected and h.dtype != torch.float16,
@@ -223,11 +284,26 @@ def check_lstm_dtype(spec: Spec, out: Checklist) -> None:
 def check_resume(spec: Spec, out: Checklist, env: dict[str, str], tokens: str, work: Path) -> None:
     n1, n2 = spec.resume_steps
     run = work / "resume"
-    common = [*spec.resume_model, "log_interval=10" if not spec.tiny else "log_interval=2", f"checkpoint_interval={n1}", "precision=auto"]
+    common = [
+        *spec.resume_model,
+        "log_interval=10" if not spec.tiny else "log_interval=2",
+        f"checkpoint_interval={n1}",
+        "precision=auto",
+    ]
     try:
-        charrnn(train_args(spec, tokens, run, *common, f"max_steps={n1}"), env=env, timeout_s=spec.timeout_s, log_to=work / "resume-1.log")
+        charrnn(
+            train_args(spec, tokens, run, *common, f"max_steps={n1}"),
+            env=env,
+            timeout_s=spec.timeout_s,
+            log_to=work / "resume-1.log",
+        )
         first = summary(run)["step"]
-        charrnn([*train_args(spec, tokens, run, *common, f"max_steps={n2}"), "--resume"], env=env, timeout_s=spec.timeout_s, log_to=work / "resume-2.log")
+        charrnn(
+            [*train_args(spec, tokens, run, *common, f"max_steps={n2}"), "--resume"],
+            env=env,
+            timeout_s=spec.timeout_s,
+            log_to=work / "resume-2.log",
+        )
     except CommandFailed as exc:
         out.add("resume", False, f"train {n1} steps then --resume to {n2}: {exc}")
         return
@@ -239,7 +315,9 @@ def check_resume(spec: Spec, out: Checklist, env: dict[str, str], tokens: str, w
     )
 
 
-def check_precisions(spec: Spec, out: Checklist, env: dict[str, str], tokens: str, work: Path) -> dict[str, Path]:
+def check_precisions(
+    spec: Spec, out: Checklist, env: dict[str, str], tokens: str, work: Path
+) -> dict[str, Path]:
     """fp32 vs bf16 on the 3x1024 model; returns the runs that finished (for the evaluate and sample checks)."""
     import torch
 
@@ -255,9 +333,21 @@ def check_precisions(spec: Spec, out: Checklist, env: dict[str, str], tokens: st
     log_interval = max(1, spec.compare_steps // 12)
     for precision in precisions:
         run = work / f"compare-{precision}"
-        args = [*spec.compare_model, f"lr={spec.compare_lr}", f"max_steps={spec.compare_steps}", f"log_interval={log_interval}", f"checkpoint_interval={spec.compare_steps}", f"precision={precision}"]
+        args = [
+            *spec.compare_model,
+            f"lr={spec.compare_lr}",
+            f"max_steps={spec.compare_steps}",
+            f"log_interval={log_interval}",
+            f"checkpoint_interval={spec.compare_steps}",
+            f"precision={precision}",
+        ]
         try:
-            charrnn(train_args(spec, tokens, run, *args), env=env, timeout_s=spec.timeout_s, log_to=work / f"compare-{precision}.log")
+            charrnn(
+                train_args(spec, tokens, run, *args),
+                env=env,
+                timeout_s=spec.timeout_s,
+                log_to=work / f"compare-{precision}.log",
+            )
             runs[precision] = run
         except CommandFailed as exc:
             out.add("fp32-vs-bf16", False, f"{precision} run: {exc}")
@@ -283,13 +373,28 @@ def check_precisions(spec: Spec, out: Checklist, env: dict[str, str], tokens: st
 
 def check_large(spec: Spec, out: Checklist, env: dict[str, str], tokens: str, work: Path) -> None:
     run = work / "large"
-    args = [*spec.large_model, "lr=1e-3", f"max_steps={spec.large_steps}", f"log_interval={spec.large_log_interval}", f"checkpoint_interval={spec.large_steps}", "precision=auto", "eval_batch_size=256"]
+    args = [
+        *spec.large_model,
+        "lr=1e-3",
+        f"max_steps={spec.large_steps}",
+        f"log_interval={spec.large_log_interval}",
+        f"checkpoint_interval={spec.large_steps}",
+        "precision=auto",
+        "eval_batch_size=256",
+    ]
     start = time.perf_counter()
     try:
-        charrnn(train_args(spec, tokens, run, *args), env=env, timeout_s=spec.timeout_s, log_to=work / "large.log")
+        charrnn(
+            train_args(spec, tokens, run, *args),
+            env=env,
+            timeout_s=spec.timeout_s,
+            log_to=work / "large.log",
+        )
     except CommandFailed as exc:
         oom = "out of memory" in str(exc).lower()
-        out.add("large", False, f"{' '.join(spec.large_model)}: {'OUT OF MEMORY: ' if oom else ''}{exc}")
+        out.add(
+            "large", False, f"{' '.join(spec.large_model)}: {'OUT OF MEMORY: ' if oom else ''}{exc}"
+        )
         return
     values = rates(run)[1:]  # the first interval includes start-up and cuDNN autotuning
     median = statistics.median(values) if values else 0.0
@@ -302,7 +407,9 @@ def check_large(spec: Spec, out: Checklist, env: dict[str, str], tokens: str, wo
     )
 
 
-def check_evaluate_and_sample(spec: Spec, out: Checklist, env: dict[str, str], runs: dict[str, Path], work: Path) -> None:
+def check_evaluate_and_sample(
+    spec: Spec, out: Checklist, env: dict[str, str], runs: dict[str, Path], work: Path
+) -> None:
     if not runs:
         out.add("evaluate", False, "no finished training run to evaluate")
         return
@@ -311,7 +418,23 @@ def check_evaluate_and_sample(spec: Spec, out: Checklist, env: dict[str, str], r
         tol = spec.eval_tol_fp32 if precision == "fp32" else spec.eval_tol_bf16
         for split in ("val", "test"):
             try:
-                got = json.loads(charrnn(["evaluate", str(run), "--split", split, "--streams", "32", "--device", spec.device, "--json"], env=env, timeout_s=spec.timeout_s))
+                got = json.loads(
+                    charrnn(
+                        [
+                            "evaluate",
+                            str(run),
+                            "--split",
+                            split,
+                            "--streams",
+                            "32",
+                            "--device",
+                            spec.device,
+                            "--json",
+                        ],
+                        env=env,
+                        timeout_s=spec.timeout_s,
+                    )
+                )
             except CommandFailed as exc:
                 out.add("evaluate", False, f"{precision} run, {split}: {exc}")
                 continue
@@ -322,7 +445,21 @@ def check_evaluate_and_sample(spec: Spec, out: Checklist, env: dict[str, str], r
                 f"{precision} run, {split}: charrnn evaluate {got['loss_nats']:.5f} vs training {want:.5f} nats/char at step {got['step']} (tolerance {tol})",
             )
     run = runs.get("bf16") or runs["fp32"]
-    sample = ["sample", str(run), "--device", spec.device, "--length", str(spec.sample_length), "--num-samples", "4", "--seed", "7", "--json", "--prime", "ROMEO:\n"]
+    sample = [
+        "sample",
+        str(run),
+        "--device",
+        spec.device,
+        "--length",
+        str(spec.sample_length),
+        "--num-samples",
+        "4",
+        "--seed",
+        "7",
+        "--json",
+        "--prime",
+        "ROMEO:\n",
+    ]
     try:
         first = json.loads(charrnn(sample, env=env, timeout_s=spec.timeout_s))["samples"]
         second = json.loads(charrnn(sample, env=env, timeout_s=spec.timeout_s))["samples"]
@@ -340,13 +477,33 @@ def check_ddp(spec: Spec, out: Checklist, env: dict[str, str], tokens: str, work
     import torch
 
     if spec.device == "cuda" and torch.cuda.device_count() < 2:
-        out.add("ddp", None, f"{torch.cuda.device_count()} GPU visible: the 2-process NCCL check needs 2 (skipped)")
+        out.add(
+            "ddp",
+            None,
+            f"{torch.cuda.device_count()} GPU visible: the 2-process NCCL check needs 2 (skipped)",
+        )
         return
-    common = [*spec.resume_model, f"max_steps={spec.ddp_steps}", f"checkpoint_interval={spec.ddp_steps}", "precision=fp32", f"log_interval={max(1, spec.ddp_steps // 10)}"]
+    common = [
+        *spec.resume_model,
+        f"max_steps={spec.ddp_steps}",
+        f"checkpoint_interval={spec.ddp_steps}",
+        "precision=fp32",
+        f"log_interval={max(1, spec.ddp_steps // 10)}",
+    ]
     one, two = work / "ddp-1", work / "ddp-2"
     try:
-        charrnn(train_args(spec, tokens, one, *common), env=env, timeout_s=spec.timeout_s, log_to=work / "ddp-1.log")
-        charrnn(["launch", "--nproc-per-node", "2", "--", *train_args(spec, tokens, two, *common)[1:]], env=env, timeout_s=spec.timeout_s, log_to=work / "ddp-2.log")
+        charrnn(
+            train_args(spec, tokens, one, *common),
+            env=env,
+            timeout_s=spec.timeout_s,
+            log_to=work / "ddp-1.log",
+        )
+        charrnn(
+            ["launch", "--nproc-per-node", "2", "--", *train_args(spec, tokens, two, *common)[1:]],
+            env=env,
+            timeout_s=spec.timeout_s,
+            log_to=work / "ddp-2.log",
+        )
     except CommandFailed as exc:
         out.add("ddp", False, f"1 vs 2 processes: {exc}")
         return
@@ -368,15 +525,25 @@ def run(spec: Spec, work: Path, out: Checklist) -> Checklist:
     env = _env(cache, spec.device)
     if spec.device == "cuda":
         if not torch.cuda.is_available():
-            out.add("device", False, "no CUDA device visible: run this on a GPU machine, or use --device cpu --tiny for a dry run")
+            out.add(
+                "device",
+                False,
+                "no CUDA device visible: run this on a GPU machine, or use --device cpu --tiny for a dry run",
+            )
             return out
         props = torch.cuda.get_device_properties(0)
-        out.echo(f"device: {props.name} ({props.total_memory / 2**30:.0f} GiB) x {torch.cuda.device_count()} | torch {torch.__version__} | CUDA {torch.version.cuda} | cuDNN {torch.backends.cudnn.version()}")
+        out.echo(
+            f"device: {props.name} ({props.total_memory / 2**30:.0f} GiB) x {torch.cuda.device_count()} | torch {torch.__version__} | CUDA {torch.version.cuda} | cuDNN {torch.backends.cudnn.version()}"
+        )
     else:
-        out.echo(f"device: cpu ({os.cpu_count()} cores) | torch {torch.__version__} | dry run: {spec.tiny}")
+        out.echo(
+            f"device: cpu ({os.cpu_count()} cores) | torch {torch.__version__} | dry run: {spec.tiny}"
+        )
     out.echo(f"work directory (logs, runs): {work}")
     try:
-        prepared = json.loads(charrnn(["prepare", "data.corpus=shakespeare"], env=env, timeout_s=spec.timeout_s))
+        prepared = json.loads(
+            charrnn(["prepare", "data.corpus=shakespeare"], env=env, timeout_s=spec.timeout_s)
+        )
     except CommandFailed as exc:
         out.add("prepare", False, f"charrnn prepare data.corpus=shakespeare: {exc}")
         return out
@@ -392,13 +559,25 @@ def run(spec: Spec, work: Path, out: Checklist) -> Checklist:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.gpu_check", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    parser.add_argument("--tiny", action="store_true", help="tiny models and loose bounds: checks the checklist itself, not the machine")
-    parser.add_argument("--work-dir", help="where runs and logs go (default: a new temporary directory, kept)")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="tiny models and loose bounds: checks the checklist itself, not the machine",
+    )
+    parser.add_argument(
+        "--work-dir", help="where runs and logs go (default: a new temporary directory, kept)"
+    )
     args = parser.parse_args(argv)
     spec = Spec.tiny_cpu(args.device) if args.tiny else Spec(device=args.device)
-    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="charrnn-gpu-check-"))
+    work = (
+        Path(args.work_dir)
+        if args.work_dir
+        else Path(tempfile.mkdtemp(prefix="charrnn-gpu-check-"))
+    )
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     out = run(spec, work, Checklist())

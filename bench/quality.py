@@ -36,7 +36,9 @@ from charrnn.tokens import load_split, open_token_set
 TARGET_2, TARGET_7 = 1.60, 1.55
 
 
-def charrnn_curve(tokens_dir: str, budget_s: float, every: int, out_dir: Path, eval_streams: int) -> tuple[dict, list[tuple[float, float]]]:
+def charrnn_curve(
+    tokens_dir: str, budget_s: float, every: int, out_dir: Path, eval_streams: int
+) -> tuple[dict, list[tuple[float, float]]]:
     cmd = charrnn_cmd("train", "--out-dir", str(out_dir), "--tokens", tokens_dir, "track.mode=disabled", f"time_budget_s={budget_s:g}",
                       f"checkpoint_interval={every}", "keep_last=1000", f"eval_batch_size={eval_streams}")  # fmt: skip
     done, _, _ = run_measured(cmd, env=quiet_env(), cwd=REPO)
@@ -54,11 +56,22 @@ def charrnn_curve(tokens_dir: str, budget_s: float, every: int, out_dir: Path, e
     return result, sorted(curve)
 
 
-def plain_curve(tokens_dir: str, budget_s: float, points: int, eval_streams: int, cfg: Config) -> tuple[int, list[tuple[float, float]]]:
+def plain_curve(
+    tokens_dir: str, budget_s: float, points: int, eval_streams: int, cfg: Config
+) -> tuple[int, list[tuple[float, float]]]:
     tokens = open_token_set(tokens_dir)
     torch.manual_seed(cfg.train.seed)
     m = cfg.model
-    trainer = PlainTrainer(load_split(tokens, "train"), tokens.vocab_size, emb=m.embedding_dim, hidden=m.hidden_size, layers=m.num_layers, batch_size=64, seq_len=64, lr=2e-3)
+    trainer = PlainTrainer(
+        load_split(tokens, "train"),
+        tokens.vocab_size,
+        emb=m.embedding_dim,
+        hidden=m.hidden_size,
+        layers=m.num_layers,
+        batch_size=64,
+        seq_len=64,
+        lr=2e-3,
+    )
     val = load_split(tokens, "val")
     curve, trained, steps = [], 0.0, 0
     for k in range(1, points + 1):
@@ -67,7 +80,9 @@ def plain_curve(tokens_dir: str, budget_s: float, points: int, eval_streams: int
             trainer.step()
             steps += 1
         trained += time.perf_counter() - start
-        curve.append((trained, evaluate_tokens(trainer.model, val, num_streams=eval_streams).loss_nats))  # clock stopped
+        curve.append(
+            (trained, evaluate_tokens(trainer.model, val, num_streams=eval_streams).loss_nats)
+        )  # clock stopped
     return steps, curve
 
 
@@ -122,8 +137,18 @@ def run(*, budget_s: float = 120.0, every: int = 150, points: int = 10, eval_str
         "  plain (b): " + ", ".join(f"{t:.0f}s {v:.3f}" for t, v in theirs),
     ]
     targets = [
-        Target(f"charrnn defaults, {budget_s:g} s, full val (issue 2)", f"{final:.4f}", f"<= {TARGET_2}", final <= TARGET_2),
-        Target(f"charrnn defaults, {budget_s:g} s, full val (issue 7)", f"{final:.4f}", f"<= {TARGET_7}", final <= TARGET_7),
+        Target(
+            f"charrnn defaults, {budget_s:g} s, full val (issue 2)",
+            f"{final:.4f}",
+            f"<= {TARGET_2}",
+            final <= TARGET_2,
+        ),
+        Target(
+            f"charrnn defaults, {budget_s:g} s, full val (issue 7)",
+            f"{final:.4f}",
+            f"<= {TARGET_7}",
+            final <= TARGET_7,
+        ),
         Target("baseline (b), same training time", f"{base:.4f}", "-", None),
     ]
     cmd = "python -m bench.quality" + (f" --budget-s {budget_s:g}" if budget_s != 120 else "")
@@ -132,9 +157,16 @@ def run(*, budget_s: float = 120.0, every: int = 150, points: int = 10, eval_str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--budget-s", type=float, default=120.0)
-    parser.add_argument("--every", type=int, default=150, help="charrnn checkpoint (curve point) every this many steps")
+    parser.add_argument(
+        "--every",
+        type=int,
+        default=150,
+        help="charrnn checkpoint (curve point) every this many steps",
+    )
     parser.add_argument("--png", type=Path, default=REPO / "bench" / "quality_curve.png")
     args = parser.parse_args()
     report = run(budget_s=args.budget_s, every=args.every, png=args.png)

@@ -51,10 +51,18 @@ class Page:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=PROJECT_DIR / "bench" / "screenshots", help="where the PNGs go")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out", type=Path, default=PROJECT_DIR / "bench" / "screenshots", help="where the PNGs go"
+    )
     parser.add_argument("--steps", type=int, default=60, help="training steps of the tiny run")
-    parser.add_argument("--keep", action="store_true", help="keep the server's state and the run directory (printed)")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the server's state and the run directory (printed)",
+    )
     args = parser.parse_args(argv)
     browser = shutil.which("chromium")
     if browser is None:
@@ -81,27 +89,66 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_pipeline(local: LocalPrefect, work: Path, steps: int) -> None:
     """``python -m flows run`` in a subprocess that talks to this server only (its own PREFECT_HOME)."""
-    cmd = [sys.executable, "-m", "flows", "run", "--corpus", "shakespeare", "--nproc-per-node", "1", "--max-steps", str(steps)]
-    cmd += ["--wandb-mode", "offline", "--runs-dir", str(work / "runs"), "--length", "120", *TINY_RUN]
-    env = local.env(CHARRNN_CACHE=str(work / "cache"), WANDB_DIR=str(work / "wandb"), WANDB_SILENT="true")
-    done = subprocess.run(cmd, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=900)
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows",
+        "run",
+        "--corpus",
+        "shakespeare",
+        "--nproc-per-node",
+        "1",
+        "--max-steps",
+        str(steps),
+    ]
+    cmd += [
+        "--wandb-mode",
+        "offline",
+        "--runs-dir",
+        str(work / "runs"),
+        "--length",
+        "120",
+        *TINY_RUN,
+    ]
+    env = local.env(
+        CHARRNN_CACHE=str(work / "cache"), WANDB_DIR=str(work / "wandb"), WANDB_SILENT="true"
+    )
+    done = subprocess.run(
+        cmd, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=900
+    )
     if done.returncode != 0:
-        raise RuntimeError(f"the pipeline failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        raise RuntimeError(
+            f"the pipeline failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
 
 
 def api(local: LocalPrefect, path: str, body: dict) -> list[dict]:
-    request = urllib.request.Request(f"{local.api_url}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{local.api_url}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=30) as resp:
         return json.loads(resp.read())
 
 
 def run_pages(local: LocalPrefect) -> list[Page]:
     """The completed flow run's page and its two artifacts' pages."""
-    runs = api(local, "/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 1, "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}})
+    runs = api(
+        local,
+        "/flow_runs/filter",
+        {
+            "sort": "START_TIME_DESC",
+            "limit": 1,
+            "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
+        },
+    )
     if not runs:
         raise RuntimeError("no completed flow run on the server")
     run = runs[0]
-    artifacts = api(local, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
+    artifacts = api(
+        local, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}
+    )
     by_key = {artifact["key"]: artifact for artifact in artifacts if artifact.get("key")}
     report, progress = by_key["charrnn-report"], by_key["charrnn-training-progress"]
     # Deep links open the classic UI; the server's front page redirects a new browser to the
@@ -109,10 +156,24 @@ def run_pages(local: LocalPrefect) -> list[Page]:
     ui, v2 = local.ui_url, f"{local.ui_url}/v2"
     return [
         Page("flow-run", f"{ui}/runs/flow-run/{run['id']}", run["name"]),
-        Page("report-artifact", f"{ui}/artifacts/artifact/{report['id']}", "Learning curve", height=REPORT_HEIGHT),
-        Page("progress-artifact", f"{ui}/artifacts/artifact/{progress['id']}", "charrnn-training-progress"),
+        Page(
+            "report-artifact",
+            f"{ui}/artifacts/artifact/{report['id']}",
+            "Learning curve",
+            height=REPORT_HEIGHT,
+        ),
+        Page(
+            "progress-artifact",
+            f"{ui}/artifacts/artifact/{progress['id']}",
+            "charrnn-training-progress",
+        ),
         Page("flow-run-v2", f"{v2}/runs/flow-run/{run['id']}", run["name"]),
-        Page("report-artifact-v2", f"{v2}/artifacts/artifact/{report['id']}", "Learning curve", height=REPORT_HEIGHT),
+        Page(
+            "report-artifact-v2",
+            f"{v2}/artifacts/artifact/{report['id']}",
+            "Learning curve",
+            height=REPORT_HEIGHT,
+        ),
     ]
 
 
@@ -136,7 +197,14 @@ def shoot(browser: str, page: Page, png: Path, work: Path) -> None:
 def chromium(browser: str, work: Path, page: Page, action: str) -> str:
     """One headless Chromium run (a fresh profile each time: no saved UI preference, no cache); its stdout."""
     profile = tempfile.mkdtemp(prefix="chromium-", dir=work)
-    cmd = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size=1400,{page.height}", action, page.url]
+    cmd = [
+        browser,
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={profile}",
+        f"--window-size=1400,{page.height}",
+        action,
+        page.url,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     return done.stdout
 

@@ -47,7 +47,14 @@ def train_peak(tokens_dir: str, out_dir: Path, steps: int, eval_streams: int) ->
     return run_measured(cmd, env=quiet_env(), cwd=REPO)[2]
 
 
-def run(*, mb: int = 100, train_steps: int = 30, attempts: int = 2, eval_streams: int = 32, log: Callable[[str], None] = print) -> Report:
+def run(
+    *,
+    mb: int = 100,
+    train_steps: int = 30,
+    attempts: int = 2,
+    eval_streams: int = 32,
+    log: Callable[[str], None] = print,
+) -> Report:
     """``attempts``: runs of each measurement (the best counts); ``eval_streams``: the training runs' eval_batch_size."""
     seed_text = Path(fetch_corpus("shakespeare").path).read_bytes()
     with tempfile.TemporaryDirectory(prefix="charrnn-bench-tok-") as tmp:
@@ -56,12 +63,16 @@ def run(*, mb: int = 100, train_steps: int = 30, attempts: int = 2, eval_streams
             remaining = mb * MB
             while remaining > 0:
                 piece = seed_text[:remaining]
-                cut = len(piece.decode("utf-8", errors="ignore").encode("utf-8"))  # never end inside a character
+                cut = len(
+                    piece.decode("utf-8", errors="ignore").encode("utf-8")
+                )  # never end inside a character
                 fh.write(piece[:cut])
                 remaining -= max(cut, 1)
         size = corpus.stat().st_size
         os.sync()  # flush the generated file now, so its write-back does not land in the timed tokenise stage
-        log(f"tokenise: charrnn prepare on {size / MB:.0f} MB, {attempts}x (fresh caches), the fastest counts")
+        log(
+            f"tokenise: charrnn prepare on {size / MB:.0f} MB, {attempts}x (fresh caches), the fastest counts"
+        )
         # val/test fractions that give the big corpus about the default corpus's held-out size,
         # so the training-memory comparison below does the same evaluation work on both.
         held_out = round(0.05 * len(seed_text) / size, 6)
@@ -69,7 +80,9 @@ def run(*, mb: int = 100, train_steps: int = 30, attempts: int = 2, eval_streams
         prepares = []
         for attempt in range(attempts):
             env = quiet_env(CHARRNN_CACHE=str(Path(tmp) / f"cache-{attempt}"))
-            done, wall, peak = run_measured(charrnn_cmd("prepare", f"data.corpus={corpus}", *splits), env=env, cwd=REPO)
+            done, wall, peak = run_measured(
+                charrnn_cmd("prepare", f"data.corpus={corpus}", *splits), env=env, cwd=REPO
+            )
             info = json.loads(done.stdout)
             meta = json.loads((Path(info["tokens"]["dir"]) / "meta.json").read_text())
             prepares.append((meta["seconds"], wall, peak.rss, info, meta))
@@ -79,11 +92,24 @@ def run(*, mb: int = 100, train_steps: int = 30, attempts: int = 2, eval_streams
         naive = naive_tokenise_mb_per_s(seed_text.decode("utf-8"))
 
         log("tokenise: training memory on the default and the big corpus")
-        small = json.loads(run_measured(charrnn_cmd("prepare"), env=quiet_env(), cwd=REPO)[0].stdout)["tokens"]["dir"]
+        small = json.loads(
+            run_measured(charrnn_cmd("prepare"), env=quiet_env(), cwd=REPO)[0].stdout
+        )["tokens"]["dir"]
         runs: dict[str, list[Peak]] = {"small": [], "big": []}
-        for attempt in range(attempts):  # alternating, and the lowest counts: peaks vary by ~10 MiB run to run
-            runs["small"].append(train_peak(small, Path(tmp) / f"train-small-{attempt}", train_steps, eval_streams))
-            runs["big"].append(train_peak(info["tokens"]["dir"], Path(tmp) / f"train-big-{attempt}", train_steps, eval_streams))
+        for attempt in range(
+            attempts
+        ):  # alternating, and the lowest counts: peaks vary by ~10 MiB run to run
+            runs["small"].append(
+                train_peak(small, Path(tmp) / f"train-small-{attempt}", train_steps, eval_streams)
+            )
+            runs["big"].append(
+                train_peak(
+                    info["tokens"]["dir"],
+                    Path(tmp) / f"train-big-{attempt}",
+                    train_steps,
+                    eval_streams,
+                )
+            )
         anon_small, anon_big = (min(p.anon for p in runs[k]) for k in ("small", "big"))
         rss_small, rss_big = (min(p.rss for p in runs[k]) for k in ("small", "big"))
 
@@ -100,16 +126,30 @@ def run(*, mb: int = 100, train_steps: int = 30, attempts: int = 2, eval_streams
         f"  resident incl. mapped page cache of the token files: {rss_small / 2**20:,.0f} -> {rss_big / 2**20:,.0f} MiB (x{rss_big / rss_small:.2f})",
     ]
     targets = [
-        Target(f"tokenise {size / MB:.0f} MB after the fetch", f"{rate:.1f} MB/s", ">= 50 MB/s", rate >= 50),
-        Target("peak memory of charrnn prepare", f"{peak / 2**30:.2f} GiB", "< 1.5 GB", peak < 1.5e9),
-        Target(f"training's own memory, {size / MB:.0f} MB vs default corpus", f"x{anon_big / anon_small:.2f}", "flat", anon_big / anon_small < 1.1),
+        Target(
+            f"tokenise {size / MB:.0f} MB after the fetch",
+            f"{rate:.1f} MB/s",
+            ">= 50 MB/s",
+            rate >= 50,
+        ),
+        Target(
+            "peak memory of charrnn prepare", f"{peak / 2**30:.2f} GiB", "< 1.5 GB", peak < 1.5e9
+        ),
+        Target(
+            f"training's own memory, {size / MB:.0f} MB vs default corpus",
+            f"x{anon_big / anon_small:.2f}",
+            "flat",
+            anon_big / anon_small < 1.1,
+        ),
     ]
     cmd = "python -m bench.tokenise" + (f" --mb {mb}" if mb != 100 else "")
     return Report(f"Tokenisation: {mb} MB corpus", cmd, "\n".join(lines), targets)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mb", type=int, default=100)
     parser.add_argument("--train-steps", type=int, default=30)
     args = parser.parse_args()

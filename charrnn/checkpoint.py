@@ -66,7 +66,14 @@ def write_with_checksum(path: Path, digest: str) -> Iterator[Path]:
             yield tmp
 
 
-def save_checkpoint(run_dir: str | os.PathLike[str], payload: dict[str, Any], *, step: int, is_best: bool, keep_last: int) -> Path:
+def save_checkpoint(
+    run_dir: str | os.PathLike[str],
+    payload: dict[str, Any],
+    *,
+    step: int,
+    is_best: bool,
+    keep_last: int,
+) -> Path:
     """Write ``payload`` as the checkpoint of ``step``; keep the last ``keep_last`` plus the best.
 
     A failed write (a full disk above all) raises CheckpointError naming the
@@ -83,7 +90,9 @@ def save_checkpoint(run_dir: str | os.PathLike[str], payload: dict[str, Any], *,
             tmp.write_bytes(data)
         if is_best:
             target = Path(run_dir) / "best.pt"
-            with write_with_checksum(target, digest) as tmp:  # a hard link: no second copy of the bytes
+            with write_with_checksum(
+                target, digest
+            ) as tmp:  # a hard link: no second copy of the bytes
                 tmp.unlink()
                 os.link(path, tmp)
     except OSError as exc:
@@ -92,7 +101,9 @@ def save_checkpoint(run_dir: str | os.PathLike[str], payload: dict[str, Any], *,
     return path
 
 
-def _save_failed(run_dir: str | os.PathLike[str], path: Path, step: int, size: int, exc: OSError) -> CheckpointError:
+def _save_failed(
+    run_dir: str | os.PathLike[str], path: Path, step: int, size: int, exc: OSError
+) -> CheckpointError:
     """The error for a checkpoint that could not be written: what failed, what is left, what to do."""
     full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
     what = "disk full" if full else f"cannot write ({exc.strerror or exc})"
@@ -101,7 +112,11 @@ def _save_failed(run_dir: str | os.PathLike[str], path: Path, step: int, size: i
         left = "no earlier checkpoint remains: a new run starts from scratch"
     else:
         left = f"last good checkpoint: {last[0]} (step {last[1]})"
-    todo = f"free space on the disk holding {Path(run_dir).resolve()} (this checkpoint needs {size / 2**20:.1f} MiB)" if full else "make the run directory writable"
+    todo = (
+        f"free space on the disk holding {Path(run_dir).resolve()} (this checkpoint needs {size / 2**20:.1f} MiB)"
+        if full
+        else "make the run directory writable"
+    )
     return CheckpointError(
         f"{what} while saving the checkpoint of step {step} ({path.name}); {left}",
         where=str(path),
@@ -149,7 +164,11 @@ def remove_stale_files(run_dir: str | os.PathLike[str]) -> list[Path]:
                 path.unlink(missing_ok=True)
                 removed.append(path)
     if removed:
-        log.info("removed %d stale file(s) of interrupted checkpoint saves: %s", len(removed), ", ".join(str(p) for p in removed))
+        log.info(
+            "removed %d stale file(s) of interrupted checkpoint saves: %s",
+            len(removed),
+            ", ".join(str(p) for p in removed),
+        )
     return removed
 
 
@@ -157,7 +176,9 @@ def _is_leftover(path: Path) -> bool:
     if TEMP_FILE.match(path.name):
         return True
     match = SUMS_FILE.match(path.name)
-    return bool(match) and not path.with_name(match.group(1)).exists()  # a checksum without its checkpoint
+    return (
+        bool(match) and not path.with_name(match.group(1)).exists()
+    )  # a checksum without its checkpoint
 
 
 def _older_than(path: Path, step: int, mtime_ns: int) -> bool:
@@ -189,7 +210,11 @@ def verify_checkpoint(path: str | os.PathLike[str]) -> None:
     """Raise CheckpointError unless ``path`` matches its recorded sha256."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError("checkpoint not found", where=str(path), fix="check the path (a run directory works too)")
+        raise CheckpointError(
+            "checkpoint not found",
+            where=str(path),
+            fix="check the path (a run directory works too)",
+        )
     sums = checksum_path(path)
     if not sums.is_file():
         raise CheckpointError(
@@ -207,7 +232,9 @@ def verify_checkpoint(path: str | os.PathLike[str]) -> None:
         )
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
     verify_checkpoint(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
@@ -218,7 +245,9 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     return payload
 
 
-def load_latest_valid(run_dir: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path] | None:
+def load_latest_valid(
+    run_dir: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, Any], Path] | None:
     """The newest checkpoint that passes its checksum; corrupt ones are reported and skipped."""
     for path in reversed(list_checkpoints(run_dir)):
         try:
@@ -240,7 +269,11 @@ def resolve_checkpoint(target: str | os.PathLike[str]) -> Path:
                 return candidate
             except CheckpointError as exc:
                 log.warning("skipping checkpoint: %s", exc)
-        raise CheckpointError("no valid checkpoint in this directory", where=str(path), fix="train first, or pass a .pt file")
+        raise CheckpointError(
+            "no valid checkpoint in this directory",
+            where=str(path),
+            fix="train first, or pass a .pt file",
+        )
     return path
 
 

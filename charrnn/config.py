@@ -87,25 +87,37 @@ class _Checked(BaseModel):
         try:
             super().__init__(**values)
         except ValidationError as exc:
-            raise _config_error(exc, where=f"{type(self).__name__}(...)", prefix=_SECTION_OF.get(type(self).__name__)) from None
+            raise _config_error(
+                exc,
+                where=f"{type(self).__name__}(...)",
+                prefix=_SECTION_OF.get(type(self).__name__),
+            ) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
         try:
             super().__setattr__(name, value)
         except ValidationError as exc:
-            raise _config_error(exc, where="assignment in code", prefix=_SECTION_OF.get(type(self).__name__)) from None
+            raise _config_error(
+                exc, where="assignment in code", prefix=_SECTION_OF.get(type(self).__name__)
+            ) from None
 
 
 class _Section(_Checked):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, coerce_numbers_to_str=True, allow_inf_nan=False
+    )
 
 
 class DataConfig(_Section):
-    corpus: str = Field("shakespeare", min_length=1)  # URI: named corpus, path, file://, http(s)://, fsspec, hf://datasets/NAME
+    corpus: str = Field(
+        "shakespeare", min_length=1
+    )  # URI: named corpus, path, file://, http(s)://, fsspec, hf://datasets/NAME
     val_fraction: Fraction = 0.05
     test_fraction: Fraction = 0.05  # val_fraction + test_fraction < 1
     token_dtype: Literal["auto", "uint8", "uint16", "uint32"] = "auto"
-    unk_policy: Literal["unk", "error"] = "unk"  # characters outside the vocabulary in text encoded for a run (charrnn evaluate --split PATH): map to <unk>, or stop
+    unk_policy: Literal["unk", "error"] = (
+        "unk"  # characters outside the vocabulary in text encoded for a run (charrnn evaluate --split PATH): map to <unk>, or stop
+    )
     cache_dir: str = ""  # "" -> $CHARRNN_CACHE or ~/.cache/charrnn
     http_timeout_s: Float = Field(30.0, gt=0)
     http_retries: Int = Field(3, ge=0)
@@ -132,34 +144,68 @@ class ModelConfig(_Section):
 
 class TrainConfig(_Section):
     out_dir: str = Field("runs/default", min_length=1)
-    batch_size: Int = Field(64, ge=1)  # global number of parallel streams, split across ranks (a multiple of the process count)
-    seq_len: Int = Field(16, ge=1)  # truncated-BPTT window; the state is still carried across windows
-    segment_windows: Int = Field(32, ge=0)  # streams hop to a new random segment every this many windows; 0: classic contiguous streams
+    batch_size: Int = Field(
+        64, ge=1
+    )  # global number of parallel streams, split across ranks (a multiple of the process count)
+    seq_len: Int = Field(
+        16, ge=1
+    )  # truncated-BPTT window; the state is still carried across windows
+    segment_windows: Int = Field(
+        32, ge=0
+    )  # streams hop to a new random segment every this many windows; 0: classic contiguous streams
     lr: Float = Field(7e-3, gt=0)
-    lr_schedule: Literal["linear", "cosine"] = "linear"  # after warm-up: linear | cosine, to lr * min_lr_ratio at the run's end
-    min_lr_ratio: Float = Field(0.0, ge=0, le=1)  # with beta1 0.7 and lr 7e-3: -0.019 nats/char at 1,400 steps vs cosine to 0.1 (bench/RESULTS.md)
+    lr_schedule: Literal["linear", "cosine"] = (
+        "linear"  # after warm-up: linear | cosine, to lr * min_lr_ratio at the run's end
+    )
+    min_lr_ratio: Float = Field(
+        0.0, ge=0, le=1
+    )  # with beta1 0.7 and lr 7e-3: -0.019 nats/char at 1,400 steps vs cosine to 0.1 (bench/RESULTS.md)
     warmup_steps: Int = Field(20, ge=0)
-    weight_decay: Float = Field(0.1, ge=0)  # AdamW, matrices only; shakespeare 600 s: 1.509 -> 1.405 nats/char, 120 s: 1.530 -> 1.510 (bench/RESULTS.md)
-    beta1: Float = Field(0.7, gt=0, lt=1)  # a short gradient memory pays on a short budget (0.9 -> 0.8 -> 0.7, bench/RESULTS.md)
+    weight_decay: Float = Field(
+        0.1, ge=0
+    )  # AdamW, matrices only; shakespeare 600 s: 1.509 -> 1.405 nats/char, 120 s: 1.530 -> 1.510 (bench/RESULTS.md)
+    beta1: Float = Field(
+        0.7, gt=0, lt=1
+    )  # a short gradient memory pays on a short budget (0.9 -> 0.8 -> 0.7, bench/RESULTS.md)
     beta2: Float = Field(0.99, gt=0, lt=1)
     grad_clip: Float = Field(1.0, ge=0)  # max global grad norm; 0 disables
-    max_steps: Int = Field(0, ge=0)  # 0 -> unlimited; training stops at the first of max_steps, epochs, time_budget_s
+    max_steps: Int = Field(
+        0, ge=0
+    )  # 0 -> unlimited; training stops at the first of max_steps, epochs, time_budget_s
     epochs: Float = Field(0.0, ge=0)  # 0 -> unlimited
-    time_budget_s: Float = Field(120.0, ge=0)  # wall-clock budget for the training loop; 0 -> unlimited
-    lr_decay_steps: Int = Field(0, ge=0)  # decay horizon in steps; 0 -> the run's own end (steps, epochs or time)
-    eval_interval: Int = Field(0, ge=0)  # steps between validations; 0 -> evals_per_run of them, spread over the run
-    evals_per_run: Int = Field(16, ge=0)  # validations at 1/N, 2/N, ... of the run (steps, epochs or clock); 0 -> only at the end
-    val_chars: Int = Field(0, ge=0)  # characters of the val split each validation scores (a fixed subsample); 0 -> auto, ~5% of training time
-    patience: Int = Field(4, ge=0)  # stop after this many validations without a new best (best.pt is kept); 0 -> never stop early
-    eval_batch_size: Int = Field(32, ge=1)  # parallel streams for evaluation (fewer: each starts with more context)
+    time_budget_s: Float = Field(
+        120.0, ge=0
+    )  # wall-clock budget for the training loop; 0 -> unlimited
+    lr_decay_steps: Int = Field(
+        0, ge=0
+    )  # decay horizon in steps; 0 -> the run's own end (steps, epochs or time)
+    eval_interval: Int = Field(
+        0, ge=0
+    )  # steps between validations; 0 -> evals_per_run of them, spread over the run
+    evals_per_run: Int = Field(
+        16, ge=0
+    )  # validations at 1/N, 2/N, ... of the run (steps, epochs or clock); 0 -> only at the end
+    val_chars: Int = Field(
+        0, ge=0
+    )  # characters of the val split each validation scores (a fixed subsample); 0 -> auto, ~5% of training time
+    patience: Int = Field(
+        4, ge=0
+    )  # stop after this many validations without a new best (best.pt is kept); 0 -> never stop early
+    eval_batch_size: Int = Field(
+        32, ge=1
+    )  # parallel streams for evaluation (fewer: each starts with more context)
     log_interval: Int = Field(100, ge=1)
-    checkpoint_interval: Int = Field(500, ge=1)  # steps; also saved at the end and on SIGINT/SIGTERM
+    checkpoint_interval: Int = Field(
+        500, ge=1
+    )  # steps; also saved at the end and on SIGINT/SIGTERM
     keep_last: Int = Field(3, ge=1)
     seed: Int = Field(1337, ge=0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16: autocast with fp32 master weights
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
-    grad_compression: Literal["none", "bf16"] = "none"  # DDP: all-reduce gradients in bf16 (half the bytes; not bit-exact across layouts)
+    grad_compression: Literal["none", "bf16"] = (
+        "none"  # DDP: all-reduce gradients in bf16 (half the bytes; not bit-exact across layouts)
+    )
     resume: bool = False
 
 
@@ -168,15 +214,21 @@ Temperature = Annotated[float, BeforeValidator(_number), Field(gt=0)]
 
 
 class TrackConfig(_Section):
-    mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online if W&B credentials exist, else offline
+    mode: Literal["auto", "online", "offline", "disabled"] = (
+        "auto"  # auto: online if W&B credentials exist, else offline
+    )
     project: str = "charrnn"
     entity: str = ""
     group: str = ""
-    tags: list[Tag] = Field(default_factory=list, description="a list of tags, e.g. [a, b] (or the old form a,b)")
+    tags: list[Tag] = Field(
+        default_factory=list, description="a list of tags, e.g. [a, b] (or the old form a,b)"
+    )
     name: str = ""  # display name; "" -> W&B's default
     run_id: str = ""  # "" -> derived from the run directory, so a resume continues the same W&B run
     dir: str = ""  # where W&B writes its files; "" -> the run directory
-    init_timeout_s: Float = Field(60.0, gt=0)  # a W&B that cannot start within this is skipped with a warning
+    init_timeout_s: Float = Field(
+        60.0, gt=0
+    )  # a W&B that cannot start within this is skipped with a warning
     sample_prompts: list[str] = Field(
         default_factory=lambda: ["ROMEO:\n", "JULIET:\n"],
         description='a list of prompts, e.g. ["ROMEO:\\n", "JULIET:\\n"] (or the old form ROMEO:\\n|JULIET:\\n)',
@@ -187,7 +239,9 @@ class TrackConfig(_Section):
     )
     sample_length: Int = Field(200, ge=1)
     log_checkpoints: bool = True  # upload checkpoints as `model` artefacts
-    dataset_max_mb: Float = Field(64.0, ge=0)  # token files above this are logged by reference, not uploaded
+    dataset_max_mb: Float = Field(
+        64.0, ge=0
+    )  # token files above this are logged by reference, not uploaded
 
     @field_validator("tags", mode="before")
     @classmethod
@@ -215,7 +269,12 @@ def _unescape(text: str) -> str:
     return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
 
 
-SECTIONS: dict[str, type[_Section]] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "track": TrackConfig}
+SECTIONS: dict[str, type[_Section]] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "track": TrackConfig,
+}
 _SECTION_OF = {cls.__name__: name for name, cls in SECTIONS.items()}
 
 
@@ -242,7 +301,11 @@ class Config(_Checked):
 def _check_keys(raw: dict[str, Any], where: str) -> None:
     for section, values in raw.items():
         if section not in SECTIONS:
-            raise ConfigError(f"unknown section {section!r}", where=where, fix=f"use one of: {', '.join(SECTIONS)}{_did_you_mean(str(section), list(SECTIONS))}")
+            raise ConfigError(
+                f"unknown section {section!r}",
+                where=where,
+                fix=f"use one of: {', '.join(SECTIONS)}{_did_you_mean(str(section), list(SECTIONS))}",
+            )
         if values is None:
             continue
         if not isinstance(values, dict):
@@ -277,8 +340,13 @@ def resolve_key(key: str) -> str:
         every = [f"{s}.{k}" for s, cls in SECTIONS.items() for k in cls.model_fields]
         close = difflib.get_close_matches(key, [k.split(".")[1] for k in every], n=1)
         hint = f" (did you mean {resolve_key(close[0])}?)" if close else ""
-        raise ConfigError(f"unknown config key {key!r}", fix=f"run `charrnn config` to list every key, or use section.key{hint}")
-    raise ConfigError(f"ambiguous key {key!r}", fix=f"write one of: {', '.join(f'{o}.{key}' for o in owners)}")
+        raise ConfigError(
+            f"unknown config key {key!r}",
+            fix=f"run `charrnn config` to list every key, or use section.key{hint}",
+        )
+    raise ConfigError(
+        f"ambiguous key {key!r}", fix=f"write one of: {', '.join(f'{o}.{key}' for o in owners)}"
+    )
 
 
 # --------------------------------------------------------------------------- errors
@@ -296,10 +364,24 @@ def _allowed(key: str) -> str | None:
     annotation = info.annotation
     if get_origin(annotation) is Literal:
         return "one of: " + ", ".join(str(v) for v in get_args(annotation))
-    words = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(annotation, str(annotation))
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        annotation, str(annotation)
+    )
     bounds = {type(m): m for m in info.metadata if isinstance(m, annotated_types.BaseMetadata)}
-    low = f"[{bounds[annotated_types.Ge].ge}" if annotated_types.Ge in bounds else f"({bounds[annotated_types.Gt].gt}" if annotated_types.Gt in bounds else None
-    high = f"{bounds[annotated_types.Le].le}]" if annotated_types.Le in bounds else f"{bounds[annotated_types.Lt].lt})" if annotated_types.Lt in bounds else None
+    low = (
+        f"[{bounds[annotated_types.Ge].ge}"
+        if annotated_types.Ge in bounds
+        else f"({bounds[annotated_types.Gt].gt}"
+        if annotated_types.Gt in bounds
+        else None
+    )
+    high = (
+        f"{bounds[annotated_types.Le].le}]"
+        if annotated_types.Le in bounds
+        else f"{bounds[annotated_types.Lt].lt})"
+        if annotated_types.Lt in bounds
+        else None
+    )
     if low and high:
         return f"{words} in {low}, {high}"
     if low:
@@ -315,7 +397,13 @@ _TYPE_ERRORS = {"int_parsing", "int_type", "int_from_float", "float_parsing", "f
                 "string_type", "list_type", "number_type", "finite_number", "model_type", "model_attributes_type", "dict_type"}  # fmt: skip
 
 
-def _config_error(exc: ValidationError, *, where: str, sources: dict[str, str] | None = None, prefix: str | None = None) -> ConfigError:
+def _config_error(
+    exc: ValidationError,
+    *,
+    where: str,
+    sources: dict[str, str] | None = None,
+    prefix: str | None = None,
+) -> ConfigError:
     """One ConfigError for all of a ValidationError's problems, each naming its key, what it accepts and the fix."""
     problems, fixes, places = [], [], []
     for err in exc.errors(include_url=False):
@@ -330,14 +418,18 @@ def _config_error(exc: ValidationError, *, where: str, sources: dict[str, str] |
         example = f" (default: {default})" if default is not None else ""
         if kind == "literal_error":
             problems.append(f"{key}={value!r} is not allowed: use {allowed}")
-            choices = allowed.removeprefix("one of: ").replace(", ", "|") if allowed else "a valid value"
+            choices = (
+                allowed.removeprefix("one of: ").replace(", ", "|") if allowed else "a valid value"
+            )
             fixes.append(f"set {field}={choices}")
         elif kind in ("extra_forbidden", "no_such_attribute"):
             problems.append(f"unknown key {key!r}")
             fixes.append("run `charrnn config` to list every key")
         elif kind in _TYPE_ERRORS:
             problems.append(f"{key}={value!r} has the wrong type: expected {allowed or kind}")
-            fixes.append(f"write {field} as {allowed}{example}; quote text that YAML would read as a number or a boolean")
+            fixes.append(
+                f"write {field} as {allowed}{example}; quote text that YAML would read as a number or a boolean"
+            )
         elif kind == "fraction_sum":
             problems.append(err["msg"])
             fixes.append("lower data.val_fraction or data.test_fraction")
@@ -353,7 +445,10 @@ def _config_error(exc: ValidationError, *, where: str, sources: dict[str, str] |
     lines = [f"{len(problems)} invalid config values:"]
     for place, problem, fix in zip(places, problems, fixes, strict=True):
         lines += [f"  {place}: {problem}", f"    -> {fix}"]
-    return ConfigError("\n".join(lines), fix="fix each value above; `charrnn config` prints every key with its value")
+    return ConfigError(
+        "\n".join(lines),
+        fix="fix each value above; `charrnn config` prints every key with its value",
+    )
 
 
 def _default(field: str) -> str | None:
@@ -363,7 +458,12 @@ def _default(field: str) -> str | None:
         return None
     info = cls.model_fields[name]
     value = info.get_default(call_default_factory=True)
-    return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+    return (
+        yaml.safe_dump(value, default_flow_style=True, width=1000)
+        .strip()
+        .removesuffix("...")
+        .strip()
+    )
 
 
 def _validate(raw: dict[str, Any], sources: dict[str, str], where: str) -> Config:
@@ -385,14 +485,23 @@ def _parse_overrides(overrides: list[str]) -> list[tuple[str, str, Any]]:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"override {item!r} is not key=value", fix="write e.g. train.lr=3e-3 (or lr=3e-3; lists as track.tags=[a,b])")
+            raise ConfigError(
+                f"override {item!r} is not key=value",
+                fix="write e.g. train.lr=3e-3 (or lr=3e-3; lists as track.tags=[a,b])",
+            )
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as exc:
-            raise ConfigError(f"cannot parse value {raw!r}: {exc}", where=f"override {item!r}") from None
+            raise ConfigError(
+                f"cannot parse value {raw!r}: {exc}", where=f"override {item!r}"
+            ) from None
         section, _, name = resolve_key(key.strip()).partition(".")
         if section not in SECTIONS:
-            raise ConfigError(f"unknown section {section!r} in {key.strip()!r}", where="command line", fix=f"use one of: {', '.join(SECTIONS)}")
+            raise ConfigError(
+                f"unknown section {section!r} in {key.strip()!r}",
+                where="command line",
+                fix=f"use one of: {', '.join(SECTIONS)}",
+            )
         _check_key(section, name, "command line")
         parsed.append((section, name, value))
     return parsed
@@ -425,7 +534,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError("config file not found", where=str(path), fix="check the --config path")
+            raise ConfigError(
+                "config file not found", where=str(path), fix="check the --config path"
+            )
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
@@ -434,10 +545,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError("top level must be a mapping of sections", where=str(path))
         _check_keys(raw, str(path))
         sources = {f"{s}.{k}": str(path) for s, values in raw.items() for k in values or {}}
-    return _validate(_merge(raw, overrides or [], sources), sources, "command line" if not path else str(path))
+    return _validate(
+        _merge(raw, overrides or [], sources), sources, "command line" if not path else str(path)
+    )
 
 
-def check_batch_split(cfg: Config, processes: int, *, layout: str = "", where: str = "train.batch_size") -> None:
+def check_batch_split(
+    cfg: Config, processes: int, *, layout: str = "", where: str = "train.batch_size"
+) -> None:
     """Refuse a global batch that ``processes`` training processes cannot share equally (before starting them)."""
     batch = cfg.train.batch_size
     if processes >= 1 and batch % processes:
@@ -455,7 +570,10 @@ class _Dumper(yaml.SafeDumper):
 
 
 _Dumper.add_representer(
-    str, lambda dumper, text: dumper.represent_scalar("tag:yaml.org,2002:str", text, style='"' if "\n" in text else None)
+    str,
+    lambda dumper, text: dumper.represent_scalar(
+        "tag:yaml.org,2002:str", text, style='"' if "\n" in text else None
+    ),
 )
 
 

@@ -72,7 +72,9 @@ def normalise_and_validate(raw: bytes, source: str) -> str:
         raw = raw[3:]
     if not raw.strip():
         raise CorpusError(
-            "corpus is empty (no text after fetching)", where=source, fix="point at a non-empty text file"
+            "corpus is empty (no text after fetching)",
+            where=source,
+            fix="point at a non-empty text file",
         )
     nul = raw.find(b"\x00")
     if nul != -1:
@@ -99,14 +101,18 @@ def _read_local(path: Path, source: str) -> bytes:
     if not path.exists():
         raise CorpusError("file not found", where=source, fix=f"check the path, {NAMED_HINT}")
     if path.is_dir():
-        raise CorpusError("is a directory, not a text file", where=source, fix="point at one text file")
+        raise CorpusError(
+            "is a directory, not a text file", where=source, fix="point at one text file"
+        )
     try:
         return path.read_bytes()
     except PermissionError:
         raise CorpusError("permission denied", where=source, fix="make the file readable") from None
 
 
-def _http_get(url: str, dest: Path, *, timeout_s: float, retries: int, backoff_s: float = 0.5) -> None:
+def _http_get(
+    url: str, dest: Path, *, timeout_s: float, retries: int, backoff_s: float = 0.5
+) -> None:
     """Download ``url`` into ``dest`` with retries and exponential back-off.
 
     Retries connection errors, timeouts and 5xx/429; a 4xx other than those is
@@ -118,7 +124,10 @@ def _http_get(url: str, dest: Path, *, timeout_s: float, retries: int, backoff_s
     for attempt in range(1, attempts + 1):
         try:
             request = urllib.request.Request(url, headers={"User-Agent": "charrnn"})
-            with urllib.request.urlopen(request, timeout=timeout_s) as resp, open(dest, "wb") as out:
+            with (
+                urllib.request.urlopen(request, timeout=timeout_s) as resp,
+                open(dest, "wb") as out,
+            ):
                 total = int(resp.headers.get("Content-Length") or 0)
                 done = 0
                 while chunk := resp.read(1 << 20):
@@ -133,7 +142,9 @@ def _http_get(url: str, dest: Path, *, timeout_s: float, retries: int, backoff_s
             last = f"HTTP {exc.code} {exc.reason}"
             if exc.code not in RETRYABLE_HTTP:
                 raise CorpusError(
-                    last, where=url, fix="check the URL (a 4xx means the server refuses this request)"
+                    last,
+                    where=url,
+                    fix="check the URL (a 4xx means the server refuses this request)",
                 ) from None
             fix = "the server is failing; retry later or raise data.http_retries"
         except TimeoutError:
@@ -152,13 +163,17 @@ def _http_get(url: str, dest: Path, *, timeout_s: float, retries: int, backoff_s
             last = f"download failed: {exc}"
         if attempt < attempts:
             time.sleep(backoff_s * 2 ** (attempt - 1))
-    raise CorpusError(f"{last} (after {attempts} attempt{'s' * (attempts > 1)})", where=url, fix=fix)
+    raise CorpusError(
+        f"{last} (after {attempts} attempt{'s' * (attempts > 1)})", where=url, fix=fix
+    )
 
 
 def _read_hf_dataset(uri: str) -> bytes:
     """``hf://datasets/NAME?config=C&split=S&column=text``: rows joined with newlines."""
     parsed = urllib.parse.urlparse(uri)
-    name = (parsed.netloc + parsed.path).removeprefix("datasets/").rstrip("/")  # a local path keeps its leading /
+    name = (
+        (parsed.netloc + parsed.path).removeprefix("datasets/").rstrip("/")
+    )  # a local path keeps its leading /
     query = dict(urllib.parse.parse_qsl(parsed.query))
     if not name:
         raise CorpusError("no dataset name", where=uri, fix="write hf://datasets/NAME")
@@ -244,7 +259,11 @@ def source_validator(uri: str, *, timeout_s: float = 10.0) -> str | None:
             return f"last-modified:{modified};length:{headers.get('Content-Length', '?')}"
         return None
     if url_scheme(target) in ("", "file"):
-        path = Path(urllib.parse.unquote(parsed.path)) if parsed.scheme == "file" else Path(target).expanduser()
+        path = (
+            Path(urllib.parse.unquote(parsed.path))
+            if parsed.scheme == "file"
+            else Path(target).expanduser()
+        )
         try:
             st = path.stat()
         except OSError:
@@ -288,7 +307,9 @@ def fetch_corpus(
             elif scheme == "hf":
                 raw = _read_hf_dataset(target)
             elif scheme == "file":
-                raw = _read_local(Path(urllib.parse.unquote(urllib.parse.urlparse(target).path)), source)
+                raw = _read_local(
+                    Path(urllib.parse.unquote(urllib.parse.urlparse(target).path)), source
+                )
             elif scheme:  # any other URL: fsspec (s3://, gs:// ...)
                 raw = _read_fsspec(target)
             else:
@@ -303,5 +324,10 @@ def fetch_corpus(
         if not final.exists():
             with atomic_path(final) as tmp:
                 tmp.write_bytes(data)
-            atomic_write_json(final.with_suffix(".json"), {"sha256": digest, "num_chars": len(text), "num_bytes": len(data)})
-    return CorpusRef(uri=uri, sha256=digest, path=str(final), num_chars=len(text), num_bytes=len(data))
+            atomic_write_json(
+                final.with_suffix(".json"),
+                {"sha256": digest, "num_chars": len(text), "num_bytes": len(data)},
+            )
+    return CorpusRef(
+        uri=uri, sha256=digest, path=str(final), num_chars=len(text), num_bytes=len(data)
+    )

@@ -67,7 +67,18 @@ class StreamBatcher:
     across the windows of a segment.
     """
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, *, rank: int = 0, world_size: int = 1, segment_windows: int = 0, seed: int = 0, source: str = "train split"):
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        batch_size: int,
+        seq_len: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        segment_windows: int = 0,
+        seed: int = 0,
+        source: str = "train split",
+    ):
         if batch_size % world_size:
             raise ConfigError(
                 f"train.batch_size={batch_size} (global streams) is not divisible by {world_size} processes",
@@ -109,7 +120,11 @@ class StreamBatcher:
 
     def _segment_order(self, epoch: int) -> np.ndarray:
         if self._order is None or self._order[0] != epoch:
-            order = np.random.default_rng([self.seed, epoch]).permutation(self.num_segments) if self.shuffle else np.arange(self.num_segments)
+            order = (
+                np.random.default_rng([self.seed, epoch]).permutation(self.num_segments)
+                if self.shuffle
+                else np.arange(self.num_segments)
+            )
             self._order = (epoch, order)
         return self._order[1]
 
@@ -117,15 +132,21 @@ class StreamBatcher:
         """The window of ``step`` for this rank's streams; ``pin_memory`` lets a CUDA copy run asynchronously."""
         epoch, in_epoch = divmod(step, self.windows_per_epoch)
         round_, window = divmod(in_epoch, self.segment_windows)
-        segments = self._segment_order(epoch)[round_ * self.batch_size : (round_ + 1) * self.batch_size][self.rows]
+        segments = self._segment_order(epoch)[
+            round_ * self.batch_size : (round_ + 1) * self.batch_size
+        ][self.rows]
         starts = segments * self.stride + window * self.seq_len
-        chunk = torch.from_numpy(np.asarray(self.tokens)[starts[:, None] + self._offsets].astype(np.int64))
+        chunk = torch.from_numpy(
+            np.asarray(self.tokens)[starts[:, None] + self._offsets].astype(np.int64)
+        )
         if pin_memory:
             chunk = chunk.pin_memory()
         return Batch(chunk, epoch, window)
 
 
-def eval_windows(tokens: np.ndarray, num_streams: int, window: int, *, rank: int = 0, world_size: int = 1):
+def eval_windows(
+    tokens: np.ndarray, num_streams: int, window: int, *, rank: int = 0, world_size: int = 1
+):
     """Cut a split into ``num_streams`` rows covering every next-character target once; yield it window by window.
 
     Yields ``(inputs, targets)`` int64 tensors of shape [this rank's rows, <= window];
@@ -143,7 +164,9 @@ def eval_windows(tokens: np.ndarray, num_streams: int, window: int, *, rank: int
     starts = np.arange(num_streams)[rank_slice(num_streams, rank, world_size)] * length
     if not starts.size:
         return
-    ends = np.minimum(starts + length, n_targets)  # a row's inputs are [start, end), its targets one later
+    ends = np.minimum(
+        starts + length, n_targets
+    )  # a row's inputs are [start, end), its targets one later
     data = np.asarray(tokens)
     for offset in range(0, length, window):
         positions = starts[:, None] + offset + np.arange(min(window, length - offset) + 1)

@@ -37,7 +37,9 @@ class DistEnv:
     @classmethod
     def from_env(cls) -> DistEnv:
         get = lambda name, default: int(os.environ.get(name, default))  # noqa: E731
-        return cls(get("RANK", 0), get("WORLD_SIZE", 1), get("LOCAL_RANK", 0), get("LOCAL_WORLD_SIZE", 1))
+        return cls(
+            get("RANK", 0), get("WORLD_SIZE", 1), get("LOCAL_RANK", 0), get("LOCAL_WORLD_SIZE", 1)
+        )
 
     @property
     def is_main(self) -> bool:
@@ -55,7 +57,10 @@ def pick_device(requested: str, env: DistEnv) -> torch.device:
         if not torch.cuda.is_available():
             from .errors import ConfigError
 
-            raise ConfigError("train.device=cuda but no CUDA device is visible", fix="use train.device=auto or cpu")
+            raise ConfigError(
+                "train.device=cuda but no CUDA device is visible",
+                fix="use train.device=auto or cpu",
+            )
         torch.cuda.set_device(env.local_rank)  # one process per GPU
         return torch.device("cuda", env.local_rank)
     return torch.device(requested)
@@ -84,7 +89,11 @@ def _attempt_store(env: DistEnv, timeout: datetime.timedelta) -> dist.Store | No
         return None
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     client = dist.TCPStore(
-        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), env.world_size, is_master=False, timeout=timeout
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        env.world_size,
+        is_master=False,
+        timeout=timeout,
     )
     return dist.PrefixStore(f"charrnn/attempt-{attempt}", client)
 
@@ -112,8 +121,16 @@ NCCL_ENV_DEFAULTS: tuple[tuple[tuple[str, ...], str, str], ...] = (
         "SkipCleanUp (PyTorch's default, made explicit): on a failed or timed-out collective the watchdog "
         "ends the process without ncclCommAbort (which can itself hang); the flight recorder needs this mode",
     ),
-    (("TORCH_NCCL_DUMP_ON_TIMEOUT",), "1", "write the flight recorder to TORCH_FR_DUMP_TEMP_FILE<rank> (default /tmp/nccl_trace_rank_<rank>) on timeout or error"),
-    (("TORCH_FR_BUFFER_SIZE", "TORCH_NCCL_TRACE_BUFFER_SIZE"), "2000", "flight recorder entries (0 disables it, and with it the dump)"),
+    (
+        ("TORCH_NCCL_DUMP_ON_TIMEOUT",),
+        "1",
+        "write the flight recorder to TORCH_FR_DUMP_TEMP_FILE<rank> (default /tmp/nccl_trace_rank_<rank>) on timeout or error",
+    ),
+    (
+        ("TORCH_FR_BUFFER_SIZE", "TORCH_NCCL_TRACE_BUFFER_SIZE"),
+        "2000",
+        "flight recorder entries (0 disables it, and with it the dump)",
+    ),
 )
 
 
@@ -128,7 +145,9 @@ def apply_nccl_env_defaults(environ: MutableMapping[str, str] | None = None) -> 
     for names, value, _why in NCCL_ENV_DEFAULTS:
         if any(name in environ for name in names):
             continue
-        for name in names if names[0] == "TORCH_FR_BUFFER_SIZE" else names[:1]:  # never the deprecated NCCL_* spellings
+        for name in (
+            names if names[0] == "TORCH_FR_BUFFER_SIZE" else names[:1]
+        ):  # never the deprecated NCCL_* spellings
             environ[name] = value
             applied[name] = value
     return applied
@@ -146,7 +165,11 @@ def nccl_collective_timeout_s(environ: MutableMapping[str, str] | None = None) -
     if value <= 0:
         from .errors import ConfigError
 
-        raise ConfigError(f"{NCCL_TIMEOUT_ENV}={raw!r} is not a positive number of seconds", where="environment", fix=f"unset it (default {DEFAULT_NCCL_TIMEOUT_S:g} s) or set e.g. {NCCL_TIMEOUT_ENV}=300")
+        raise ConfigError(
+            f"{NCCL_TIMEOUT_ENV}={raw!r} is not a positive number of seconds",
+            where="environment",
+            fix=f"unset it (default {DEFAULT_NCCL_TIMEOUT_S:g} s) or set e.g. {NCCL_TIMEOUT_ENV}=300",
+        )
     return value
 
 
@@ -159,25 +182,36 @@ def init_process_group(env: DistEnv, device: torch.device, timeout_s: float = 60
     if env.distributed and not dist.is_initialized():
         nccl = device.type == "cuda"
         backend = "nccl" if nccl else "gloo"
-        collective_timeout_s = nccl_collective_timeout_s() if nccl else None  # a bad value fails before any rendezvous
+        collective_timeout_s = (
+            nccl_collective_timeout_s() if nccl else None
+        )  # a bad value fails before any rendezvous
         if nccl:
             applied = apply_nccl_env_defaults()
             if applied and env.is_main:
-                log.info("NCCL failure settings: %s", " ".join(f"{k}={v}" for k, v in applied.items()))
+                log.info(
+                    "NCCL failure settings: %s", " ".join(f"{k}={v}" for k, v in applied.items())
+                )
         timeout = datetime.timedelta(seconds=timeout_s)
         store = _attempt_store(env, timeout)
         dist.init_process_group(
             backend,
             timeout=timeout,
             device_id=device if nccl else None,
-            **({"store": store, "rank": env.rank, "world_size": env.world_size} if store is not None else {}),
+            **(
+                {"store": store, "rank": env.rank, "world_size": env.world_size}
+                if store is not None
+                else {}
+            ),
         )
         if nccl and collective_timeout_s is not None and collective_timeout_s != timeout_s:
             set_timeout = getattr(dist.distributed_c10d, "_set_pg_timeout", None)  # PyTorch >= 2.3
             if set_timeout is not None:
                 set_timeout(datetime.timedelta(seconds=collective_timeout_s))
             elif env.is_main:
-                log.warning("this PyTorch cannot shorten the NCCL timeout after start-up: collectives keep %.0f s", timeout_s)
+                log.warning(
+                    "this PyTorch cannot shorten the NCCL timeout after start-up: collectives keep %.0f s",
+                    timeout_s,
+                )
 
 
 def destroy_process_group(*, together: bool = False) -> None:
@@ -220,7 +254,9 @@ def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def bf16_allreduce_hook(process_group, bucket):  # unannotated: DDP checks annotations, and they are strings here
+def bf16_allreduce_hook(
+    process_group, bucket
+):  # unannotated: DDP checks annotations, and they are strings here
     """A DDP communication hook: average a gradient bucket in bf16 (half the bytes), then write it back in fp32.
 
     PyTorch's own ``bf16_compress_hook`` refuses every backend but NCCL; gloo all-reduces
@@ -234,4 +270,3 @@ def bf16_allreduce_hook(process_group, bucket):  # unannotated: DDP checks annot
         return buffer.copy_(fut.value()[0])  # in place: no second fp32 buffer
 
     return dist.all_reduce(compressed, group=group, async_op=True).get_future().then(write_back)
-

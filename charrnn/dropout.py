@@ -30,7 +30,9 @@ from .schedule import AgreedClock, Budget
 
 FULL_RATE = 0.3
 RAMP_EPOCHS = (6.0, 12.0)
-PACE_FROM_STEP = 10  # the first steps are slow (allocations, warm caches): the pace is taken after them
+PACE_FROM_STEP = (
+    10  # the first steps are slow (allocations, warm caches): the pace is taken after them
+)
 PACE_STEPS = 40  # so a run from scratch decides at step 50
 
 
@@ -47,7 +49,9 @@ class DropoutPlan:
     auto: bool
     rate: float | None
     planned_epochs: float | None = None  # what an auto decision was based on
-    pace_mark: tuple[int, float] | None = None  # (step, agreed seconds) where the pace measurement starts
+    pace_mark: tuple[int, float] | None = (
+        None  # (step, agreed seconds) where the pace measurement starts
+    )
 
     @classmethod
     def from_config(cls, value: float | str) -> DropoutPlan:
@@ -64,11 +68,15 @@ class DropoutPlan:
         self._decide(budget.planned_steps(0, 0.0, 1.0), windows_per_epoch)
         return True
 
-    def observe(self, step: int, clock: AgreedClock, budget: Budget, windows_per_epoch: int) -> bool:
+    def observe(
+        self, step: int, clock: AgreedClock, budget: Budget, windows_per_epoch: int
+    ) -> bool:
         """Called after every step of a run on a clock: mark the pace, then decide; True when it decides."""
         if self.decided or step < PACE_FROM_STEP:
             return False
-        if self.pace_mark is None:  # step PACE_FROM_STEP, or the first step of a session resumed past it
+        if (
+            self.pace_mark is None
+        ):  # step PACE_FROM_STEP, or the first step of a session resumed past it
             self.pace_mark = (step, clock.at(step))
             return False
         mark_step, mark_s = self.pace_mark

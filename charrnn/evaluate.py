@@ -63,9 +63,15 @@ def evaluate_tokens(
     state = None
     for x, y in eval_windows(tokens, num_streams, window, rank=env.rank, world_size=env.world_size):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        with torch.autocast(
+            device_type=torch.device(device).type,
+            dtype=autocast_dtype or torch.bfloat16,
+            enabled=autocast_dtype is not None,
+        ):
             logits, state = model(x, state)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        loss = F.cross_entropy(
+            logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
         totals[0] += loss.double()
         totals[1] += (y != IGNORE_INDEX).sum()
     all_reduce_sum(totals)
@@ -78,7 +84,15 @@ def format_score(score: dict) -> str:
     return f"{score['loss_nats']:.4f} nats/char | {score['bpc']:.4f} bits/char | perplexity {score['perplexity']:.3f}"
 
 
-def final_scores(model: CharLSTM, tokens, *, step: int, num_streams: int, trained: TrainResult | None = None, device: torch.device | str = "cpu") -> tuple[dict[str, dict], set[str]]:
+def final_scores(
+    model: CharLSTM,
+    tokens,
+    *,
+    step: int,
+    num_streams: int,
+    trained: TrainResult | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[dict[str, dict], set[str]]:
     """Exact scores of ``model`` (at ``step``) on the whole val and test splits of ``tokens``.
 
     Training scores its final model on both splits at the end (in DDP, on all
@@ -92,10 +106,14 @@ def final_scores(model: CharLSTM, tokens, *, step: int, num_streams: int, traine
     for split in ("val", "test"):
         if tokens.num_tokens[split] <= 1:
             continue
-        known = getattr(trained, split) if trained is not None and trained.scored_step == step else None
+        known = (
+            getattr(trained, split) if trained is not None and trained.scored_step == step else None
+        )
         if known:
             scores[split] = known
             reused.add(split)
         else:
-            scores[split] = evaluate_tokens(model, load_split(tokens, split), num_streams=num_streams, device=device).to_dict()
+            scores[split] = evaluate_tokens(
+                model, load_split(tokens, split), num_streams=num_streams, device=device
+            ).to_dict()
     return scores, reused

@@ -42,13 +42,17 @@ class LaunchSpec:
     rdzv_id: str | None = None  # shared by every node of one job
     max_restarts: int = 0
     local_addr: str | None = None
-    socket_ifname: str | None = None  # network interface for gloo and NCCL traffic (multi-homed hosts)
+    socket_ifname: str | None = (
+        None  # network interface for gloo and NCCL traffic (multi-homed hosts)
+    )
     rdzv_is_host: bool = False  # this node hosts the rendezvous store (default: the node whose --local-addr is the endpoint)
     monitor_interval_s: float = 1.0
     env: dict[str, str] = field(default_factory=dict)
 
 
-def torchrun_command(spec: LaunchSpec, train_args: Sequence[str], command: str = "train") -> list[str]:
+def torchrun_command(
+    spec: LaunchSpec, train_args: Sequence[str], command: str = "train"
+) -> list[str]:
     """``python -m torch.distributed.run ... -m charrnn COMMAND ARGS`` (COMMAND: train or evaluate)."""
     if spec.nproc_per_node < 1 or spec.nnodes < 1:
         raise ConfigError("nproc_per_node and nnodes must be at least 1", where="launch")
@@ -73,7 +77,9 @@ def torchrun_command(spec: LaunchSpec, train_args: Sequence[str], command: str =
         # torch decides who hosts the rendezvous store by matching the endpoint against the
         # machine's hostname addresses, which misses a second interface (a veth, a pod's DNS
         # name): the node whose own address is the endpoint, or that says so, hosts it.
-        if spec.rdzv_is_host or (spec.local_addr and spec.rdzv_endpoint.rsplit(":", 1)[0] == spec.local_addr):
+        if spec.rdzv_is_host or (
+            spec.local_addr and spec.rdzv_endpoint.rsplit(":", 1)[0] == spec.local_addr
+        ):
             cmd += ["--rdzv-conf", "is_host=1"]
     cmd += [
         "--nproc-per-node", str(spec.nproc_per_node),
@@ -209,17 +215,23 @@ def run_torchrun(
         _stream_output(proc, on_line)
         code = proc.wait()
         if code < 0:  # killed by a signal: say so, and exit as a shell would (128 + signal)
-            on_line(f"charrnn launch: torchrun (pid {proc.pid}) was killed by {signal.Signals(-code).name}")
+            on_line(
+                f"charrnn launch: torchrun (pid {proc.pid}) was killed by {signal.Signals(-code).name}"
+            )
             return 128 - code
         return code
     finally:  # Ctrl-C, an exception in on_line, or cancellation of the caller
         kill_group(proc)
 
 
-ORPHAN_OUTPUT_WAIT_S = 30.0  # after torchrun exits: time for its workers to checkpoint, stop and close the pipe
+ORPHAN_OUTPUT_WAIT_S = (
+    30.0  # after torchrun exits: time for its workers to checkpoint, stop and close the pipe
+)
 
 
-def _stream_output(proc: subprocess.Popen, on_line: Callable[[str], None], wait_s: float = ORPHAN_OUTPUT_WAIT_S) -> None:
+def _stream_output(
+    proc: subprocess.Popen, on_line: Callable[[str], None], wait_s: float = ORPHAN_OUTPUT_WAIT_S
+) -> None:
     """Pass torchrun's output to ``on_line`` until the pipe closes, or ``wait_s`` after torchrun exits.
 
     The pipe stays open while anything that inherited it lives: workers of a
@@ -228,7 +240,9 @@ def _stream_output(proc: subprocess.Popen, on_line: Callable[[str], None], wait_
     """
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
-    text = io.IncrementalNewlineDecoder(codecs.getincrementaldecoder("utf-8")(errors="replace"), translate=True)
+    text = io.IncrementalNewlineDecoder(
+        codecs.getincrementaldecoder("utf-8")(errors="replace"), translate=True
+    )
     pending, exited_at = "", None
     while True:
         if select.select([fd], [], [], 0.5)[0]:
@@ -241,7 +255,9 @@ def _stream_output(proc: subprocess.Popen, on_line: Callable[[str], None], wait_
         if exited_at is None and proc.poll() is not None:
             exited_at = time.monotonic()
         if exited_at is not None and time.monotonic() - exited_at > wait_s:
-            on_line(f"charrnn launch: torchrun exited {wait_s:.0f}s ago but something still holds its output open; not waiting any longer")
+            on_line(
+                f"charrnn launch: torchrun exited {wait_s:.0f}s ago but something still holds its output open; not waiting any longer"
+            )
             break
     if rest := pending + text.decode(b"", final=True):
         on_line(rest)

@@ -34,9 +34,18 @@ def auto_nproc(precision: str = "auto") -> tuple[int, str]:
         return gpus, f"one process per GPU ({gpus} visible)"
     cores = available_cores()
     if autocast_dtype(precision, torch.device("cpu")) is not None:
-        return 1, f"CPU with native bf16: one process with all {cores} cores (faster than averaging gradients between processes)"
+        return (
+            1,
+            f"CPU with native bf16: one process with all {cores} cores (faster than averaging gradients between processes)",
+        )
     isa = torch.backends.cpu.get_cpu_capability()
     if isa == "AVX512":
-        return 1, f"AVX-512 CPU in fp32: one process with all {cores} cores (faster than averaging gradients between processes)"
+        return (
+            1,
+            f"AVX-512 CPU in fp32: one process with all {cores} cores (faster than averaging gradients between processes)",
+        )
     procs = min(2, cores)
-    return procs, f"{isa} CPU in fp32: {procs} process(es) sharing {cores} cores (2 measured at 1.03x of 1 on AVX2)"
+    return (
+        procs,
+        f"{isa} CPU in fp32: {procs} process(es) sharing {cores} cores (2 measured at 1.03x of 1 on AVX2)",
+    )

@@ -22,7 +22,11 @@ log = logging.getLogger("charrnn")
 
 def score_record(split: str, result: EvalResult) -> dict[str, float]:
     """``{split}/loss_nats``, ``{split}/bpc`` and ``{split}/perplexity`` of one evaluation."""
-    return {f"{split}/loss_nats": result.loss_nats, f"{split}/bpc": result.bpc, f"{split}/perplexity": result.perplexity}
+    return {
+        f"{split}/loss_nats": result.loss_nats,
+        f"{split}/bpc": result.bpc,
+        f"{split}/perplexity": result.perplexity,
+    }
 
 
 def memory_metrics(device) -> dict[str, float]:
@@ -46,7 +50,14 @@ class MetricsSink:
     def disabled(cls) -> MetricsSink:
         return cls(None)
 
-    def record(self, step: int, values: dict[str, Any], line: str, *, wandb_extra: dict[str, Any] | None = None) -> None:
+    def record(
+        self,
+        step: int,
+        values: dict[str, Any],
+        line: str,
+        *,
+        wandb_extra: dict[str, Any] | None = None,
+    ) -> None:
         if self.path is None:
             return
         with open(self.path, "a", encoding="utf-8") as fh:
@@ -58,5 +69,9 @@ class MetricsSink:
         """On resume, drop records past the checkpoint (they are about to be recomputed)."""
         if self.path is None or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = [
+            line
+            for line in self.path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))

@@ -33,7 +33,9 @@ from .precision import cpu_has_native_bf16, explicit_lstm_dtype
 State = tuple[Tensor, Tensor]  # (h, c), each [num_layers, batch, hidden]
 
 
-def run_lstm(lstm: nn.LSTM, x: Tensor, state: State | None, dtype: torch.dtype) -> tuple[Tensor, State]:
+def run_lstm(
+    lstm: nn.LSTM, x: Tensor, state: State | None, dtype: torch.dtype
+) -> tuple[Tensor, State]:
     """Run a batch-first ``nn.LSTM`` in ``dtype``: inputs, states and weights cast explicitly.
 
     Call it outside autocast. fp32 is the module itself. Other dtypes cast the
@@ -45,13 +47,18 @@ def run_lstm(lstm: nn.LSTM, x: Tensor, state: State | None, dtype: torch.dtype) 
     slower, same numbers.
     """
     if state is None:
-        zeros = torch.zeros(lstm.num_layers, x.shape[0], lstm.hidden_size, device=x.device, dtype=dtype)
+        zeros = torch.zeros(
+            lstm.num_layers, x.shape[0], lstm.hidden_size, device=x.device, dtype=dtype
+        )
         state = (zeros, zeros.clone())
     if dtype == torch.float32:
         return lstm(x.float(), (state[0].float(), state[1].float()))
     weights = [getattr(lstm, name) for name in lstm._flat_weights_names]
     flat = torch.cat([w.reshape(-1) for w in weights]).to(dtype)
-    cast = [piece.view_as(w) for piece, w in zip(flat.split([w.numel() for w in weights]), weights, strict=True)]
+    cast = [
+        piece.view_as(w)
+        for piece, w in zip(flat.split([w.numel() for w in weights]), weights, strict=True)
+    ]
     out, h, c = torch.lstm(
         x.to(dtype),
         (state[0].to(dtype), state[1].to(dtype)),
@@ -77,7 +84,13 @@ class ModelShape:
     @classmethod
     def from_config(cls, cfg: ModelConfig, vocab_size: int) -> ModelShape:
         # auto: training decides the rate early in the run (charrnn/dropout.py); until then, none
-        return cls(vocab_size, cfg.embedding_dim, cfg.hidden_size, cfg.num_layers, 0.0 if cfg.dropout == "auto" else cfg.dropout)
+        return cls(
+            vocab_size,
+            cfg.embedding_dim,
+            cfg.hidden_size,
+            cfg.num_layers,
+            0.0 if cfg.dropout == "auto" else cfg.dropout,
+        )
 
 
 class UniformDropout(nn.Dropout):
@@ -93,7 +106,9 @@ class UniformDropout(nn.Dropout):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or not 0.0 < self.p < 1.0 or x.device.type != "cpu" or self.inplace:
             return super().forward(x)
-        scale = torch.rand(x.shape).ge_(self.p).mul_(1.0 / (1.0 - self.p)).to(x.dtype)  # 0 or 1 / (1 - p)
+        scale = (
+            torch.rand(x.shape).ge_(self.p).mul_(1.0 / (1.0 - self.p)).to(x.dtype)
+        )  # 0 or 1 / (1 - p)
         return x * scale
 
 
@@ -109,7 +124,9 @@ class CharLSTM(nn.Module):
             dropout=shape.dropout if shape.num_layers > 1 else 0.0,
             batch_first=True,
         )
-        self.drop = UniformDropout(shape.dropout)  # the LSTM's own (between layers) stays ATen's: it is inside the fused call
+        self.drop = UniformDropout(
+            shape.dropout
+        )  # the LSTM's own (between layers) stays ATen's: it is inside the fused call
         self.head = nn.Linear(shape.hidden_size, shape.vocab_size)
         self._init_weights()
 
@@ -117,7 +134,9 @@ class CharLSTM(nn.Module):
         nn.init.normal_(self.embed.weight)  # unit-scale inputs: small ones stall early learning
         hidden = self.shape.hidden_size
         for name, param in self.lstm.named_parameters():
-            gates = param.data.view(4, hidden, -1)  # PyTorch's gate order: input, forget, cell, output
+            gates = param.data.view(
+                4, hidden, -1
+            )  # PyTorch's gate order: input, forget, cell, output
             if name.startswith("weight_hh"):
                 # Orthogonal recurrence per gate preserves the state's norm early on; on the
                 # 120 s CPU budget it is worth ~0.02 nats/char of validation loss.
@@ -135,7 +154,9 @@ class CharLSTM(nn.Module):
     def set_dropout(self, rate: float) -> None:
         """Change the dropout rate in place (both dropout sites), e.g. once ``model.dropout=auto`` is decided."""
         self.shape = replace(self.shape, dropout=rate)
-        self.lstm.dropout = rate if self.shape.num_layers > 1 else 0.0  # nn.LSTM reads it on every call
+        self.lstm.dropout = (
+            rate if self.shape.num_layers > 1 else 0.0
+        )  # nn.LSTM reads it on every call
         self.drop.p = rate
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
@@ -156,7 +177,10 @@ class CharLSTM(nn.Module):
 
     def layer_weights(self, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(w_ih, w_hh, b_ih, b_hh) of one layer: the tensors both views share."""
-        return tuple(getattr(self.lstm, f"{kind}_l{layer}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        return tuple(
+            getattr(self.lstm, f"{kind}_l{layer}")
+            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        )
 
     def step(self, token: Tensor, state: State) -> tuple[Tensor, State]:
         """One character per stream: ``token`` [batch] -> logits [batch, vocab], new state.
@@ -236,7 +260,11 @@ def uses_packed_weights(device: torch.device, dtype: torch.dtype, batch: int) ->
     rule). Not where oneDNN is missing or switched off
     (``torch.backends.mkldnn.flags``) when the :class:`Stepper` is built.
     """
-    onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    onednn = (
+        torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
     if device.type != "cpu" or not onednn:
         return False
     if dtype == torch.bfloat16:
@@ -244,7 +272,9 @@ def uses_packed_weights(device: torch.device, dtype: torch.dtype, batch: int) ->
     return dtype == torch.float32 and batch >= 2
 
 
-def _bind_preactivations(x: Tensor, weight: Tensor, bias: Tensor, dtype: torch.dtype, out: Tensor | None) -> Callable[[], Tensor]:
+def _bind_preactivations(
+    x: Tensor, weight: Tensor, bias: Tensor, dtype: torch.dtype, out: Tensor | None
+) -> Callable[[], Tensor]:
     """A call without arguments that returns ``x @ weight.T + bias`` in ``dtype``; ``bias`` is [out] or [batch, out] (layer 0's looked-up gates).
 
     With ``out``: ``addmm`` into it. Without: a oneDNN linear on ``weight``
@@ -262,7 +292,9 @@ def _bind_preactivations(x: Tensor, weight: Tensor, bias: Tensor, dtype: torch.d
 class _Layer:
     """One layer's operands in a :class:`Stepper`; ``c`` and ``h`` are views of its buffers."""
 
-    preactivations: Callable[[], Tensor]  # the gates' inputs: [h below, own h] (own h for layer 0) times the weights, plus biases
+    preactivations: Callable[
+        [], Tensor
+    ]  # the gates' inputs: [h below, own h] (own h for layer 0) times the weights, plus biases
     c: Tensor  # [batch, hidden], advanced in place
     h: Tensor  # [batch, hidden]: where the new h goes
 
@@ -314,19 +346,39 @@ class Stepper:
         self.c = c.to(dtype, copy=True)  # advanced in place: never the caller's tensor
         self.gates = torch.empty(batch, 4 * hidden, device=h.device, dtype=dtype)
         self.scratch = torch.empty(batch, hidden, device=h.device, dtype=dtype)
-        self.two, self.minus_one = (torch.tensor(v, device=h.device, dtype=dtype) for v in (2.0, -1.0))
+        self.two, self.minus_one = (
+            torch.tensor(v, device=h.device, dtype=dtype) for v in (2.0, -1.0)
+        )
         own_h = [self.h[:, i * hidden : (i + 1) * hidden] for i in range(layers)]
         self.packed = uses_packed_weights(h.device, mm, batch)
         # addmm's output: the gates themselves in fp32, a bf16 buffer widened into them in bf16; packed linears return their own
-        out = None if self.packed else self.gates if mm == dtype else torch.empty(batch, 4 * hidden, device=h.device, dtype=mm)
-        self.layers = [_Layer(_bind_preactivations(own_h[0], rows(w_hh), self.looked_up, mm, out), self.c[0], own_h[0])]
+        out = (
+            None
+            if self.packed
+            else self.gates
+            if mm == dtype
+            else torch.empty(batch, 4 * hidden, device=h.device, dtype=mm)
+        )
+        self.layers = [
+            _Layer(
+                _bind_preactivations(own_h[0], rows(w_hh), self.looked_up, mm, out),
+                self.c[0],
+                own_h[0],
+            )
+        ]
         for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights[1:], start=1):
-            x = self.h[:, (i - 1) * hidden : (i + 1) * hidden]  # [h below (already new), own h (still old)]
-            preactivations = _bind_preactivations(x, rows(torch.cat([w_ih, w_hh], 1)), rows(b_ih + b_hh).to(mm), mm, out)
+            x = self.h[
+                :, (i - 1) * hidden : (i + 1) * hidden
+            ]  # [h below (already new), own h (still old)]
+            preactivations = _bind_preactivations(
+                x, rows(torch.cat([w_ih, w_hh], 1)), rows(b_ih + b_hh).to(mm), mm, out
+            )
             self.layers.append(_Layer(preactivations, self.c[i], own_h[i]))
         self.head_weight, self.head_bias = _operand(model.head.weight, mm), model.head.bias.to(mm)
         self.cell_gate = self.gates[:, 3 * hidden :]
-        self.input_gate, self.forget_gate, self.output_gate = self.gates[:, : 3 * hidden].chunk(3, 1)
+        self.input_gate, self.forget_gate, self.output_gate = self.gates[:, : 3 * hidden].chunk(
+            3, 1
+        )
 
     def advance(self, token: Tensor) -> Tensor:
         """Feed ``token`` [batch]; return the next logits [batch, vocab] (a new tensor)."""
@@ -337,14 +389,24 @@ class Stepper:
 
     def _cell(self, layer: _Layer, preactivations: Tensor) -> None:
         """The LSTM cell update from the gates' pre-activations, in place: c = f*c + i*g, h = o*tanh(c)."""
-        if preactivations.dtype != self.gates.dtype:  # bf16 products widened once, so the activations run in fp32
+        if (
+            preactivations.dtype != self.gates.dtype
+        ):  # bf16 products widened once, so the activations run in fp32
             preactivations = self.gates.copy_(preactivations)
-        torch.sigmoid(preactivations, out=self.gates)  # i, f, o, and sigmoid(2x) for the cell gate (its rows are doubled)
-        torch.add(self.minus_one, self.cell_gate, alpha=2, out=self.cell_gate)  # g = tanh(x) = 2 sigmoid(2x) - 1
+        torch.sigmoid(
+            preactivations, out=self.gates
+        )  # i, f, o, and sigmoid(2x) for the cell gate (its rows are doubled)
+        torch.add(
+            self.minus_one, self.cell_gate, alpha=2, out=self.cell_gate
+        )  # g = tanh(x) = 2 sigmoid(2x) - 1
         layer.c.mul_(self.forget_gate).addcmul_(self.input_gate, self.cell_gate)
-        torch.mul(self.output_gate, _tanh(layer.c, self.scratch, self.two, self.minus_one), out=layer.h)  # rounded to h's dtype
+        torch.mul(
+            self.output_gate, _tanh(layer.c, self.scratch, self.two, self.minus_one), out=layer.h
+        )  # rounded to h's dtype
 
     def state(self) -> State:
         """(h, c) as ``nn.LSTM`` takes them, each [num_layers, batch, hidden]; copies."""
         batch, layers = self.h.shape[0], len(self.layers)
-        return self.h.view(batch, layers, -1).transpose(0, 1).to(self.c.dtype, memory_format=torch.contiguous_format, copy=True), self.c.clone()
+        return self.h.view(batch, layers, -1).transpose(0, 1).to(
+            self.c.dtype, memory_format=torch.contiguous_format, copy=True
+        ), self.c.clone()

@@ -31,7 +31,9 @@ import torch
 
 from .errors import ConfigError
 
-CUDNN_BF16_RNN_MIN_VERSION = 91300  # cuDNN 9.13.0, as cuDNN encodes it (major * 10000 + minor * 100 + patch)
+CUDNN_BF16_RNN_MIN_VERSION = (
+    91300  # cuDNN 9.13.0, as cuDNN encodes it (major * 10000 + minor * 100 + patch)
+)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -42,7 +44,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     GPUs have no bf16 tensor cores, so ``including_emulation=False``.
     """
     if precision not in ("auto", "fp32", "bf16"):
-        raise ConfigError(f"unknown precision {precision!r}", where="train.precision", fix="use auto, fp32 or bf16")
+        raise ConfigError(
+            f"unknown precision {precision!r}",
+            where="train.precision",
+            fix="use auto, fp32 or bf16",
+        )
     if precision == "fp32":
         return None
     supported = _cuda_has_native_bf16(device) if device.type == "cuda" else cpu_has_native_bf16()
@@ -119,7 +125,9 @@ def lstm_compute_dtype(device: torch.device | str, amp_dtype: torch.dtype | None
         return torch.float32
     if device.type == "cuda" and amp_dtype == torch.bfloat16:
         return torch.bfloat16 if cudnn_bf16_rnn_supported(device) else torch.float32
-    return amp_dtype  # CPU autocast (oneDNN), or CUDA fp16 autocast (the autocast kernel's own kHalf)
+    return (
+        amp_dtype  # CPU autocast (oneDNN), or CUDA fp16 autocast (the autocast kernel's own kHalf)
+    )
 
 
 def explicit_lstm_dtype(device: torch.device) -> torch.dtype | None:

@@ -44,7 +44,13 @@ def trainable_check(cfg: Config) -> Callable[[str], None]:
 def fetch(cfg: Config) -> CorpusRef:
     """``data.corpus`` into the cache, refused before caching when it is too small to train on."""
     d = cfg.data
-    return fetch_corpus(d.corpus, d.cache_dir or None, timeout_s=d.http_timeout_s, retries=d.http_retries, check=trainable_check(cfg))
+    return fetch_corpus(
+        d.corpus,
+        d.cache_dir or None,
+        timeout_s=d.http_timeout_s,
+        retries=d.http_retries,
+        check=trainable_check(cfg),
+    )
 
 
 def tokenise(corpus: CorpusRef, cfg: Config) -> TokenSet:
@@ -54,15 +60,29 @@ def tokenise(corpus: CorpusRef, cfg: Config) -> TokenSet:
     since: tokens still in the cache need no corpus; otherwise the corpus is fetched again.
     """
     d = cfg.data
-    cached = cache_root(d.cache_dir or None) / "tokens" / tokens_key(corpus.sha256, d.val_fraction, d.test_fraction, d.token_dtype)
+    cached = (
+        cache_root(d.cache_dir or None)
+        / "tokens"
+        / tokens_key(corpus.sha256, d.val_fraction, d.test_fraction, d.token_dtype)
+    )
     if (cached / "meta.json").is_file():
         tokens = open_token_set(cached)
     else:
         if not Path(corpus.path).is_file():
-            log.info("corpus file %s is gone from the cache: fetching %s again", corpus.path, corpus.uri)
+            log.info(
+                "corpus file %s is gone from the cache: fetching %s again", corpus.path, corpus.uri
+            )
             corpus = fetch(cfg)
-        tokens = prepare_tokens(corpus, val_fraction=d.val_fraction, test_fraction=d.test_fraction, token_dtype=d.token_dtype, cache_dir=d.cache_dir or None)
-    check_trainable(tokens.num_tokens["train"], cfg.train.batch_size, cfg.train.seq_len, d.corpus)  # accepted earlier with other settings
+        tokens = prepare_tokens(
+            corpus,
+            val_fraction=d.val_fraction,
+            test_fraction=d.test_fraction,
+            token_dtype=d.token_dtype,
+            cache_dir=d.cache_dir or None,
+        )
+    check_trainable(
+        tokens.num_tokens["train"], cfg.train.batch_size, cfg.train.seq_len, d.corpus
+    )  # accepted earlier with other settings
     return tokens
 
 
@@ -71,7 +91,13 @@ def prepare(cfg: Config) -> tuple[CorpusRef, TokenSet]:
     d = cfg.data
     started = time.perf_counter()
     corpus = fetch(cfg)
-    tokens = prepare_tokens(corpus, val_fraction=d.val_fraction, test_fraction=d.test_fraction, token_dtype=d.token_dtype, cache_dir=d.cache_dir or None)
+    tokens = prepare_tokens(
+        corpus,
+        val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction,
+        token_dtype=d.token_dtype,
+        cache_dir=d.cache_dir or None,
+    )
     log.info(
         "corpus %s: %s chars, sha256 %s | tokens %s (%s) | vocab %d | train/val/test %s in %.1fs",
         d.corpus,

@@ -100,7 +100,9 @@ def default_model_name(corpus_uri: str) -> str:
     if corpus_uri in NAMED_CORPORA:
         return corpus_uri
     parsed = urllib.parse.urlparse(corpus_uri)
-    path = parsed.path if len(parsed.scheme) > 1 else corpus_uri  # one letter: a Windows drive, a plain path
+    path = (
+        parsed.path if len(parsed.scheme) > 1 else corpus_uri
+    )  # one letter: a Windows drive, a plain path
     stem = Path(path.rstrip("/")).stem or parsed.netloc
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-_.")[:128]
     return name or "corpus"
@@ -129,11 +131,15 @@ def pointer_path(registry_dir: str | os.PathLike[str], model_name: str) -> Path:
 
 def _load_pointer(path: Path) -> ProductionModel:
     data = json.loads(path.read_text())
-    data.setdefault("model_name", default_model_name(data["corpus_uri"]))  # a record from before model lines
+    data.setdefault(
+        "model_name", default_model_name(data["corpus_uri"])
+    )  # a record from before model lines
     return ProductionModel(**data)
 
 
-def read_production(registry_dir: str | os.PathLike[str], model_name: str) -> ProductionModel | None:
+def read_production(
+    registry_dir: str | os.PathLike[str], model_name: str
+) -> ProductionModel | None:
     """The production model of one line (or the pre-lines top-level pointer when it belongs to this line; module docstring)."""
     path = pointer_path(registry_dir, model_name)
     if path.is_file():
@@ -148,15 +154,25 @@ def held_out_text(tokens: TokenSet) -> tuple[str, str]:
     """(text, description): the test split, or the val split when there is no test split."""
     for split in ("test", "val"):
         if tokens.num_tokens[split] > 1:
-            return tokens.vocab.decode(np.asarray(load_split(tokens, split))), f"{split} split of {tokens.key}"
-    raise CheckpointError("the corpus has no held-out text", where=tokens.dir, fix="set data.test_fraction or data.val_fraction above 0")
+            return tokens.vocab.decode(
+                np.asarray(load_split(tokens, split))
+            ), f"{split} split of {tokens.key}"
+    raise CheckpointError(
+        "the corpus has no held-out text",
+        where=tokens.dir,
+        fix="set data.test_fraction or data.val_fraction above 0",
+    )
 
 
-def score_on_text(checkpoint: str | os.PathLike[str], text: str, *, num_streams: int = 32) -> EvalResult:
+def score_on_text(
+    checkpoint: str | os.PathLike[str], text: str, *, num_streams: int = 32
+) -> EvalResult:
     """Bits/char of a checkpoint on raw text, encoded with the checkpoint's own vocabulary (on the GPU if there is one)."""
     device = pick_device("auto", DistEnv())
     model, vocab, _ = load_model(checkpoint, device)
-    return evaluate_tokens(model, vocab.encode(text, dtype=np.int64), num_streams=num_streams, device=device)
+    return evaluate_tokens(
+        model, vocab.encode(text, dtype=np.int64), num_streams=num_streams, device=device
+    )
 
 
 def challenge(
@@ -178,12 +194,26 @@ def challenge(
         challenger_bpc = score_on_text(challenger, text, num_streams=num_streams).bpc
     champion = read_production(registry_dir, model_name)
     if champion is None:
-        return Decision(True, challenger_bpc, None, described, len(text) - 1, f"no production model in line {model_name} yet")
+        return Decision(
+            True,
+            challenger_bpc,
+            None,
+            described,
+            len(text) - 1,
+            f"no production model in line {model_name} yet",
+        )
     try:
         verify_checkpoint(champion.checkpoint)
     except CheckpointError as exc:
         log.warning("production model is unusable (%s); the challenger replaces it", exc)
-        return Decision(True, challenger_bpc, None, described, len(text) - 1, f"production model unusable: {exc}")
+        return Decision(
+            True,
+            challenger_bpc,
+            None,
+            described,
+            len(text) - 1,
+            f"production model unusable: {exc}",
+        )
     champion_bpc = score_on_text(champion.checkpoint, text, num_streams=num_streams).bpc
     won = challenger_bpc < champion_bpc
     reason = f"challenger {challenger_bpc:.4f} {'<' if won else '>='} production {champion_bpc:.4f} bits/char (line {model_name})"
@@ -242,11 +272,30 @@ def challenge_and_promote(
     num_streams: int = 32,
 ) -> Promotion:
     """:func:`challenge` within the line ``model_name`` (``challenger_bpc``: the checkpoint's known held-out score), then :func:`promote` it if it won."""
-    decision = challenge(registry_dir, checkpoint, tokens, model_name=model_name, num_streams=num_streams, challenger_bpc=challenger_bpc)
-    log.info("champion/challenger (line %s): %s -> %s", model_name, decision.reason, "PROMOTED" if decision.promoted else "not promoted")
+    decision = challenge(
+        registry_dir,
+        checkpoint,
+        tokens,
+        model_name=model_name,
+        num_streams=num_streams,
+        challenger_bpc=challenger_bpc,
+    )
+    log.info(
+        "champion/challenger (line %s): %s -> %s",
+        model_name,
+        decision.reason,
+        "PROMOTED" if decision.promoted else "not promoted",
+    )
     if not decision.promoted:
         return Promotion(decision, model_name=model_name)
     record = promote(
-        registry_dir, checkpoint, run_dir=run_dir, test_bpc=challenger_bpc, corpus_uri=corpus.uri, corpus_sha256=corpus.sha256, model_name=model_name, wandb_run_id=wandb_run_id
+        registry_dir,
+        checkpoint,
+        run_dir=run_dir,
+        test_bpc=challenger_bpc,
+        corpus_uri=corpus.uri,
+        corpus_sha256=corpus.sha256,
+        model_name=model_name,
+        wandb_run_id=wandb_run_id,
     )
     return Promotion(decision, record, model_name=model_name)

@@ -37,7 +37,11 @@ class Scores:
 
     @property
     def splits(self) -> dict[str, dict]:
-        return {split: score for split, score in (("val", self.val), ("test", self.test)) if score is not None}
+        return {
+            split: score
+            for split, score in (("val", self.val), ("test", self.test))
+            if score is not None
+        }
 
     @property
     def held_out(self) -> dict | None:
@@ -73,7 +77,9 @@ class RunReport:
     launch: LaunchSpec
     config: Config
     duration_s: float
-    model_name: str = ""  # the model line (charrnn.registry): whose production model this run challenged
+    model_name: str = (
+        ""  # the model line (charrnn.registry): whose production model this run challenged
+    )
 
     @property
     def world_size(self) -> int:
@@ -89,16 +95,25 @@ class RunReport:
 
         The learning curve comes from the run directory's ``metrics.jsonl``.
         """
-        corpus, train, scores, decision = self.corpus, self.train, self.scores, self.promotion.decision
+        corpus, train, scores, decision = (
+            self.corpus,
+            self.train,
+            self.scores,
+            self.promotion.decision,
+        )
         champion = f"{decision.champion_bpc:.4f}" if decision.champion_bpc is not None else "none"
-        verdict = "**promoted to production**" if decision.promoted else "**not promoted** (production kept)"
+        verdict = (
+            "**promoted to production**"
+            if decision.promoted
+            else "**not promoted** (production kept)"
+        )
         minutes, seconds = divmod(int(self.duration_s), 60)
         curve = curve_markdown(read_curve(Path(self.run_dir) / "metrics.jsonl"))
         return f"""# charrnn run `{self.run_name}`
 
 | | |
 |---|---|
-| model line | `{self.model_name or self.promotion.model_name or 'n/a'}` |
+| model line | `{self.model_name or self.promotion.model_name or "n/a"}` |
 | corpus | `{corpus.uri}` |
 | sha256 | `{corpus.sha256}` |
 | size | {corpus.num_chars:,} characters |
@@ -117,8 +132,8 @@ class RunReport:
 
 | split | nats/char | bits/char | characters |
 |---|---|---|---|
-{_score_row('val', scores.val)}
-{_score_row('test', scores.test)}
+{_score_row("val", scores.val)}
+{_score_row("test", scores.test)}
 
 ## Learning curve
 
@@ -245,12 +260,19 @@ def curve_markdown(points: Sequence[CurvePoint], rows: int = CURVE_ROWS) -> str:
     if not points:
         return "No metrics.jsonl in the run directory: no curve to show."
     lines = [f"![train and val bits/char by step]({svg_data_uri(points)})", ""]
-    for name, series in (("train", [p.train_bpc for p in points]), ("val", [p.val_bpc for p in points])):
+    for name, series in (
+        ("train", [p.train_bpc for p in points]),
+        ("val", [p.val_bpc for p in points]),
+    ):
         known = [v for v in series if v is not None]
         if known:
-            lines.append(f"- {name} `{sparkline(known)}` {known[0]:.3f} → {known[-1]:.3f} bits/char")
+            lines.append(
+                f"- {name} `{sparkline(known)}` {known[0]:.3f} → {known[-1]:.3f} bits/char"
+            )
     lines += ["", "| step | train bits/char | val bits/char |", "|---:|---:|---:|"]
-    lines += [f"| {p.step:,} | {_bpc(p.train_bpc)} | {_bpc(p.val_bpc)} |" for p in thin(points, rows)]
+    lines += [
+        f"| {p.step:,} | {_bpc(p.train_bpc)} | {_bpc(p.val_bpc)} |" for p in thin(points, rows)
+    ]
     return "\n".join(lines)
 
 
@@ -261,7 +283,9 @@ def _bpc(value: float | None) -> str:
 def svg_data_uri(points: Sequence[CurvePoint], width: int = 480, height: int = 160) -> str:
     """A small line chart of train (blue) and val (orange) bits/char, as a base64 SVG data URI."""
     pad = 28  # room for the axis labels
-    values = [v for p in points for v in (p.train_bpc, p.val_bpc) if v is not None and math.isfinite(v)]
+    values = [
+        v for p in points for v in (p.train_bpc, p.val_bpc) if v is not None and math.isfinite(v)
+    ]
     low, high = (min(values), max(values)) if values else (0.0, 1.0)
     first, last = points[0].step, points[-1].step
 
@@ -272,9 +296,13 @@ def svg_data_uri(points: Sequence[CurvePoint], width: int = 480, height: int = 1
 
     lines = []
     for colour, attr in (("#1f77b4", "train_bpc"), ("#ff7f0e", "val_bpc")):
-        coords = " ".join(xy(p.step, getattr(p, attr)) for p in points if getattr(p, attr) is not None)
+        coords = " ".join(
+            xy(p.step, getattr(p, attr)) for p in points if getattr(p, attr) is not None
+        )
         if coords:
-            lines.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{coords}"/>')
+            lines.append(
+                f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{coords}"/>'
+            )
     text = 'font-family="sans-serif" font-size="11" fill="#555"'
     svg = (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}"><rect width="100%" height="100%" fill="white"/>'
@@ -315,7 +343,9 @@ def samples_markdown(samples: Sequence[Sample]) -> str:
         return "No samples."
     blocks = []
     for row in samples:
-        fence = "`" * max(3, _longest_backtick_run(row.text) + 1)  # a sample with ``` in it cannot close the block
+        fence = "`" * max(
+            3, _longest_backtick_run(row.text) + 1
+        )  # a sample with ``` in it cannot close the block
         title = f"**prompt {_code_span(visible(row.prompt))}** · sample {row.sample} · temperature {row.temperature:g}"
         blocks.append(f"{title}\n\n{fence}text\n{row.text}\n{fence}")
     return "\n\n".join(blocks)
@@ -326,7 +356,10 @@ def wandb_line(tracking: dict) -> tuple[str, str | None]:
     if "wandb_url" in tracking:
         return f"[{tracking['wandb_run_id']}]({tracking['wandb_url']})", tracking["wandb_url"]
     if "wandb_dir" in tracking:
-        return f"offline run `{tracking['wandb_dir']}`; upload it with `{tracking['wandb_sync']}`", Path(tracking["wandb_dir"]).resolve().as_uri()
+        return (
+            f"offline run `{tracking['wandb_dir']}`; upload it with `{tracking['wandb_sync']}`",
+            Path(tracking["wandb_dir"]).resolve().as_uri(),
+        )
     return "W&B was off for this run (track.mode=disabled or it could not start)", None
 
 
@@ -369,14 +402,42 @@ class RunResult:
     def printout(self, prefect: str) -> str:
         """The end-of-run printout of ``python -m flows run``."""
         kept = "this model was promoted" if self.promoted else "kept the earlier model"
-        paths = [("samples", self.samples), ("checkpoint", self.checkpoint), ("report", self.report), ("W&B run", self.wandb), ("production", f"{self.production} ({kept})"), ("Prefect", prefect)]
+        paths = [
+            ("samples", self.samples),
+            ("checkpoint", self.checkpoint),
+            ("report", self.report),
+            ("W&B run", self.wandb),
+            ("production", f"{self.production} ({kept})"),
+            ("Prefect", prefect),
+        ]
         scores = {"val": self.val, "test": self.test}
-        return end_of_run("train-pipeline", self.step, self.train_seconds, self.chars_per_s, scores, "sample", self.first_sample, paths)
+        return end_of_run(
+            "train-pipeline",
+            self.step,
+            self.train_seconds,
+            self.chars_per_s,
+            scores,
+            "sample",
+            self.first_sample,
+            paths,
+        )
 
 
-def end_of_run(what: str, step: int, train_seconds: float, chars_per_s: float, scores: dict[str, dict | None], sample_title: str, sample: str, paths: list[tuple[str, str | None]]) -> str:
+def end_of_run(
+    what: str,
+    step: int,
+    train_seconds: float,
+    chars_per_s: float,
+    scores: dict[str, dict | None],
+    sample_title: str,
+    sample: str,
+    paths: list[tuple[str, str | None]],
+) -> str:
     """The one end-of-run printout (``charrnn run``, ``python -m flows run``): scores, a sample, where things are."""
-    lines = ["", f"=== {what} finished: step {step}, {train_seconds:.0f}s of training, {chars_per_s:,.0f} chars/s"]
+    lines = [
+        "",
+        f"=== {what} finished: step {step}, {train_seconds:.0f}s of training, {chars_per_s:,.0f} chars/s",
+    ]
     lines += [f"{split:>5}: {format_score(score)}" for split, score in scores.items() if score]
     lines += [f"--- {sample_title} ---", sample, "---"]
     lines += [f"{label + ':':<12}{value}" for label, value in paths if value is not None]

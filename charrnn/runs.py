@@ -34,17 +34,31 @@ def load_train_summary(run_dir: str | os.PathLike[str]) -> TrainResult:
     return TrainResult(**json.loads((Path(run_dir) / "train_summary.json").read_text()))
 
 
-def score_checkpoint(checkpoint: str, tokens: TokenSet, run_dir: str | os.PathLike[str], *, num_streams: int = 32, trained: TrainResult | None = None) -> tuple[Scores, set[str]]:
+def score_checkpoint(
+    checkpoint: str,
+    tokens: TokenSet,
+    run_dir: str | os.PathLike[str],
+    *,
+    num_streams: int = 32,
+    trained: TrainResult | None = None,
+) -> tuple[Scores, set[str]]:
     """Exact val/test scores of the checkpoint, written to ``eval.json``; (scores, the splits training had scored)."""
-    path, device = resolve_checkpoint(checkpoint), pick_device("auto", DistEnv())  # the GPU training used, if any
+    path, device = (
+        resolve_checkpoint(checkpoint),
+        pick_device("auto", DistEnv()),
+    )  # the GPU training used, if any
     model, _, payload = load_model(path, device)
-    splits, reused = final_scores(model, tokens, step=payload["step"], num_streams=num_streams, trained=trained, device=device)
+    splits, reused = final_scores(
+        model, tokens, step=payload["step"], num_streams=num_streams, trained=trained, device=device
+    )
     scores = Scores(checkpoint=str(path.resolve()), step=payload["step"], **splits)
     atomic_write_json(Path(run_dir) / "eval.json", scores.to_dict())
     return scores, reused
 
 
-def write_samples(checkpoint: str, run_dir: str | os.PathLike[str], prompts: list[str], settings: SampleSettings) -> list[Sample]:
+def write_samples(
+    checkpoint: str, run_dir: str | os.PathLike[str], prompts: list[str], settings: SampleSettings
+) -> list[Sample]:
     """``settings.num_samples`` samples per prompt, batched and seeded; written to samples.json and samples.txt."""
     device = pick_device("auto", DistEnv())
     model, vocab, _ = load_model(checkpoint, device)
@@ -55,7 +69,13 @@ def write_samples(checkpoint: str, run_dir: str | os.PathLike[str], prompts: lis
     ]
     out = Path(run_dir)
     atomic_write_json(out / "samples.json", [r.to_dict() for r in rows])
-    atomic_write_text(out / "samples.txt", "".join(f"----- {r.prompt!r} #{r.sample} (temperature {r.temperature}) -----\n{r.text}\n\n" for r in rows))
+    atomic_write_text(
+        out / "samples.txt",
+        "".join(
+            f"----- {r.prompt!r} #{r.sample} (temperature {r.temperature}) -----\n{r.text}\n\n"
+            for r in rows
+        ),
+    )
     return rows
 
 
@@ -67,7 +87,11 @@ def training_key(tokens: TokenSet, cfg: Config, world_size: int, model_name: str
     """
     raw = cfg.to_dict()
     train = {k: v for k, v in raw["train"].items() if k not in ("out_dir", "resume")}
-    return sha256_bytes(json.dumps([tokens.key, raw["model"], train, world_size, model_name], sort_keys=True).encode())
+    return sha256_bytes(
+        json.dumps(
+            [tokens.key, raw["model"], train, world_size, model_name], sort_keys=True
+        ).encode()
+    )
 
 
 def find_trained(runs_dir: str | os.PathLike[str], key: str) -> RunResult | None:

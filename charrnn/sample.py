@@ -40,7 +40,9 @@ class SampleSettings:
 BF16_FROM_STREAMS = 16
 
 
-def matmul_dtype(precision: str, device: torch.device | str, streams: int = BF16_FROM_STREAMS) -> torch.dtype:
+def matmul_dtype(
+    precision: str, device: torch.device | str, streams: int = BF16_FROM_STREAMS
+) -> torch.dtype:
     """The dtype of :class:`Stepper`'s matrix products for ``streams`` streams.
 
     auto: bf16 where the hardware has native bf16 (training's rule) and there are at
@@ -49,7 +51,11 @@ def matmul_dtype(precision: str, device: torch.device | str, streams: int = BF16
     try:
         native = autocast_dtype(precision, torch.device(device))
     except ConfigError as exc:
-        raise ConfigError(exc.what, where=f"sampling precision={precision}", fix="use precision auto (bf16 where the hardware has it, else fp32) or fp32") from None
+        raise ConfigError(
+            exc.what,
+            where=f"sampling precision={precision}",
+            fix="use precision auto (bf16 where the hardware has it, else fp32) or fp32",
+        ) from None
     if native is None or (precision == "auto" and streams < BF16_FROM_STREAMS):
         return torch.float32
     return native
@@ -63,7 +69,9 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+        drop_sorted = (
+            cumulative - sorted_logits.softmax(-1) >= top_p
+        )  # keep the token that crosses top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
@@ -79,7 +87,9 @@ def uniforms(steps: int, batch: int, generator: torch.Generator) -> torch.Tensor
     return u.clamp_min_(torch.finfo(u.dtype).tiny)
 
 
-def sample_tokens(probs: torch.Tensor, u: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def sample_tokens(
+    probs: torch.Tensor, u: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """One token per row of ``probs`` [batch, vocab] by inverse-CDF sampling with ``u`` [batch, 1].
 
     The same distribution as ``torch.multinomial(probs, 1)`` from one uniform draw
@@ -94,7 +104,9 @@ def sample_tokens(probs: torch.Tensor, u: torch.Tensor, out: torch.Tensor | None
     return torch.searchsorted(cdf, u * cdf[:, -1:], out=out)
 
 
-def _sampler(settings: SampleSettings, batch: int, device) -> Callable[[torch.Tensor, int, torch.Tensor], None]:
+def _sampler(
+    settings: SampleSettings, batch: int, device
+) -> Callable[[torch.Tensor, int, torch.Tensor], None]:
     """``pick(logits, step, out)``: writes each row's next token into ``out`` [batch], on the device."""
     if settings.argmax:
 
@@ -122,16 +134,22 @@ def _sampler(settings: SampleSettings, batch: int, device) -> Callable[[torch.Te
     return pick
 
 
-def _temperatures(temperature: float | tuple[float, ...], batch: int, device) -> torch.Tensor | float | None:
+def _temperatures(
+    temperature: float | tuple[float, ...], batch: int, device
+) -> torch.Tensor | float | None:
     """What :func:`_sampler` divides logits by: a number, a [batch, 1] tensor of per-row ones, or None for 1."""
     if isinstance(temperature, tuple):
         if len(temperature) != batch:
-            raise ValueError(f"{len(temperature)} temperatures for {batch} samples: give one per sample")
+            raise ValueError(
+                f"{len(temperature)} temperatures for {batch} samples: give one per sample"
+            )
         return torch.tensor(temperature, device=device).clamp_min(1e-6).unsqueeze(1)
     return None if temperature == 1.0 else max(temperature, 1e-6)
 
 
-def _primed(model: CharLSTM, vocab: Vocab, prime: str, batch: int, device, dtype: torch.dtype) -> tuple[Stepper, torch.Tensor]:
+def _primed(
+    model: CharLSTM, vocab: Vocab, prime: str, batch: int, device, dtype: torch.dtype
+) -> tuple[Stepper, torch.Tensor]:
     """A :class:`Stepper` for ``batch`` streams that has read all of ``prime`` but its last character, and that character.
 
     The prime runs once through the fused LSTM for one stream, whose state all
@@ -141,7 +159,9 @@ def _primed(model: CharLSTM, vocab: Vocab, prime: str, batch: int, device, dtype
     state = model.initial_state(1, device)
     if len(prime_ids) > 1:
         _, state = model(prime_ids[:-1].unsqueeze(0), state)
-    return Stepper(model, tuple(s.expand(-1, batch, -1) for s in state), matmul_dtype=dtype), prime_ids[-1]
+    return Stepper(
+        model, tuple(s.expand(-1, batch, -1) for s in state), matmul_dtype=dtype
+    ), prime_ids[-1]
 
 
 @torch.inference_mode()
@@ -165,9 +185,13 @@ def generate(
     model.eval()
     try:
         n = settings.num_samples
-        stepper, last = _primed(model, vocab, prime, n, device, matmul_dtype(settings.precision, device, n))
+        stepper, last = _primed(
+            model, vocab, prime, n, device, matmul_dtype(settings.precision, device, n)
+        )
         pick = _sampler(settings, n, device)
-        tokens = torch.empty(settings.length + 1, n, dtype=torch.long, device=device)  # row 0: the prime's last character
+        tokens = torch.empty(
+            settings.length + 1, n, dtype=torch.long, device=device
+        )  # row 0: the prime's last character
         tokens[0] = last
         table = ("\ufffd", *vocab.chars)
         for step in range(settings.length):
@@ -179,7 +203,9 @@ def generate(
         model.train(was_training)
 
 
-def sample_rows(model: CharLSTM, vocab: Vocab, cfg: TrackConfig, device, *, seed: int) -> list[tuple[float, str, str]]:
+def sample_rows(
+    model: CharLSTM, vocab: Vocab, cfg: TrackConfig, device, *, seed: int
+) -> list[tuple[float, str, str]]:
     """(temperature, prompt, sample) for every configured prompt and temperature, temperature by temperature.
 
     Each prompt's temperatures are one batch (one stream each: a validation pays
@@ -191,7 +217,22 @@ def sample_rows(model: CharLSTM, vocab: Vocab, cfg: TrackConfig, device, *, seed
     """
     temperatures, prompts = tuple(cfg.sample_temperatures), cfg.sample_prompts
     texts = [
-        generate(model, vocab, prompt, SampleSettings(length=cfg.sample_length, temperature=temperatures, num_samples=len(temperatures), seed=seed + index), device=device)
+        generate(
+            model,
+            vocab,
+            prompt,
+            SampleSettings(
+                length=cfg.sample_length,
+                temperature=temperatures,
+                num_samples=len(temperatures),
+                seed=seed + index,
+            ),
+            device=device,
+        )
         for index, prompt in enumerate(prompts)
     ]  # texts[prompt index][temperature index]
-    return [(t, prompt, prompt + texts[j][i]) for i, t in enumerate(temperatures) for j, prompt in enumerate(prompts)]
+    return [
+        (t, prompt, prompt + texts[j][i])
+        for i, t in enumerate(temperatures)
+        for j, prompt in enumerate(prompts)
+    ]

@@ -14,7 +14,9 @@ from .config import TrainConfig
 from .errors import ConfigError
 
 
-def lr_factor(step: int, progress: float, warmup_steps: int, min_ratio: float, schedule: str = "linear") -> float:
+def lr_factor(
+    step: int, progress: float, warmup_steps: int, min_ratio: float, schedule: str = "linear"
+) -> float:
     """Linear warm-up over steps, then a linear or cosine decay to ``min_ratio`` over ``progress`` in [0, 1]."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -29,7 +31,9 @@ class Budget:
 
     horizon: int | None  # steps; None when only the clock stops the run
     time_budget_s: float  # 0: no clock limit
-    decay_steps: int = 0  # an explicit lr decay horizon: a run can be extended without changing its schedule
+    decay_steps: int = (
+        0  # an explicit lr decay horizon: a run can be extended without changing its schedule
+    )
 
     @classmethod
     def from_config(cls, t: TrainConfig, windows_per_epoch: int) -> Budget:
@@ -58,7 +62,11 @@ class Budget:
 
     def planned_steps(self, step: int, elapsed_s: float, pace_s: float) -> float:
         """The steps the run will have taken at its end, at ``pace_s`` seconds per step from here."""
-        by_time = step + max(self.time_budget_s - elapsed_s, 0.0) / max(pace_s, 1e-9) if self.time_budget_s > 0 else math.inf
+        by_time = (
+            step + max(self.time_budget_s - elapsed_s, 0.0) / max(pace_s, 1e-9)
+            if self.time_budget_s > 0
+            else math.inf
+        )
         return min(float(self.horizon) if self.horizon else math.inf, by_time)
 
     def steps_done(self, step: int) -> bool:
@@ -73,7 +81,11 @@ class Budget:
 
     def describe(self, step: int, elapsed_s: float) -> str:
         """``step 120/1000 ( 12.0%)`` for the progress line."""
-        return f"step {step}" + (f"/{self.horizon}" if self.horizon else "") + f" ({min(self.fraction(step, elapsed_s), 1.0):5.1%})"
+        return (
+            f"step {step}"
+            + (f"/{self.horizon}" if self.horizon else "")
+            + f" ({min(self.fraction(step, elapsed_s), 1.0):5.1%})"
+        )
 
 
 class AgreedClock:

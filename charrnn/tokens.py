@@ -64,7 +64,9 @@ class TokenSet:
         return Vocab.load(Path(self.dir) / "vocab.json")
 
 
-def tokens_key(corpus_sha256: str, val_fraction: float, test_fraction: float, token_dtype: str) -> str:
+def tokens_key(
+    corpus_sha256: str, val_fraction: float, test_fraction: float, token_dtype: str
+) -> str:
     settings = {
         "corpus_sha256": corpus_sha256,
         "val_fraction": round(val_fraction, 12),
@@ -110,8 +112,12 @@ def check_trainable(num_train: int, batch_size: int, seq_len: int, source: str) 
         )
 
 
-BLOCK_BYTES = 16 << 20  # work in ~16 MB blocks: big enough for vectorised speed, small enough for flat memory
-DOCUMENT_MODE_MAX_BYTES = 512 << 20  # up to this size the corpus is one Arrow row (fast); above, one row per line
+BLOCK_BYTES = (
+    16 << 20
+)  # work in ~16 MB blocks: big enough for vectorised speed, small enough for flat memory
+DOCUMENT_MODE_MAX_BYTES = (
+    512 << 20
+)  # up to this size the corpus is one Arrow row (fast); above, one row per line
 
 
 class Utf8Blocks:
@@ -147,9 +153,13 @@ class Utf8Blocks:
         pending, pending_bytes = [], 0
         for arr in self._dataset.data.column("text").chunks:
             offsets_type = np.int64 if str(arr.type) == "large_string" else np.int32
-            offsets = np.frombuffer(arr.buffers()[1], dtype=offsets_type)[arr.offset : arr.offset + len(arr) + 1]
+            offsets = np.frombuffer(arr.buffers()[1], dtype=offsets_type)[
+                arr.offset : arr.offset + len(arr) + 1
+            ]
             raw = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-            while raw.size:  # a row always ends on a character boundary; inside one, cut before a lead byte
+            while (
+                raw.size
+            ):  # a row always ends on a character boundary; inside one, cut before a lead byte
                 cut = min(raw.size, BLOCK_BYTES - pending_bytes)
                 while cut < raw.size and raw[cut] & 0xC0 == 0x80:
                     cut += 1
@@ -215,7 +225,15 @@ def prepare_tokens(
     return _token_set(final, cache_hit=False)
 
 
-def _build(corpus: CorpusRef, out: Path, val_fraction: float, test_fraction: float, token_dtype: str, key: str, started: float) -> None:
+def _build(
+    corpus: CorpusRef,
+    out: Path,
+    val_fraction: float,
+    test_fraction: float,
+    token_dtype: str,
+    key: str,
+    started: float,
+) -> None:
     with tempfile.TemporaryDirectory(prefix="charrnn-datasets-") as scratch:
         blocks = Utf8Blocks(corpus.path, scratch)
         sizes = split_sizes(blocks.num_chars, val_fraction, test_fraction, corpus.uri)
@@ -277,7 +295,11 @@ def _token_set(path: Path, *, cache_hit: bool) -> TokenSet:
 def open_token_set(path: str | os.PathLike[str]) -> TokenSet:
     path = Path(path)
     if not (path / "meta.json").exists():
-        raise CorpusError("not a prepared token directory (no meta.json)", where=str(path), fix="run `charrnn prepare`")
+        raise CorpusError(
+            "not a prepared token directory (no meta.json)",
+            where=str(path),
+            fix="run `charrnn prepare`",
+        )
     return _token_set(path, cache_hit=True)
 
 

@@ -64,8 +64,20 @@ class Tracker(Protocol):
     def update_config(self, values: dict[str, Any]) -> None: ...
     def log(self, metrics: dict[str, Any], step: int) -> None: ...
     def log_samples(self, step: int, rows: Iterable[tuple[float, str, str]]) -> None: ...
-    def log_dataset(self, name: str, files: dict[str, Path], metadata: dict[str, Any], max_upload_mb: float) -> str | None: ...
-    def log_model(self, path: Path, *, step: int, aliases: list[str], metadata: dict[str, Any], dataset_ref: str | None = None, name: str | None = None, samples: list[tuple[float, str, str]] | None = None) -> None: ...
+    def log_dataset(
+        self, name: str, files: dict[str, Path], metadata: dict[str, Any], max_upload_mb: float
+    ) -> str | None: ...
+    def log_model(
+        self,
+        path: Path,
+        *,
+        step: int,
+        aliases: list[str],
+        metadata: dict[str, Any],
+        dataset_ref: str | None = None,
+        name: str | None = None,
+        samples: list[tuple[float, str, str]] | None = None,
+    ) -> None: ...
     def set_summary(self, values: dict[str, Any]) -> None: ...
     def summary(self) -> dict[str, Any]: ...
     def finish(self, exit_code: int = 0) -> None: ...
@@ -88,7 +100,9 @@ class NullTracker:
     def log_dataset(self, name, files, metadata, max_upload_mb):
         return None
 
-    def log_model(self, path, *, step, aliases, metadata, dataset_ref=None, name=None, samples=None):
+    def log_model(
+        self, path, *, step, aliases, metadata, dataset_ref=None, name=None, samples=None
+    ):
         pass
 
     def set_summary(self, values):
@@ -132,7 +146,9 @@ def default_run_id(run_dir: str | os.PathLike[str]) -> str:
 
 
 class WandbTracker:
-    def __init__(self, cfg: TrackConfig, *, run_dir: Path, run_id: str, mode: str, config: dict[str, Any]):
+    def __init__(
+        self, cfg: TrackConfig, *, run_dir: Path, run_id: str, mode: str, config: dict[str, Any]
+    ):
         import wandb
 
         self._wandb = wandb
@@ -171,7 +187,12 @@ class WandbTracker:
             return fn(*args, **kwargs)
         except Exception as exc:  # W&B must never stop training
             self._failed = True
-            log.warning("W&B %s failed (%s: %s); training continues without W&B logging", what, type(exc).__name__, exc)
+            log.warning(
+                "W&B %s failed (%s: %s); training continues without W&B logging",
+                what,
+                type(exc).__name__,
+                exc,
+            )
             return None
 
     def update_config(self, values: dict[str, Any]) -> None:
@@ -191,7 +212,9 @@ class WandbTracker:
 
         self._guard("sample table", add_and_log)
 
-    def log_dataset(self, name: str, files: dict[str, Path], metadata: dict[str, Any], max_upload_mb: float) -> str | None:
+    def log_dataset(
+        self, name: str, files: dict[str, Path], metadata: dict[str, Any], max_upload_mb: float
+    ) -> str | None:
         def build():
             artifact = self._wandb.Artifact(name, type="dataset", metadata=metadata)
             for entry, path in files.items():
@@ -223,7 +246,11 @@ class WandbTracker:
                 name or f"model-{self.run_id}",
                 type="model",
                 # use_artifact() does not work offline: the lineage lives in metadata, so it survives `wandb sync`.
-                metadata={**metadata, "step": step, "lineage": {"dataset": dataset_ref or self._dataset_ref}},
+                metadata={
+                    **metadata,
+                    "step": step,
+                    "lineage": {"dataset": dataset_ref or self._dataset_ref},
+                },
             )
             artifact.add_file(str(path), name="model.pt")
             if samples:  # inside the artefact, not a history row: the run's `samples` increments stay training's
@@ -252,7 +279,9 @@ class WandbTracker:
         self._guard("finish", self.run.finish, exit_code=exit_code)
 
 
-def make_tracker(cfg: TrackConfig, *, is_main: bool, run_dir: Path, config: dict[str, Any]) -> Tracker:
+def make_tracker(
+    cfg: TrackConfig, *, is_main: bool, run_dir: Path, config: dict[str, Any]
+) -> Tracker:
     """The W&B tracker on rank 0 (or a NullTracker if W&B is off or cannot start)."""
     if not is_main:
         return NullTracker()
@@ -263,7 +292,11 @@ def make_tracker(cfg: TrackConfig, *, is_main: bool, run_dir: Path, config: dict
     try:
         tracker = WandbTracker(cfg, run_dir=run_dir, run_id=run_id, mode=mode, config=config)
     except Exception as exc:  # ImportError, timeouts, bad settings, unwritable dirs ...
-        log.warning("W&B could not start (%s: %s); training continues without W&B. Check track.* settings or set track.mode=disabled.", type(exc).__name__, exc)
+        log.warning(
+            "W&B could not start (%s: %s); training continues without W&B. Check track.* settings or set track.mode=disabled.",
+            type(exc).__name__,
+            exc,
+        )
         return NullTracker()
     log.info("W&B run %s (%s) in %s", run_id, mode, tracker.offline_dir or tracker.run.url)
     return tracker
@@ -272,7 +305,11 @@ def make_tracker(cfg: TrackConfig, *, is_main: bool, run_dir: Path, config: dict
 def checkpoint_scores(scores: dict[str, dict[str, float]]) -> dict[str, Any]:
     """A model artefact's scores, in training's vocabulary: val (or that it was not measured) and test when known."""
     val, test = scores.get("val"), scores.get("test")
-    fields: dict[str, Any] = {"val_bpc": val["bpc"], "val_loss_nats": val["loss_nats"]} if val else {"val": "not measured at this step"}
+    fields: dict[str, Any] = (
+        {"val_bpc": val["bpc"], "val_loss_nats": val["loss_nats"]}
+        if val
+        else {"val": "not measured at this step"}
+    )
     if test:
         fields |= {"test_bpc": test["bpc"], "test_loss_nats": test["loss_nats"]}
     return fields
@@ -303,14 +340,29 @@ def publish_to_wandb(
     if tracker.run_id is None:
         return {}
     try:
-        final = {f"final/{split}_{name}": value for split, score in scores.items() for name, value in score.items() if name in ("loss_nats", "bpc")}
-        tracker.set_summary({**final, "final/step": step, "model_name": model_name, "production": promoted})
+        final = {
+            f"final/{split}_{name}": value
+            for split, score in scores.items()
+            for name, value in score.items()
+            if name in ("loss_nats", "bpc")
+        }
+        tracker.set_summary(
+            {**final, "final/step": step, "model_name": model_name, "production": promoted}
+        )
         # One collection per model line, logged into directly: Run.link_artifact raises NotImplementedError
         # offline (wandb 0.31) and `wandb sync` replays no links, whereas a logged version syncs as it is.
         # Online and offline-then-synced runs thus end up the same: `<project>/<model_name>:production`.
         aliases = [f"run-{tracker.run_id}", *(["production"] if promoted else [])]
         line_metadata = {**metadata, **checkpoint_scores(scores), "model_name": model_name}
-        tracker.log_model(checkpoint, step=step, aliases=aliases, metadata=line_metadata, dataset_ref=dataset_ref, name=model_name, samples=samples)
+        tracker.log_model(
+            checkpoint,
+            step=step,
+            aliases=aliases,
+            metadata=line_metadata,
+            dataset_ref=dataset_ref,
+            name=model_name,
+            samples=samples,
+        )
         return tracker.summary()
     finally:
         tracker.finish()

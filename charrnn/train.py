@@ -67,10 +67,16 @@ class TrainResult:
     chars_per_s: float
     train_seconds: float
     interrupted: bool = False
-    stopped_by: str | None = None  # the signal this process got that stopped the run early (SIGINT, SIGTERM)
-    tracking: dict = field(default_factory=dict)  # W&B run id, mode, URL or offline dir + sync command
+    stopped_by: str | None = (
+        None  # the signal this process got that stopped the run early (SIGINT, SIGTERM)
+    )
+    tracking: dict = field(
+        default_factory=dict
+    )  # W&B run id, mode, URL or offline dir + sync command
     remote_dir: str | None = None  # the run directory's fsspec URL when train.out_dir is one
-    best_step: int | None = None  # the step of best.pt, which val and test score; None: no validation, they score the last model
+    best_step: int | None = (
+        None  # the step of best.pt, which val and test score; None: no validation, they score the last model
+    )
     last_val: dict | None = None  # exact full-split val score of the last model
     stopped_early: str | None = None  # why early stopping ended the run
     validations: int = 0  # validations during this session
@@ -117,9 +123,13 @@ def train_step(
     grad_clip: float,
 ):
     """One TBPTT update. Returns (loss, grad norm, detached state), all still on device: no host sync."""
-    with torch.autocast(inputs.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+    with torch.autocast(
+        inputs.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None
+    ):
         logits, state = model(inputs, state)
-    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())  # fp32 loss, fused log-softmax + NLL
+    loss = F.cross_entropy(
+        logits.float().flatten(0, 1), targets.flatten()
+    )  # fp32 loss, fused log-softmax + NLL
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
@@ -146,7 +156,10 @@ class _StopRequest:
         if self.requested:  # second signal: stop now
             raise KeyboardInterrupt
         self.requested, self.signal = True, signal.Signals(signum).name
-        log.warning("received %s: stopping after this step and saving a checkpoint", signal.Signals(signum).name)
+        log.warning(
+            "received %s: stopping after this step and saving a checkpoint",
+            signal.Signals(signum).name,
+        )
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
@@ -160,7 +173,9 @@ def train(cfg: Config, tokens: TokenSet, env: DistEnv | None = None) -> TrainRes
     run_dir = RunDir(cfg.train.out_dir)
     # W&B starts on rank 0 before the process group exists, with its own timeout, so
     # a slow or broken W&B delays nobody's collectives and cannot hang other ranks.
-    tracker = make_tracker(cfg.track, is_main=env.is_main, run_dir=run_dir.path, config=cfg.to_dict())
+    tracker = make_tracker(
+        cfg.track, is_main=env.is_main, run_dir=run_dir.path, config=cfg.to_dict()
+    )
     try:
         result = Trainer(cfg, tokens, env, device, tracker, run_dir).fit()
     except RuntimeError as exc:  # torch.distributed.DistBackendError is a RuntimeError
@@ -185,12 +200,20 @@ def train(cfg: Config, tokens: TokenSet, env: DistEnv | None = None) -> TrainRes
 def _is_peer_failure(exc: RuntimeError) -> bool:
     text = str(exc)
     return isinstance(exc, torch.distributed.DistBackendError) or any(
-        marker in text for marker in ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+        marker in text
+        for marker in (
+            "Connection closed by peer",
+            "Connection reset by peer",
+            "Broken pipe",
+            "NCCL communicator was aborted",
+        )
     )
 
 
 def _first_line(exc: BaseException) -> str:
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:300]
+    return next(
+        (line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__
+    )[:300]
 
 
 class Trainer:
@@ -198,9 +221,24 @@ class Trainer:
     checkpoint holds), the :class:`Budget` (how far along the run is), the :class:`MetricsSink`
     (where records go) and the :class:`RunDir` (where files go). :meth:`fit` runs them in order."""
 
-    def __init__(self, cfg: Config, tokens: TokenSet, env: DistEnv, device: torch.device, tracker: Tracker, run_dir: RunDir):
+    def __init__(
+        self,
+        cfg: Config,
+        tokens: TokenSet,
+        env: DistEnv,
+        device: torch.device,
+        tracker: Tracker,
+        run_dir: RunDir,
+    ):
         t = self.t = cfg.train
-        self.cfg, self.tokens, self.env, self.device, self.tracker, self.run_dir = cfg, tokens, env, device, tracker, run_dir
+        self.cfg, self.tokens, self.env, self.device, self.tracker, self.run_dir = (
+            cfg,
+            tokens,
+            env,
+            device,
+            tracker,
+            run_dir,
+        )
         self.threads = dist_utils.configure_threads(env) if device.type == "cpu" else None
         dist_utils.init_process_group(env, device)
         self.amp_dtype = autocast_dtype(t.precision, device)
@@ -215,15 +253,28 @@ class Trainer:
         model = CharLSTM(ModelShape.from_config(cfg.model, tokens.vocab.size)).to(device)
         self.dropout = DropoutPlan.from_config(cfg.model.dropout)
         if self.dropout.decide_up_front(self.budget, self.batcher.windows_per_epoch):
-            model.set_dropout(self.dropout.rate)  # a Trainer used step by step (bench/profile_ddp.py) trains as fit() would
+            model.set_dropout(
+                self.dropout.rate
+            )  # a Trainer used step by step (bench/profile_ddp.py) trains as fit() would
         initial = model.initial_state(self.batcher.local_batch_size, device)
-        self.state = TrainState(model, make_optimizer(model, t), initial, early_stopping=EarlyStopping(t.patience))
+        self.state = TrainState(
+            model, make_optimizer(model, t), initial, early_stopping=EarlyStopping(t.patience)
+        )
         self.schedule = EvalSchedule.from_config(t)
         self.val_sample: np.ndarray | None = None  # the fixed subsample every validation scores
-        self.validations, self.eval_seconds, self.stopped_early, self.session_train_start = 0, 0.0, None, 0.0
+        self.validations, self.eval_seconds, self.stopped_early, self.session_train_start = (
+            0,
+            0.0,
+            None,
+            0.0,
+        )
         self.train_model: torch.nn.Module = model  # DDP- and compile-wrapped by fit()
         self.resumed_from = 0
-        self.sink = MetricsSink(run_dir.path / "metrics.jsonl", tracker) if env.is_main else MetricsSink.disabled()
+        self.sink = (
+            MetricsSink(run_dir.path / "metrics.jsonl", tracker)
+            if env.is_main
+            else MetricsSink.disabled()
+        )
         # Every rank must take the same stop decision at the same step, or the next
         # collective hangs: the step horizon is deterministic, but the wall clock and
         # signals are per process, so those are agreed through an all-reduce. On CPU
@@ -261,14 +312,21 @@ class Trainer:
                 if s.step % self.agree_every == 0 or self.budget.steps_done(s.step):
                     finished, interrupted = self.agree_stop(stop.requested)
                 # -- model.dropout=auto on a clock: decided from the agreed pace, early in the run
-                if self.dropout.observe(s.step, self.clock, self.budget, self.batcher.windows_per_epoch):
+                if self.dropout.observe(
+                    s.step, self.clock, self.budget, self.batcher.windows_per_epoch
+                ):
                     self.apply_dropout()
                 # -- log
                 if s.step % t.log_interval == 0 or finished or interrupted:
                     self.log()
                 # -- validate on schedule and at the end (not on a signal: the checkpoint must land within the grace period)
                 val = None
-                if not interrupted and (finished or self.schedule.due(s.step, self.budget.fraction(s.step, self.clock.at(s.step)))):
+                if not interrupted and (
+                    finished
+                    or self.schedule.due(
+                        s.step, self.budget.fraction(s.step, self.clock.at(s.step))
+                    )
+                ):
                     val = self.validate()
                     finished = finished or self.early_stop()
                 # -- checkpoint: periodically, at the end, and whenever validation finds a new best
@@ -277,14 +335,22 @@ class Trainer:
                     last_path = self.checkpoint(val, is_best=is_best) or last_path
         # -- the exact full-split scores: the last model's val, then best.pt's val and test
         scores = self.final_scores() if finished and not interrupted else {}
-        return self.summarise(last_path, scores, stop.signal if interrupted else None, loop_start, interrupted=interrupted)
+        return self.summarise(
+            last_path,
+            scores,
+            stop.signal if interrupted else None,
+            loop_start,
+            interrupted=interrupted,
+        )
 
     # ------------------------------------------------------------------ stages
 
     def resume(self) -> None:
         """Continue from the newest valid checkpoint (``--resume``, or a torchrun restart); never overwrite a run."""
         t, env = self.t, self.env
-        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0  # torchrun restarted the group
+        restarted = (
+            int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        )  # torchrun restarted the group
         if env.is_main:  # what killed saves left (temp files, lone checksums): never newer than the newest valid checkpoint
             remove_stale_files(self.run_dir.path)
         if not (t.resume or restarted):
@@ -300,7 +366,9 @@ class Trainer:
         found = self.agreed_checkpoint()
         if found is None:
             if env.is_main:
-                log.info("--resume: no valid checkpoint in %s, starting from scratch", self.run_dir.path)
+                log.info(
+                    "--resume: no valid checkpoint in %s, starting from scratch", self.run_dir.path
+                )
             return
         payload, path = found
         self.state.load_payload(payload, env, batch_size=t.batch_size, seed=t.seed)
@@ -308,8 +376,16 @@ class Trainer:
         self.resumed_from = self.state.step
         if env.is_main:
             if restarted:
-                log.warning("worker group restarted by torchrun (restart %s)", os.environ["TORCHELASTIC_RESTART_COUNT"])
-            log.info("resumed from %s (step %d, data cursor epoch %d window %d)", path, self.state.step, *divmod(self.state.step, self.batcher.windows_per_epoch))
+                log.warning(
+                    "worker group restarted by torchrun (restart %s)",
+                    os.environ["TORCHELASTIC_RESTART_COUNT"],
+                )
+            log.info(
+                "resumed from %s (step %d, data cursor epoch %d window %d)",
+                path,
+                self.state.step,
+                *divmod(self.state.step, self.batcher.windows_per_epoch),
+            )
 
     def agreed_checkpoint(self) -> tuple[dict[str, Any], Path] | None:
         """Rank 0 picks the newest valid checkpoint; every other rank loads that same file and verifies it.
@@ -342,13 +418,19 @@ class Trainer:
         if plan.planned_epochs is not None:
             why = f"auto: ~{plan.planned_epochs:.1f} epochs planned; none up to {RAMP_EPOCHS[0]:g}, {FULL_RATE:g} from {RAMP_EPOCHS[1]:g}"
         log.info("dropout %g (%s)", plan.rate, why)
-        self.tracker.update_config({"dropout_rate": plan.rate, "dropout_planned_epochs": plan.planned_epochs})
+        self.tracker.update_config(
+            {"dropout_rate": plan.rate, "dropout_planned_epochs": plan.planned_epochs}
+        )
 
     def wrap_model(self) -> None:
         if self.env.distributed:
             # Gradients live in DDP's buckets (no extra copy); every step uses every parameter.
-            ddp = DistributedDataParallel(self.state.model, find_unused_parameters=False, gradient_as_bucket_view=True)
-            if self.t.grad_compression == "bf16":  # the average is taken in bf16, then cast back into the fp32 gradients
+            ddp = DistributedDataParallel(
+                self.state.model, find_unused_parameters=False, gradient_as_bucket_view=True
+            )
+            if (
+                self.t.grad_compression == "bf16"
+            ):  # the average is taken in bf16, then cast back into the fp32 gradients
                 ddp.register_comm_hook(None, dist_utils.bf16_allreduce_hook)
             self.train_model = ddp
         if self.t.compile:
@@ -363,12 +445,34 @@ class Trainer:
         atomic_write_text(path / "config.yaml", dump_config(cfg))
         tokens.vocab.save(path / "vocab.json")
         self.sink.truncate_after(self.state.step)
-        facts = {"corpus_uri": cfg.data.corpus, "corpus_sha256": tokens.corpus_sha256, "tokens_key": tokens.key, "vocab_size": tokens.vocab.size}
-        self.tracker.update_config({**facts, "world_size": self.env.world_size, "device": str(self.device), "torch_version": torch.__version__, "parameters": model.num_parameters()})
+        facts = {
+            "corpus_uri": cfg.data.corpus,
+            "corpus_sha256": tokens.corpus_sha256,
+            "tokens_key": tokens.key,
+            "vocab_size": tokens.vocab.size,
+        }
+        self.tracker.update_config(
+            {
+                **facts,
+                "world_size": self.env.world_size,
+                "device": str(self.device),
+                "torch_version": torch.__version__,
+                "parameters": model.num_parameters(),
+            }
+        )
         # Logged by every session (an unchanged dataset is the same W&B version, not a new upload),
         # so the model artefacts of a resumed run still record their dataset lineage.
-        files = {name: Path(tokens.dir) / name for name in ("vocab.json", "meta.json", "train.bin", "val.bin", "test.bin") if (Path(tokens.dir) / name).exists()}
-        self.tracker.log_dataset(dataset_artifact_name(tokens.corpus_sha256, tokens.key), files, {**facts, "num_tokens": tokens.num_tokens}, cfg.track.dataset_max_mb)
+        files = {
+            name: Path(tokens.dir) / name
+            for name in ("vocab.json", "meta.json", "train.bin", "val.bin", "test.bin")
+            if (Path(tokens.dir) / name).exists()
+        }
+        self.tracker.log_dataset(
+            dataset_artifact_name(tokens.corpus_sha256, tokens.key),
+            files,
+            {**facts, "num_tokens": tokens.num_tokens},
+            cfg.track.dataset_max_mb,
+        )
         log.info(
             "model %s: %.2fM parameters | vocab %d | world size %d | device %s%s | precision %s | %s chars/step | %d windows/epoch",
             f"{model.shape.num_layers}x{model.shape.hidden_size}", model.num_parameters() / 1e6, tokens.vocab.size, self.env.world_size,
@@ -380,14 +484,30 @@ class Trainer:
         """One TBPTT update of this rank's streams; no host sync."""
         s, t = self.state, self.t
         batch = self.batcher.batch(s.step, pin_memory=self.device.type == "cuda")
-        if batch.window == 0:  # each stream starts a new segment: its carried state no longer applies
+        if (
+            batch.window == 0
+        ):  # each stream starts a new segment: its carried state no longer applies
             s.hidden = s.model.initial_state(self.batcher.local_batch_size, self.device)
         # The agreed clock, not this rank's own: every rank must use the same lr at the same step.
-        self.lr = t.lr * lr_factor(s.step, self.budget.lr_progress(s.step, self.clock.at(s.step)), t.warmup_steps, t.min_lr_ratio, t.lr_schedule)
+        self.lr = t.lr * lr_factor(
+            s.step,
+            self.budget.lr_progress(s.step, self.clock.at(s.step)),
+            t.warmup_steps,
+            t.min_lr_ratio,
+            t.lr_schedule,
+        )
         for group in s.optimizer.param_groups:
             group["lr"] = self.lr
         x, y = batch.to(self.device)
-        loss, self.grad_norm, s.hidden = train_step(self.train_model, s.optimizer, x, y, s.hidden, amp_dtype=self.amp_dtype, grad_clip=t.grad_clip)
+        loss, self.grad_norm, s.hidden = train_step(
+            self.train_model,
+            s.optimizer,
+            x,
+            y,
+            s.hidden,
+            amp_dtype=self.amp_dtype,
+            grad_clip=t.grad_clip,
+        )
         self.loss_sum += loss
         s.step += 1
         self.window_steps += 1
@@ -397,7 +517,9 @@ class Trainer:
         """(finished, interrupted), identical on every rank; also sets the agreed clock."""
         elapsed = self.elapsed()
         if self.env.distributed:  # the slowest rank's clock, and whether any rank got a signal
-            flags = dist_utils.all_reduce_max(torch.tensor([elapsed, float(requested)], dtype=torch.float64, device=self.device))
+            flags = dist_utils.all_reduce_max(
+                torch.tensor([elapsed, float(requested)], dtype=torch.float64, device=self.device)
+            )
             elapsed, requested = flags[0].item(), bool(flags[1].item())
         self.clock.agree(self.state.step, elapsed)
         finished = self.budget.steps_done(self.state.step)
@@ -406,10 +528,15 @@ class Trainer:
     def log(self) -> None:
         """Mean loss and grad norm over ranks since the last log line; a diverged run stops here."""
         s, vocab_size = self.state, self.tokens.vocab.size
-        stats = dist_utils.all_reduce_sum(torch.stack([self.loss_sum, self.grad_norm.float()])) / self.env.world_size
+        stats = (
+            dist_utils.all_reduce_sum(torch.stack([self.loss_sum, self.grad_norm.float()]))
+            / self.env.world_size
+        )
         mean_loss, norm = stats[0].item() / self.window_steps, stats[1].item()
         # Uniform guessing scores ln(vocab); ten times worse than that is divergence.
-        if not (math.isfinite(mean_loss) and math.isfinite(norm)) or mean_loss > 10 * math.log(vocab_size):
+        if not (math.isfinite(mean_loss) and math.isfinite(norm)) or mean_loss > 10 * math.log(
+            vocab_size
+        ):
             raise DivergenceError(
                 f"training diverged: loss {mean_loss:.4g} nats/char (grad norm {norm:.4g}) by step {s.step}",
                 where=str(self.run_dir.path),
@@ -442,7 +569,12 @@ class Trainer:
             + ("new best" if best else f"best {early.best_loss:.4f} at step {early.best_step} ({early.stale}/{early.patience or 'no'} patience)"),
         )  # fmt: skip
         if self.env.is_main and self.tracker.run_id is not None:
-            self.tracker.log_samples(s.step, sample_rows(s.model, self.tokens.vocab, self.cfg.track, self.device, seed=self.t.seed))
+            self.tracker.log_samples(
+                s.step,
+                sample_rows(
+                    s.model, self.tokens.vocab, self.cfg.track, self.device, seed=self.t.seed
+                ),
+            )
         self.validations += 1
         self.eval_seconds += time.perf_counter() - started
         self.off_the_clock(started)
@@ -452,11 +584,20 @@ class Trainer:
         """The subsample every validation scores, sized at the run's first validation and kept in checkpoints."""
         s = self.state
         if not s.val_chars:  # the training between two validations sets its size
-            s.val_chars = val_chars_for(self.schedule.chars_between(s.step - self.resumed_from, self.batcher.chars_per_step), self.t.val_chars)
+            s.val_chars = val_chars_for(
+                self.schedule.chars_between(
+                    s.step - self.resumed_from, self.batcher.chars_per_step
+                ),
+                self.t.val_chars,
+            )
         if self.val_sample is None:
             self.val_sample = val_subsample(self.val_tokens, s.val_chars, self.t.eval_batch_size)
             if self.env.is_main:
-                log.info("validation: %s of the %s val characters, the same ones each time", f"{len(self.val_sample):,}", f"{len(self.val_tokens):,}")
+                log.info(
+                    "validation: %s of the %s val characters, the same ones each time",
+                    f"{len(self.val_sample):,}",
+                    f"{len(self.val_tokens):,}",
+                )
         return self.val_sample
 
     def early_stop(self) -> bool:
@@ -473,15 +614,32 @@ class Trainer:
     def checkpoint(self, val: EvalResult | None, *, is_best: bool) -> Path | None:
         """Every rank gathers its share; rank 0 saves (best.pt too when ``is_best``) and publishes."""
         s, env, started = self.state, self.env, time.perf_counter()
-        payload = s.to_payload(env, batch_size=self.t.batch_size, val=val, identity=self.identity())  # collective when distributed
+        payload = s.to_payload(
+            env, batch_size=self.t.batch_size, val=val, identity=self.identity()
+        )  # collective when distributed
         path = None
         if env.is_main:
-            path = save_checkpoint(self.run_dir.path, payload, step=s.step, is_best=is_best, keep_last=self.t.keep_last)
+            path = save_checkpoint(
+                self.run_dir.path, payload, step=s.step, is_best=is_best, keep_last=self.t.keep_last
+            )
             self.run_dir.publish_checkpoint(path, is_best=is_best)
             if self.cfg.track.log_checkpoints:
-                scores = {"val_bpc": val.bpc, "val_loss_nats": val.loss_nats, "val_chars": val.chars} if val else {"val": "not measured at this step"}
-                metadata = {**scores, "corpus_sha256": self.tokens.corpus_sha256, "config": self.cfg.to_dict()}
-                self.tracker.log_model(path, step=s.step, aliases=["latest", "best"] if is_best else ["latest"], metadata=metadata)
+                scores = (
+                    {"val_bpc": val.bpc, "val_loss_nats": val.loss_nats, "val_chars": val.chars}
+                    if val
+                    else {"val": "not measured at this step"}
+                )
+                metadata = {
+                    **scores,
+                    "corpus_sha256": self.tokens.corpus_sha256,
+                    "config": self.cfg.to_dict(),
+                }
+                self.tracker.log_model(
+                    path,
+                    step=s.step,
+                    aliases=["latest", "best"] if is_best else ["latest"],
+                    metadata=metadata,
+                )
         dist_utils.barrier()
         self.off_the_clock(started)
         return path
@@ -492,27 +650,53 @@ class Trainer:
         best_step = s.early_stopping.best_step
         if len(self.val_tokens) >= 2:
             scores["last_val"] = scores["val"] = self.score(self.val_tokens)
-            self.sink.record(s.step, score_record("val_full", scores["val"]), f"step {s.step} | full val {format_score(scores['val'].to_dict())} (last model)")
+            self.sink.record(
+                s.step,
+                score_record("val_full", scores["val"]),
+                f"step {s.step} | full val {format_score(scores['val'].to_dict())} (last model)",
+            )
         if best_step is not None and best_step != s.step:
             self.load_best()
             scores["val"] = self.score(self.val_tokens)
         test_tokens = load_split(self.tokens, "test")
         if len(test_tokens) >= 2:
             scores["test"] = self.score(test_tokens)
-        record = {f"best/{key}": value for key, value in score_record("val", scores["val"]).items()} if "val" in scores else {}
+        record = (
+            {f"best/{key}": value for key, value in score_record("val", scores["val"]).items()}
+            if "val" in scores
+            else {}
+        )
         record |= score_record("test", scores["test"]) if "test" in scores else {}
         which = "the last model" if best_step in (None, s.step) else f"best.pt, step {best_step}"
-        line = " | ".join(f"{split} {format_score(scores[split].to_dict())}" for split in ("val", "test") if split in scores)
-        self.sink.record(s.step, record | {"best_step": s.step if best_step is None else best_step}, f"final scores of {which}: {line}")
+        line = " | ".join(
+            f"{split} {format_score(scores[split].to_dict())}"
+            for split in ("val", "test")
+            if split in scores
+        )
+        self.sink.record(
+            s.step,
+            record | {"best_step": s.step if best_step is None else best_step},
+            f"final scores of {which}: {line}",
+        )
         self.off_the_clock(started)
         return scores
 
     def load_best(self) -> None:
         """Every rank takes best.pt's weights: rank 0 reads the file it wrote and sends them to the others."""
-        weights = load_checkpoint(self.run_dir.path / "best.pt")["model"] if self.env.is_main else None
+        weights = (
+            load_checkpoint(self.run_dir.path / "best.pt")["model"] if self.env.is_main else None
+        )
         self.state.model.load_state_dict(dist_utils.broadcast_object(weights))
 
-    def summarise(self, last_path: Path | None, scores: dict[str, EvalResult], stopped_by: str | None, loop_start: float, *, interrupted: bool) -> TrainResult:
+    def summarise(
+        self,
+        last_path: Path | None,
+        scores: dict[str, EvalResult],
+        stopped_by: str | None,
+        loop_start: float,
+        *,
+        interrupted: bool,
+    ) -> TrainResult:
         """The run's result; rank 0 writes it as ``train_summary.json``."""
         s, early = self.state, self.state.early_stopping
         if last_path is None and self.env.is_main:  # resumed at or past the end: nothing to do
@@ -531,7 +715,12 @@ class Trainer:
         if self.env.is_main:
             if self.validations:
                 share = self.eval_seconds / max(s.train_seconds - self.session_train_start, 1e-9)
-                log.info("validation: %d passes took %s, %.1f%% of the training time", self.validations, format_duration(self.eval_seconds), 100 * share)
+                log.info(
+                    "validation: %d passes took %s, %.1f%% of the training time",
+                    self.validations,
+                    format_duration(self.eval_seconds),
+                    100 * share,
+                )
             atomic_write_json(self.run_dir.path / "train_summary.json", result.to_dict())
             self.run_dir.publish_files()
         return result
@@ -540,7 +729,13 @@ class Trainer:
 
     def score(self, tokens) -> EvalResult:
         """Exact scores in fp32 whatever the training precision, so they match ``charrnn evaluate``."""
-        return evaluate_tokens(self.state.model, tokens, num_streams=self.t.eval_batch_size, device=self.device, env=self.env)
+        return evaluate_tokens(
+            self.state.model,
+            tokens,
+            num_streams=self.t.eval_batch_size,
+            device=self.device,
+            env=self.env,
+        )
 
     def identity(self) -> dict[str, Any]:
         """What a checkpoint records about the run beside its state."""
@@ -558,7 +753,9 @@ class Trainer:
         s, steps = self.state, self.state.step - self.resumed_from
         if steps:
             return steps * self.batcher.chars_per_step / max(time.perf_counter() - loop_start, 1e-9)
-        return s.step * self.batcher.chars_per_step / s.train_seconds if s.train_seconds > 0 else 0.0
+        return (
+            s.step * self.batcher.chars_per_step / s.train_seconds if s.train_seconds > 0 else 0.0
+        )
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.session_start
@@ -570,5 +767,3 @@ class Trainer:
     def restart_window(self) -> None:
         """Start a new window of logged loss and throughput (after each log line)."""
         self.window_start, self.window_steps = time.perf_counter(), 0
-
-

@@ -47,7 +47,11 @@ def multibyte_chars(utf8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     value = np.where(
         length == 2,
         (b0 & 0x1F) << 6 | b1,
-        np.where(length == 3, (b0 & 0x0F) << 12 | b1 << 6 | b2, (b0 & 0x07) << 18 | b1 << 12 | b2 << 6 | b3),
+        np.where(
+            length == 3,
+            (b0 & 0x0F) << 12 | b1 << 6 | b2,
+            (b0 & 0x07) << 18 | b1 << 12 | b2 << 6 | b3,
+        ),
     )
     return lead, value
 
@@ -70,9 +74,13 @@ def utf8_codepoints(utf8: np.ndarray) -> np.ndarray:
     if utf8.max(initial=0) < 0x80:
         return utf8
     lead, value = multibyte_chars(utf8)
-    cps = utf8[is_char_start(utf8)].astype(np.uint32)  # one entry per character, lead bytes in place
+    cps = utf8[is_char_start(utf8)].astype(
+        np.uint32
+    )  # one entry per character, lead bytes in place
     continuation = _sequence_length(utf8[lead]) - 1
-    cps[lead - (np.cumsum(continuation) - continuation)] = value  # a lead byte's index among the characters
+    cps[lead - (np.cumsum(continuation) - continuation)] = (
+        value  # a lead byte's index among the characters
+    )
     return cps
 
 
@@ -86,7 +94,9 @@ def unseen_characters(cps: np.ndarray, bad: np.ndarray, limit: int = 10) -> str:
         line = int(np.searchsorted(newlines, pos))  # newlines before pos
         column = pos - (int(newlines[line - 1]) if line else -1)
         ch = chr(int(values[i]))
-        parts.append(f"{ch!r} (U+{ord(ch):04X}) first at line {line + 1}, column {column} (position {pos})")
+        parts.append(
+            f"{ch!r} (U+{ord(ch):04X}) first at line {line + 1}, column {column} (position {pos})"
+        )
     more = f", and {len(values) - limit} more" if len(values) > limit else ""
     return f"{len(values)} character(s) not in the vocabulary ({bad.size} occurrence(s)): {'; '.join(parts)}{more}"
 
@@ -120,11 +130,20 @@ class Vocab:
             object.__setattr__(self, "_lut", lut)
         return lut
 
-    def encode_codepoints(self, cps: np.ndarray, *, dtype=np.int64, unk_policy: str = "unk", source: str = "text") -> np.ndarray:
+    def encode_codepoints(
+        self, cps: np.ndarray, *, dtype=np.int64, unk_policy: str = "unk", source: str = "text"
+    ) -> np.ndarray:
         lut = self._table()
         ids = lut[:256].astype(dtype)[cps] if cps.dtype == np.uint8 else lut[cps]
-        if unk_policy not in ("unk", "error"):  # a library guard: the config only lets these two through
-            raise CorpusError(f"unknown unk_policy {unk_policy!r}", where="data.unk_policy", fix="use unk or error")
+        if unk_policy not in (
+            "unk",
+            "error",
+        ):  # a library guard: the config only lets these two through
+            raise CorpusError(
+                f"unknown unk_policy {unk_policy!r}",
+                where="data.unk_policy",
+                fix="use unk or error",
+            )
         if unk_policy == "error" and self.size > 1:
             bad = np.flatnonzero(ids == UNK_ID)
             if bad.size:
@@ -158,7 +177,12 @@ class Vocab:
         return "".join(table[int(i)] for i in ids)
 
     def to_json(self) -> dict:
-        return {"format": VOCAB_FORMAT, "unk_token": UNK_TOKEN, "unk_id": UNK_ID, "chars": list(self.chars)}
+        return {
+            "format": VOCAB_FORMAT,
+            "unk_token": UNK_TOKEN,
+            "unk_id": UNK_ID,
+            "chars": list(self.chars),
+        }
 
     @classmethod
     def from_json(cls, obj: dict) -> Vocab:
@@ -174,13 +198,19 @@ class Vocab:
         return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
-def token_dtype_for(vocab_size: int, requested: str = "auto", *, source: str = "data.token_dtype") -> np.dtype:
+def token_dtype_for(
+    vocab_size: int, requested: str = "auto", *, source: str = "data.token_dtype"
+) -> np.dtype:
     """The smallest unsigned dtype holding every id, or the requested one if it fits."""
     options = {"uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32}
     if requested == "auto":
         return np.dtype(next(t for t in options.values() if vocab_size <= np.iinfo(t).max + 1))
     if requested not in options:
-        raise CorpusError(f"unknown token dtype {requested!r}", where=source, fix="use auto, uint8, uint16 or uint32")
+        raise CorpusError(
+            f"unknown token dtype {requested!r}",
+            where=source,
+            fix="use auto, uint8, uint16 or uint32",
+        )
     dtype = np.dtype(options[requested])
     if vocab_size > np.iinfo(dtype).max + 1:
         raise CorpusError(

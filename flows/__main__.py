@@ -29,15 +29,21 @@ def _use_local_prefect(state_dir: Path) -> str | None:
     """Point this process at the local server (or its database) before Prefect is imported."""
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "charrnn")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls from an offline box
-    os.environ.setdefault(HEARTBEAT_ENV, str(heartbeat_s()))  # what the zombie-run automation expects (flows/zombies.py)
+    os.environ.setdefault(
+        "PREFECT_SERVER_ANALYTICS_ENABLED", "false"
+    )  # no telemetry calls from an offline box
+    os.environ.setdefault(
+        HEARTBEAT_ENV, str(heartbeat_s())
+    )  # what the zombie-run automation expects (flows/zombies.py)
     if "PREFECT_API_URL" in os.environ:
         return os.environ["PREFECT_API_URL"]
     os.environ.setdefault("PREFECT_HOME", str((state_dir / "home").resolve()))
     # The temporary server migrates a new database before it answers: on a small, busy machine
     # that takes longer than Prefect's 20 s default (seen here on a fresh clone).
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect makes only the last level
+    Path(os.environ["PREFECT_HOME"]).mkdir(
+        parents=True, exist_ok=True
+    )  # Prefect makes only the last level
     local = load(state_dir)
     if local is not None and healthy(local.api_url):
         os.environ["PREFECT_API_URL"] = local.api_url
@@ -52,7 +58,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import train_pipeline
     from flows.zombies import TAG
 
-    with tags(TAG):  # like the deployments' runs: the zombie-run automation watches runs with this tag
+    with tags(
+        TAG
+    ):  # like the deployments' runs: the zombie-run automation watches runs with this tag
         result = train_pipeline(
             corpus=args.corpus,
             config_file=args.config,
@@ -69,7 +77,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             num_samples=1,
             sample_length=args.length,
         )
-    where = api_url.removesuffix("/api") if api_url else "run `make serve` and open http://127.0.0.1:4200"
+    where = (
+        api_url.removesuffix("/api")
+        if api_url
+        else "run `make serve` and open http://127.0.0.1:4200"
+    )
     print(result.printout(f"flow runs, logs and artifacts in the UI: {where}"))
     return 0
 
@@ -94,17 +106,29 @@ def cmd_watch(args: argparse.Namespace) -> int:
             what = "unchanged"
         print(f"{row['name']}: {what} ({row['uri']}, sha256 {row['sha256'][:12]})")
         if row.get("first_sight") and not row["changed"]:
-            print(f"  later changes will trigger training; to train on it now: python -m flows run --corpus {row['uri']}")
-            print(f"  (or, with `make serve` running: prefect deployment run train-pipeline/train --param corpus={row['uri']})")
+            print(
+                f"  later changes will trigger training; to train on it now: python -m flows run --corpus {row['uri']}"
+            )
+            print(
+                f"  (or, with `make serve` running: prefect deployment run train-pipeline/train --param corpus={row['uri']})"
+            )
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     local = up(args.state_dir, args.port, args.zombie_after_s)
-    print(f"Prefect server: {local.ui_url} (API {local.api_url}), database and logs in {local.state_dir}")
-    print(f"work pool {WORK_POOL} (process) with a worker; deployments from prefect.yaml: train, nightly, corpus-watch")
-    print(f"flow runs send a heartbeat every {heartbeat_s()}s; a charrnn run silent for {args.zombie_after_s or after_s():g}s is marked Crashed")
-    print("to use the prefect CLI against it (the shakespeare corpus is embedded: no network needed):")
+    print(
+        f"Prefect server: {local.ui_url} (API {local.api_url}), database and logs in {local.state_dir}"
+    )
+    print(
+        f"work pool {WORK_POOL} (process) with a worker; deployments from prefect.yaml: train, nightly, corpus-watch"
+    )
+    print(
+        f"flow runs send a heartbeat every {heartbeat_s()}s; a charrnn run silent for {args.zombie_after_s or after_s():g}s is marked Crashed"
+    )
+    print(
+        "to use the prefect CLI against it (the shakespeare corpus is embedded: no network needed):"
+    )
     print(f"  export PREFECT_API_URL={local.api_url}")
     print("  prefect deployment run train-pipeline/train --param corpus=shakespeare")
     print("stop everything with `make serve-stop` (python -m flows stop)")
@@ -114,7 +138,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_zombie_guard(args: argparse.Namespace) -> int:
     api_url = _use_local_prefect(args.state_dir)
     if api_url is None:
-        print("error: no Prefect server: set PREFECT_API_URL, or start one with `make serve`", file=sys.stderr)
+        print(
+            "error: no Prefect server: set PREFECT_API_URL, or start one with `make serve`",
+            file=sys.stderr,
+        )
         return 2
     from flows.zombies import AUTOMATION_NAME, ensure_zombie_automation
 
@@ -124,45 +151,121 @@ def cmd_zombie_guard(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"automation {AUTOMATION_NAME!r} ({automation_id}) {done} on {api_url}: runs tagged charrnn silent for {after:g}s are marked Crashed")
-    print(f"flow runs must send heartbeats: {HEARTBEAT_ENV}={heartbeat_s()} on the workers (prefect.yaml sets it for the deployments)")
+    print(
+        f"automation {AUTOMATION_NAME!r} ({automation_id}) {done} on {api_url}: runs tagged charrnn silent for {after:g}s are marked Crashed"
+    )
+    print(
+        f"flow runs must send heartbeats: {HEARTBEAT_ENV}={heartbeat_s()} on the workers (prefect.yaml sets it for the deployments)"
+    )
     return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    print("stopped the local Prefect server and worker" if stop(args.state_dir) else f"nothing running (no {args.state_dir / 'local.json'})")
+    print(
+        "stopped the local Prefect server and worker"
+        if stop(args.state_dir)
+        else f"nothing running (no {args.state_dir / 'local.json'})"
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m flows", description="charrnn's Prefect flows: run the pipeline, watch corpora, serve locally.")
-    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE, help=f"local Prefect state: database, logs, PIDs (default: {DEFAULT_STATE})")
+    parser = argparse.ArgumentParser(
+        prog="python -m flows",
+        description="charrnn's Prefect flows: run the pipeline, watch corpora, serve locally.",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE,
+        help=f"local Prefect state: database, logs, PIDs (default: {DEFAULT_STATE})",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="run train_pipeline once, here", description="Run the whole pipeline in this process (tasks log to Prefect).")
-    p.add_argument("--corpus", default="shakespeare", help="corpus URI (default: the offline shakespeare corpus)")
+    p = sub.add_parser(
+        "run",
+        help="run train_pipeline once, here",
+        description="Run the whole pipeline in this process (tasks log to Prefect).",
+    )
+    p.add_argument(
+        "--corpus",
+        default="shakespeare",
+        help="corpus URI (default: the offline shakespeare corpus)",
+    )
     p.add_argument("--config", help="YAML config file")
-    p.add_argument("--nproc-per-node", type=nproc_arg, default="auto", help="training processes per machine, or auto (default): one per GPU, else the CPU's fastest layout")
-    p.add_argument("--time-budget-s", type=float, default=None, help="training wall-clock budget (default: the config's, 120 s)")
+    p.add_argument(
+        "--nproc-per-node",
+        type=nproc_arg,
+        default="auto",
+        help="training processes per machine, or auto (default): one per GPU, else the CPU's fastest layout",
+    )
+    p.add_argument(
+        "--time-budget-s",
+        type=float,
+        default=None,
+        help="training wall-clock budget (default: the config's, 120 s)",
+    )
     p.add_argument("--max-steps", type=int, default=None, help="training step budget")
-    p.add_argument("--wandb-mode", default="auto", choices=["auto", "online", "offline", "disabled"], help="W&B mode (auto: online with credentials, else offline)")
+    p.add_argument(
+        "--wandb-mode",
+        default="auto",
+        choices=["auto", "online", "offline", "disabled"],
+        help="W&B mode (auto: online with credentials, else offline)",
+    )
     p.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
-    p.add_argument("--registry-dir", default=None, help="champion/challenger registry (default: RUNS_DIR/registry)")
-    p.add_argument("--model-name", default=None, help="model line to compete in: letters, digits, - _ . (default: the corpus's name, e.g. shakespeare or a file's stem)")
-    p.add_argument("--skip-if-trained", action="store_true", help="report an earlier run of the same corpus and settings instead of training")
+    p.add_argument(
+        "--registry-dir",
+        default=None,
+        help="champion/challenger registry (default: RUNS_DIR/registry)",
+    )
+    p.add_argument(
+        "--model-name",
+        default=None,
+        help="model line to compete in: letters, digits, - _ . (default: the corpus's name, e.g. shakespeare or a file's stem)",
+    )
+    p.add_argument(
+        "--skip-if-trained",
+        action="store_true",
+        help="report an earlier run of the same corpus and settings instead of training",
+    )
     p.add_argument("--prime", default="ROMEO:\n", help="prompt of the printed sample")
     p.add_argument("--length", type=int, default=400, help="length of the printed sample")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. hidden_size=512 train.lr=3e-3")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. hidden_size=512 train.lr=3e-3",
+    )
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("watch", help="run corpus_watch once", description="Fingerprint each NAME=URI and emit charrnn.corpus.updated for those that changed.")
-    p.add_argument("sources", nargs="*", metavar="NAME=URI", help="watched corpora (default: shakespeare=shakespeare)")
-    p.add_argument("--emit-on-first-sight", action="store_true", help="emit for sources never seen before too")
+    p = sub.add_parser(
+        "watch",
+        help="run corpus_watch once",
+        description="Fingerprint each NAME=URI and emit charrnn.corpus.updated for those that changed.",
+    )
+    p.add_argument(
+        "sources",
+        nargs="*",
+        metavar="NAME=URI",
+        help="watched corpora (default: shakespeare=shakespeare)",
+    )
+    p.add_argument(
+        "--emit-on-first-sight", action="store_true", help="emit for sources never seen before too"
+    )
     p.set_defaults(func=cmd_watch)
 
-    p = sub.add_parser("serve", help="start local Prefect: server, work pool, deployments, worker", description="Start `prefect server start` on 127.0.0.1 (SQLite), a process work pool, every deployment of prefect.yaml and a worker, in the background.")
+    p = sub.add_parser(
+        "serve",
+        help="start local Prefect: server, work pool, deployments, worker",
+        description="Start `prefect server start` on 127.0.0.1 (SQLite), a process work pool, every deployment of prefect.yaml and a worker, in the background.",
+    )
     p.add_argument("--port", type=int, default=4200, help="server port (default: 4200)")
-    p.add_argument("--zombie-after-s", type=float, default=None, help=f"mark a flow run Crashed after this long without a heartbeat (default: ${WINDOW_ENV} or {DEFAULT_AFTER_S})")
+    p.add_argument(
+        "--zombie-after-s",
+        type=float,
+        default=None,
+        help=f"mark a flow run Crashed after this long without a heartbeat (default: ${WINDOW_ENV} or {DEFAULT_AFTER_S})",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
@@ -170,10 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="install the automation that marks flow runs without heartbeats Crashed",
         description=f"Create or update (idempotent) the automation that marks flow runs tagged charrnn Crashed when no heartbeat came for a while, on the server of PREFECT_API_URL (or `serve`'s). Flow runs must send heartbeats: {HEARTBEAT_ENV} (default {heartbeat_s()}).",
     )
-    p.add_argument("--after-s", type=float, default=None, help=f"seconds without a heartbeat (default: ${WINDOW_ENV} or {DEFAULT_AFTER_S}); must exceed {HEARTBEAT_ENV}")
+    p.add_argument(
+        "--after-s",
+        type=float,
+        default=None,
+        help=f"seconds without a heartbeat (default: ${WINDOW_ENV} or {DEFAULT_AFTER_S}); must exceed {HEARTBEAT_ENV}",
+    )
     p.set_defaults(func=cmd_zombie_guard)
 
-    p = sub.add_parser("stop", help="stop what `serve` started", description="Stop the worker (and its flow runs) and the server.")
+    p = sub.add_parser(
+        "stop",
+        help="stop what `serve` started",
+        description="Stop the worker (and its flow runs) and the server.",
+    )
     p.set_defaults(func=cmd_stop)
     return parser
 

@@ -45,15 +45,18 @@ class LocalPrefect:
 
 
 def prefect_env(state_dir: Path, api_url: str, **extra: str) -> dict[str, str]:
-    return child_env(  # without this process's wandb-core service: not theirs
-        PREFECT_HOME=str((state_dir / "home").resolve()),
-        PREFECT_API_URL=api_url,
-        PREFECT_CLI_PROMPT="false",
-        PREFECT_LOGGING_EXTRA_LOGGERS="charrnn",
-        PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW="ignore",  # charrnn logs outside a flow stay local, quietly
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",  # no telemetry calls from an offline box
-        PYTHONUNBUFFERED="1",
-    ) | extra
+    return (
+        child_env(  # without this process's wandb-core service: not theirs
+            PREFECT_HOME=str((state_dir / "home").resolve()),
+            PREFECT_API_URL=api_url,
+            PREFECT_CLI_PROMPT="false",
+            PREFECT_LOGGING_EXTRA_LOGGERS="charrnn",
+            PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW="ignore",  # charrnn logs outside a flow stay local, quietly
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",  # no telemetry calls from an offline box
+            PYTHONUNBUFFERED="1",
+        )
+        | extra
+    )
 
 
 def _prefect(*args: str) -> list[str]:
@@ -74,13 +77,19 @@ def healthy(api_url: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
-def _spawn(cmd: list[str], log_path: Path, env: dict[str, str], cwd: Path = PROJECT_DIR) -> subprocess.Popen:
+def _spawn(
+    cmd: list[str], log_path: Path, env: dict[str, str], cwd: Path = PROJECT_DIR
+) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+        return subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+        )
 
 
-def start_server(state_dir: Path, port: int = 4200, timeout_s: float = 120.0, database_url: str | None = None) -> LocalPrefect:
+def start_server(
+    state_dir: Path, port: int = 4200, timeout_s: float = 120.0, database_url: str | None = None
+) -> LocalPrefect:
     """``prefect server start`` on 127.0.0.1:PORT; returns once ``/api/health`` answers.
 
     ``database_url``: e.g. ``postgresql+asyncpg://USER:PASSWORD@HOST:5432/prefect``
@@ -89,10 +98,16 @@ def start_server(state_dir: Path, port: int = 4200, timeout_s: float = 120.0, da
     state_dir.mkdir(parents=True, exist_ok=True)
     api_url = f"http://127.0.0.1:{port}/api"
     if healthy(api_url):
-        raise RuntimeError(f"something already serves {api_url}: run `python -m flows stop` (or pick another --port)")
+        raise RuntimeError(
+            f"something already serves {api_url}: run `python -m flows stop` (or pick another --port)"
+        )
     local = LocalPrefect(str(state_dir.resolve()), api_url)
     db = {"PREFECT_API_DATABASE_CONNECTION_URL": database_url} if database_url else {}
-    proc = _spawn(_prefect("server", "start", "--host", "127.0.0.1", "--port", str(port)), state_dir / "server.log", local.env(**db))
+    proc = _spawn(
+        _prefect("server", "start", "--host", "127.0.0.1", "--port", str(port)),
+        state_dir / "server.log",
+        local.env(**db),
+    )
     local.server_pid = proc.pid
     _save(local)
     deadline = time.monotonic() + timeout_s
@@ -100,23 +115,48 @@ def start_server(state_dir: Path, port: int = 4200, timeout_s: float = 120.0, da
         if proc.poll() is not None or time.monotonic() > deadline:
             kill_group(proc.pid, STOP_GRACE_S)
             tail = (state_dir / "server.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"prefect server did not start (see {state_dir / 'server.log'}):\n{tail}")
+            raise RuntimeError(
+                f"prefect server did not start (see {state_dir / 'server.log'}):\n{tail}"
+            )
         time.sleep(0.5)
     return local
 
 
-def run_cli(local: LocalPrefect, *args: str, check: bool = True, timeout_s: float = 180.0) -> subprocess.CompletedProcess:
-    result = subprocess.run(_prefect(*args), env=local.env(), cwd=PROJECT_DIR, capture_output=True, text=True, timeout=timeout_s)
+def run_cli(
+    local: LocalPrefect, *args: str, check: bool = True, timeout_s: float = 180.0
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        _prefect(*args),
+        env=local.env(),
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
     if check and result.returncode != 0:
-        raise RuntimeError(f"`prefect {' '.join(args)}` failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise RuntimeError(
+            f"`prefect {' '.join(args)}` failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 
 def create_work_pool(local: LocalPrefect, pool: str = WORK_POOL) -> None:
     """A ``process`` work pool, and its ``training`` queue limited to one run at a time."""
     template = PROJECT_DIR / "infra" / "prefect" / "base-job-template-process.json"
-    run_cli(local, "work-pool", "create", pool, "--type", "process", "--overwrite", "--base-job-template", str(template))
-    created = run_cli(local, "work-queue", "create", TRAINING_QUEUE, "--pool", pool, "--limit", "1", check=False)
+    run_cli(
+        local,
+        "work-pool",
+        "create",
+        pool,
+        "--type",
+        "process",
+        "--overwrite",
+        "--base-job-template",
+        str(template),
+    )
+    created = run_cli(
+        local, "work-queue", "create", TRAINING_QUEUE, "--pool", pool, "--limit", "1", check=False
+    )
     if created.returncode != 0:  # it exists already: make sure of its limit
         run_cli(local, "work-queue", "set-concurrency-limit", TRAINING_QUEUE, "1", "--pool", pool)
 
@@ -133,9 +173,13 @@ def install_zombie_guard(local: LocalPrefect, after_s: float | None = None) -> N
     """The automation that marks charrnn flow runs without heartbeats CRASHED (flows/zombies.py); idempotent."""
     args = ["--after-s", f"{after_s:g}"] if after_s is not None else []
     cmd = [sys.executable, "-m", "flows", "zombie-guard", *args]
-    result = subprocess.run(cmd, env=local.env(), cwd=PROJECT_DIR, capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        cmd, env=local.env(), cwd=PROJECT_DIR, capture_output=True, text=True, timeout=180
+    )
     if result.returncode != 0:
-        raise RuntimeError(f"`python -m flows zombie-guard` failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise RuntimeError(
+            f"`python -m flows zombie-guard` failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
 
 
 def start_worker(local: LocalPrefect, pool: str = WORK_POOL, **env: str) -> subprocess.Popen:
@@ -143,7 +187,11 @@ def start_worker(local: LocalPrefect, pool: str = WORK_POOL, **env: str) -> subp
     from flows.zombies import HEARTBEAT_ENV, heartbeat_s
 
     env = {HEARTBEAT_ENV: str(heartbeat_s()), **env}
-    proc = _spawn(_prefect("worker", "start", "--pool", pool, "--type", "process"), Path(local.state_dir) / "worker.log", local.env(**env))
+    proc = _spawn(
+        _prefect("worker", "start", "--pool", pool, "--type", "process"),
+        Path(local.state_dir) / "worker.log",
+        local.env(**env),
+    )
     local.worker_pid = proc.pid
     _save(local)
     return proc

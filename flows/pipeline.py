@@ -34,7 +34,15 @@ NotNegative = Annotated[int, Field(ge=0)]
 WandbMode = Literal["auto", "online", "offline", "disabled"]
 
 
-def build_config(corpus: str, config_file: str | None, overrides: list[str], time_budget_s: float | None, max_steps: int | None, wandb_mode: str, wandb_project: str) -> Config:
+def build_config(
+    corpus: str,
+    config_file: str | None,
+    overrides: list[str],
+    time_budget_s: float | None,
+    max_steps: int | None,
+    wandb_mode: str,
+    wandb_project: str,
+) -> Config:
     """Defaults < config file < overrides < the flow's explicit parameters."""
     cfg = load_config(config_file, overrides)
     cfg.data.corpus = corpus
@@ -55,7 +63,11 @@ def new_run(cfg: Config, runs_dir: str) -> tuple[str, Path]:
     return run_name, run_dir
 
 
-@flow(name="train-pipeline", log_prints=True, description="Fetch a corpus, tokenise it, train a stacked-LSTM char model with torchrun DDP, evaluate, sample, and publish.")
+@flow(
+    name="train-pipeline",
+    log_prints=True,
+    description="Fetch a corpus, tokenise it, train a stacked-LSTM char model with torchrun DDP, evaluate, sample, and publish.",
+)
 def train_pipeline(
     corpus: str = "shakespeare",
     config_file: str | None = None,
@@ -110,23 +122,61 @@ def train_pipeline(
         retry_delay_s: first retry delay; it doubles for each further retry.
     """
     started = time.time()
-    line = model_line(model_name, corpus)  # before any work: a bad name fails in a second, not after training
-    cfg = build_config(corpus, config_file, list(overrides or []), time_budget_s, max_steps, wandb_mode, wandb_project)
+    line = model_line(
+        model_name, corpus
+    )  # before any work: a bad name fails in a second, not after training
+    cfg = build_config(
+        corpus,
+        config_file,
+        list(overrides or []),
+        time_budget_s,
+        max_steps,
+        wandb_mode,
+        wandb_project,
+    )
     corpus_ref = download(cfg)
     tokens = tokenise(corpus_ref, cfg)
     if nproc_per_node == "auto":
         nproc_per_node, why = auto_nproc(cfg.train.precision)
-        get_run_logger().info("layout: %d training process(es) per machine (auto: %s)", nproc_per_node, why)
-    launch = LaunchSpec(nproc_per_node=nproc_per_node, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts, local_addr=local_addr, socket_ifname=socket_ifname)
+        get_run_logger().info(
+            "layout: %d training process(es) per machine (auto: %s)", nproc_per_node, why
+        )
+    launch = LaunchSpec(
+        nproc_per_node=nproc_per_node,
+        nnodes=nnodes,
+        rdzv_endpoint=rdzv_endpoint,
+        max_restarts=max_restarts,
+        local_addr=local_addr,
+        socket_ifname=socket_ifname,
+    )
     key = training_key(tokens, cfg, nproc_per_node * nnodes, line)
     previous = find_trained(runs_dir, key) if skip_if_trained else None
     if previous is not None:
-        get_run_logger().info("skip_if_trained: %s already trained this corpus with these settings; reporting it", previous.run_dir)
+        get_run_logger().info(
+            "skip_if_trained: %s already trained this corpus with these settings; reporting it",
+            previous.run_dir,
+        )
         return previous
-    sampling = SampleSettings(length=sample_length, temperature=sample_temperature, num_samples=num_samples, seed=cfg.train.seed)
+    sampling = SampleSettings(
+        length=sample_length,
+        temperature=sample_temperature,
+        num_samples=num_samples,
+        seed=cfg.train.seed,
+    )
     retries = Retries(train_retries, [retry_delay_s * 2**i for i in range(max(train_retries, 1))])
     registry = Registry(registry_dir, line)
-    result = train_and_report(cfg, corpus_ref, tokens, launch, runs_dir, registry, sample_prompts or ["\n"], sampling, retries, started)
+    result = train_and_report(
+        cfg,
+        corpus_ref,
+        tokens,
+        launch,
+        runs_dir,
+        registry,
+        sample_prompts or ["\n"],
+        sampling,
+        retries,
+        started,
+    )
     record_result(runs_dir, key, result)
     return result
 
@@ -145,16 +195,53 @@ class Retries:
     delays_s: list[float]
 
 
-def train_and_report(cfg: Config, corpus: CorpusRef, tokens: TokenSet, launch: LaunchSpec, runs_dir: str, registry: Registry, prompts: list[str], sampling: SampleSettings, retries: Retries, started: float) -> RunResult:
+def train_and_report(
+    cfg: Config,
+    corpus: CorpusRef,
+    tokens: TokenSet,
+    launch: LaunchSpec,
+    runs_dir: str,
+    registry: Registry,
+    prompts: list[str],
+    sampling: SampleSettings,
+    retries: Retries,
+    started: float,
+) -> RunResult:
     """A new run directory: train, score, sample, champion/challenger, report; the run's result."""
     run_name, run_dir = new_run(cfg, runs_dir)
     launch.rdzv_id = str(flow_run.get_id() or run_name)
-    get_run_logger().info("run directory %s; training with %d process(es)", run_dir, launch.nproc_per_node * launch.nnodes)
-    trained = train_model.with_options(retries=retries.count, retry_delay_seconds=retries.delays_s)(cfg, tokens, launch)
+    get_run_logger().info(
+        "run directory %s; training with %d process(es)",
+        run_dir,
+        launch.nproc_per_node * launch.nnodes,
+    )
+    trained = train_model.with_options(retries=retries.count, retry_delay_seconds=retries.delays_s)(
+        cfg, tokens, launch
+    )
     scores = score_model(trained, tokens, cfg.train.eval_batch_size)
     samples = write_samples(scores, str(run_dir), prompts, sampling)
-    promotion = promote_model(registry.dir, scores, tokens, corpus, trained, registry.model_name, cfg.train.eval_batch_size)
-    run = RunReport(run_name, str(run_dir.resolve()), corpus, tokens, trained, scores, promotion, launch, cfg, time.time() - started, registry.model_name)
+    promotion = promote_model(
+        registry.dir,
+        scores,
+        tokens,
+        corpus,
+        trained,
+        registry.model_name,
+        cfg.train.eval_batch_size,
+    )
+    run = RunReport(
+        run_name,
+        str(run_dir.resolve()),
+        corpus,
+        tokens,
+        trained,
+        scores,
+        promotion,
+        launch,
+        cfg,
+        time.time() - started,
+        registry.model_name,
+    )
     report, tracking, wandb = report_run(run, samples)
     return RunResult(
         run_dir=run.run_dir,

@@ -28,18 +28,25 @@ def update_wandb(run: RunReport, samples: list[Sample]) -> dict:
     """
     from charrnn.tracking import dataset_artifact_name, publish_to_wandb
 
-    return publish_to_wandb(
-        run.config.track,
-        Path(run.run_dir),
-        step=run.scores.step,
-        scores=run.scores.splits,
-        samples=[(row.temperature, row.prompt, row.text) for row in samples],
-        checkpoint=Path(run.scores.checkpoint),
-        promoted=run.promotion.promoted,
-        model_name=run.model_name or run.promotion.model_name,
-        metadata={"corpus_uri": run.corpus.uri, "corpus_sha256": run.corpus.sha256, "champion_challenger": run.promotion.decision.to_dict()},
-        dataset_ref=f"{dataset_artifact_name(run.corpus.sha256, run.tokens.key)}:latest",
-    ) or run.train.tracking
+    return (
+        publish_to_wandb(
+            run.config.track,
+            Path(run.run_dir),
+            step=run.scores.step,
+            scores=run.scores.splits,
+            samples=[(row.temperature, row.prompt, row.text) for row in samples],
+            checkpoint=Path(run.scores.checkpoint),
+            promoted=run.promotion.promoted,
+            model_name=run.model_name or run.promotion.model_name,
+            metadata={
+                "corpus_uri": run.corpus.uri,
+                "corpus_sha256": run.corpus.sha256,
+                "champion_challenger": run.promotion.decision.to_dict(),
+            },
+            dataset_ref=f"{dataset_artifact_name(run.corpus.sha256, run.tokens.key)}:latest",
+        )
+        or run.train.tracking
+    )
 
 
 @task(name="report_run")
@@ -52,11 +59,21 @@ def report_run(run: RunReport, samples: list[Sample]) -> tuple[str, dict, str]:
     atomic_write_text(path, report)
 
     create_markdown_artifact(report, key=REPORT_KEY, description=f"charrnn run {run.run_name}")
-    create_table_artifact([row.to_dict() for row in samples], key=SAMPLES_KEY, description=f"samples from {run.scores.checkpoint}")
+    create_table_artifact(
+        [row.to_dict() for row in samples],
+        key=SAMPLES_KEY,
+        description=f"samples from {run.scores.checkpoint}",
+    )
     if "wandb_url" in tracking:
-        create_link_artifact(link, link_text=tracking["wandb_run_id"], key=WANDB_KEY, description="W&B run")
-    elif "wandb_dir" in tracking:  # offline: a file:// link opens nowhere from the UI's http page; a path and the upload command
+        create_link_artifact(
+            link, link_text=tracking["wandb_run_id"], key=WANDB_KEY, description="W&B run"
+        )
+    elif (
+        "wandb_dir" in tracking
+    ):  # offline: a file:// link opens nowhere from the UI's http page; a path and the upload command
         body = f"W&B offline run `{tracking['wandb_run_id']}`\n\n- directory: `{Path(tracking['wandb_dir']).resolve()}`\n- upload: `{tracking['wandb_sync']}`\n"
-        create_markdown_artifact(body, key=WANDB_KEY, description="W&B offline run: upload it with wandb sync")
+        create_markdown_artifact(
+            body, key=WANDB_KEY, description="W&B offline run: upload it with wandb sync"
+        )
     get_run_logger().info("report: %s", path)
     return str(path), tracking, line

@@ -30,7 +30,9 @@ from charrnn.sample import SampleSettings
 from charrnn.tokens import TokenSet
 from charrnn.train import TrainResult
 
-CACHE_VERSION = "v2"  # bump to invalidate every persisted task result (v2: download returns a CorpusRef)
+CACHE_VERSION = (
+    "v2"  # bump to invalidate every persisted task result (v2: download returns a CorpusRef)
+)
 
 
 def download_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
@@ -43,13 +45,25 @@ def download_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> s
     return sha256_bytes(json.dumps(parts, sort_keys=True, default=str).encode())
 
 
-@task(name="download", cache_key_fn=download_cache_key, persist_result=True, retries=2, retry_delay_seconds=[5, 20])
+@task(
+    name="download",
+    cache_key_fn=download_cache_key,
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=[5, 20],
+)
 def download(cfg: Config) -> CorpusRef:
     """Download (or read) and validate ``data.corpus`` into the cache; a corpus too small to train on is refused before it is cached."""
     from charrnn.prepare import fetch
 
     corpus = fetch(cfg)
-    get_run_logger().info("corpus %s: %s chars, sha256 %s, cached at %s", corpus.uri, f"{corpus.num_chars:,}", corpus.sha256, corpus.path)
+    get_run_logger().info(
+        "corpus %s: %s chars, sha256 %s, cached at %s",
+        corpus.uri,
+        f"{corpus.num_chars:,}",
+        corpus.sha256,
+        corpus.path,
+    )
     return corpus
 
 
@@ -69,7 +83,9 @@ def tokenise(corpus: CorpusRef, cfg: Config) -> TokenSet:
     return tokens
 
 
-PROGRESS = re.compile(r"\bstep \d+(?:/\d+)? \(\s*([\d.]+)%\)")  # charrnn's progress line: "step 120/1000 ( 12.0%) | loss ..."
+PROGRESS = re.compile(
+    r"\bstep \d+(?:/\d+)? \(\s*([\d.]+)%\)"
+)  # charrnn's progress line: "step 120/1000 ( 12.0%) | loss ..."
 
 
 class TrainingProgress:
@@ -79,7 +95,9 @@ class TrainingProgress:
         from prefect.artifacts import create_progress_artifact
 
         self.done = 0.0
-        self.artifact = create_progress_artifact(0.0, key="charrnn-training-progress", description=f"training {run_dir}")
+        self.artifact = create_progress_artifact(
+            0.0, key="charrnn-training-progress", description=f"training {run_dir}"
+        )
 
     def see(self, line: str) -> None:
         if (match := PROGRESS.search(line)) and (done := float(match.group(1))) > self.done:
@@ -124,21 +142,49 @@ def train_model(cfg: Config, tokens: TokenSet, launch: LaunchSpec) -> TrainResul
         del recent[:-20]
 
     def on_start(proc) -> None:  # where the group is, for operators (and the tests that kill it)
-        atomic_write_json(Path(run_dir) / "launch.json", {"torchrun_pid": proc.pid, "process_group": os.getpgid(proc.pid), "attempt": attempt, "command": proc.args})
+        atomic_write_json(
+            Path(run_dir) / "launch.json",
+            {
+                "torchrun_pid": proc.pid,
+                "process_group": os.getpgid(proc.pid),
+                "attempt": attempt,
+                "command": proc.args,
+            },
+        )
 
-    with tempfile.TemporaryDirectory(prefix="charrnn-config-") as scratch:  # the workers read it; training writes the run's config.yaml
+    with tempfile.TemporaryDirectory(
+        prefix="charrnn-config-"
+    ) as scratch:  # the workers read it; training writes the run's config.yaml
         config = Path(scratch) / "config.yaml"
         config.write_text(dump_config(cfg))
         # --no-summary: the task reads train_summary.json; its JSON would be ~30 lines of the run log
-        args = ["--config", str(config), "--tokens", tokens.dir, "--out-dir", run_dir, "--resume", "--no-summary"]
+        args = [
+            "--config",
+            str(config),
+            "--tokens",
+            tokens.dir,
+            "--out-dir",
+            run_dir,
+            "--resume",
+            "--no-summary",
+        ]
         code = run_torchrun(launch, args, on_line=on_line, on_start=on_start)
     if code != 0:
         tail = "\n".join(recent[-8:])
-        raise TrainingFailed(f"torchrun exited with code {code} (attempt {attempt}); last output:\n{tail}")
+        raise TrainingFailed(
+            f"torchrun exited with code {code} (attempt {attempt}); last output:\n{tail}"
+        )
     summary = load_train_summary(run_dir)
-    if not summary.interrupted:  # finished, whatever the last progress line said (a run resumed at its end prints none)
+    if (
+        not summary.interrupted
+    ):  # finished, whatever the last progress line said (a run resumed at its end prints none)
         progress.set(100.0)
-    logger.info("trained to step %d in %.0fs of training (%s chars/s)", summary.step, summary.train_seconds, f"{summary.chars_per_s:,.0f}")
+    logger.info(
+        "trained to step %d in %.0fs of training (%s chars/s)",
+        summary.step,
+        summary.train_seconds,
+        f"{summary.chars_per_s:,.0f}",
+    )
     return summary
 
 
@@ -149,14 +195,28 @@ def score_model(trained: TrainResult, tokens: TokenSet, num_streams: int = 32) -
     from charrnn.runs import score_checkpoint
 
     logger = get_run_logger()
-    scores, reused = score_checkpoint(trained.best_checkpoint or trained.checkpoint, tokens, trained.run_dir, num_streams=num_streams, trained=trained)
+    scores, reused = score_checkpoint(
+        trained.best_checkpoint or trained.checkpoint,
+        tokens,
+        trained.run_dir,
+        num_streams=num_streams,
+        trained=trained,
+    )
     for split, score in scores.splits.items():
-        logger.info("%s: %s (%s chars%s)", split, format_score(score), f"{score['chars']:,}", ", scored by training" if split in reused else "")
+        logger.info(
+            "%s: %s (%s chars%s)",
+            split,
+            format_score(score),
+            f"{score['chars']:,}",
+            ", scored by training" if split in reused else "",
+        )
     return scores
 
 
 @task(name="write_samples")
-def write_samples(scores: Scores, run_dir: str, prompts: list[str], settings: SampleSettings) -> list[Sample]:
+def write_samples(
+    scores: Scores, run_dir: str, prompts: list[str], settings: SampleSettings
+) -> list[Sample]:
     """``settings.num_samples`` samples per prompt, batched, seeded; written to samples.json and samples.txt."""
     from charrnn.runs import write_samples as write
 
@@ -166,7 +226,15 @@ def write_samples(scores: Scores, run_dir: str, prompts: list[str], settings: Sa
 
 
 @task(name="promote_model")
-def promote_model(registry_dir: str, scores: Scores, tokens: TokenSet, corpus: CorpusRef, trained: TrainResult, model_name: str, num_streams: int = 32) -> Promotion:
+def promote_model(
+    registry_dir: str,
+    scores: Scores,
+    tokens: TokenSet,
+    corpus: CorpusRef,
+    trained: TrainResult,
+    model_name: str,
+    num_streams: int = 32,
+) -> Promotion:
     """Champion/challenger within the line ``model_name`` on the same held-out text; promote the challenger only if it wins (its score from ``score_model``)."""
     from charrnn.registry import challenge_and_promote, validate_model_name
 

@@ -34,15 +34,28 @@ def variable_name(name: str) -> str:
 
 
 @task(name="check_source")
-def check_source(name: str, uri: str, emit_on_first_sight: bool, cache_dir: str = "", timeout_s: float = 30.0) -> dict:
+def check_source(
+    name: str, uri: str, emit_on_first_sight: bool, cache_dir: str = "", timeout_s: float = 30.0
+) -> dict:
     """Compare the source with its remembered fingerprint; emit the event if its content changed."""
     logger = get_run_logger()
     key = variable_name(name)
     previous = Variable.get(key, default=None)
     validator = source_validator(uri, timeout_s=timeout_s)
-    if previous and previous.get("uri") == uri and validator is not None and previous.get("validator") == validator:
+    if (
+        previous
+        and previous.get("uri") == uri
+        and validator is not None
+        and previous.get("validator") == validator
+    ):
         logger.info("%s (%s): unchanged (%s)", name, uri, validator)
-        return {"name": name, "uri": uri, "changed": False, "first_sight": False, "sha256": previous["sha256"]}
+        return {
+            "name": name,
+            "uri": uri,
+            "changed": False,
+            "first_sight": False,
+            "sha256": previous["sha256"],
+        }
 
     corpus = fetch_corpus(uri, cache_dir or None, timeout_s=timeout_s)
     if previous is None:
@@ -50,11 +63,17 @@ def check_source(name: str, uri: str, emit_on_first_sight: bool, cache_dir: str 
     elif previous.get("uri") != uri:
         changed, why = True, f"new URI (was {previous.get('uri')})"
     else:
-        changed, why = previous.get("sha256") != corpus.sha256, f"sha256 {previous.get('sha256', '?')[:12]} -> {corpus.sha256[:12]}"
+        changed, why = (
+            previous.get("sha256") != corpus.sha256,
+            f"sha256 {previous.get('sha256', '?')[:12]} -> {corpus.sha256[:12]}",
+        )
     if changed:
         emit_event(
             event=EVENT,
-            resource={"prefect.resource.id": f"charrnn.corpus.{name}", "prefect.resource.name": name},
+            resource={
+                "prefect.resource.id": f"charrnn.corpus.{name}",
+                "prefect.resource.name": name,
+            },
             payload={"uri": uri, "sha256": corpus.sha256},
         )
         logger.info("%s (%s): changed (%s); emitted %s", name, uri, why, EVENT)
@@ -68,11 +87,25 @@ def check_source(name: str, uri: str, emit_on_first_sight: bool, cache_dir: str 
     else:
         logger.info("%s (%s): content unchanged (same sha256)", name, uri)
     Variable.set(key, {"uri": uri, "validator": validator, "sha256": corpus.sha256}, overwrite=True)
-    return {"name": name, "uri": uri, "changed": changed, "first_sight": previous is None, "sha256": corpus.sha256}
+    return {
+        "name": name,
+        "uri": uri,
+        "changed": changed,
+        "first_sight": previous is None,
+        "sha256": corpus.sha256,
+    }
 
 
-@flow(name="corpus-watch", description="Fingerprint watched corpora and emit charrnn.corpus.updated for each that changed.")
-def corpus_watch(sources: dict[str, str] | None = None, emit_on_first_sight: bool = False, cache_dir: str = "", timeout_s: float = 30.0) -> list[dict]:
+@flow(
+    name="corpus-watch",
+    description="Fingerprint watched corpora and emit charrnn.corpus.updated for each that changed.",
+)
+def corpus_watch(
+    sources: dict[str, str] | None = None,
+    emit_on_first_sight: bool = False,
+    cache_dir: str = "",
+    timeout_s: float = 30.0,
+) -> list[dict]:
     """Check every watched corpus once.
 
     Args:
@@ -83,11 +116,17 @@ def corpus_watch(sources: dict[str, str] | None = None, emit_on_first_sight: boo
         timeout_s: network timeout per request.
     """
     sources = sources or {"shakespeare": "shakespeare"}
-    for name in sources:  # a source's name is the model line its changes retrain (prefect.yaml's trigger)
+    for (
+        name
+    ) in sources:  # a source's name is the model line its changes retrain (prefect.yaml's trigger)
         try:
             validate_model_name(name)
         except ConfigError as exc:
-            raise ConfigError(f"source name {name!r} cannot name the model line its changes retrain", where="corpus_watch sources", fix=exc.fix) from None
+            raise ConfigError(
+                f"source name {name!r} cannot name the model line its changes retrain",
+                where="corpus_watch sources",
+                fix=exc.fix,
+            ) from None
     results, failures = [], []
     for name, uri in sources.items():  # one unreachable source must not hide the others' changes
         try:

@@ -67,7 +67,9 @@ def after_s() -> float:
 
 def check_window(after: float, heartbeat: int) -> None:
     if heartbeat < MIN_HEARTBEAT_S:
-        raise ValueError(f"heartbeat period {heartbeat}s ({HEARTBEAT_ENV}): Prefect's minimum is {MIN_HEARTBEAT_S}s")
+        raise ValueError(
+            f"heartbeat period {heartbeat}s ({HEARTBEAT_ENV}): Prefect's minimum is {MIN_HEARTBEAT_S}s"
+        )
     if after < MIN_WINDOW_S or after <= heartbeat:
         raise ValueError(
             f"zombie window {after:g}s (--after-s, --zombie-after-s or {WINDOW_ENV}) must exceed the heartbeat period {heartbeat}s"
@@ -75,7 +77,12 @@ def check_window(after: float, heartbeat: int) -> None:
         )
 
 
-def zombie_automation(after: float | None = None, heartbeat: int | None = None, tag: str = TAG, name: str = AUTOMATION_NAME):
+def zombie_automation(
+    after: float | None = None,
+    heartbeat: int | None = None,
+    tag: str = TAG,
+    name: str = AUTOMATION_NAME,
+):
     """The automation, as Prefect's ``AutomationCore`` (what ``create_automation`` takes)."""
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState
@@ -93,7 +100,10 @@ def zombie_automation(after: float | None = None, heartbeat: int | None = None, 
         ),
         trigger=EventTrigger(
             match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related={"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{tag}"},
+            match_related={
+                "prefect.resource.role": "tag",
+                "prefect.resource.id": f"prefect.tag.{tag}",
+            },
             after={"prefect.flow-run.heartbeat", "prefect.flow-run.Running"},
             expect={"prefect.flow-run.*"},  # any event of the run: a heartbeat, or any state change
             for_each={"prefect.resource.id"},
@@ -110,7 +120,12 @@ def zombie_automation(after: float | None = None, heartbeat: int | None = None, 
     )
 
 
-def ensure_zombie_automation(after: float | None = None, heartbeat: int | None = None, tag: str = TAG, name: str = AUTOMATION_NAME) -> tuple[str, str]:
+def ensure_zombie_automation(
+    after: float | None = None,
+    heartbeat: int | None = None,
+    tag: str = TAG,
+    name: str = AUTOMATION_NAME,
+) -> tuple[str, str]:
     """Create the automation, or update the one of that name; idempotent. Returns (automation id, what was done).
 
     Talks to the server of the current Prefect settings (``PREFECT_API_URL``).

@@ -70,7 +70,10 @@ def _container(spec: ClusterSpec, command: list[str]) -> dict:
         "command": command,
         "ports": [{"name": "rdzv", "containerPort": RDZV_PORT}],
         "env": [
-            {"name": "WANDB_MODE", "value": "offline"},  # set WANDB_API_KEY from a Secret to go online
+            {
+                "name": "WANDB_MODE",
+                "value": "offline",
+            },  # set WANDB_API_KEY from a Secret to go online
             {"name": "CHARRNN_CACHE", "value": f"{RUNS_MOUNT}/cache"},
             {"name": "NCCL_DEBUG", "value": "WARN"},
         ],
@@ -105,19 +108,35 @@ def _pod_spec(spec: ClusterSpec, command: list[str], restart: str) -> dict:
 
 
 def _meta(spec: ClusterSpec, name: str, **extra) -> dict:
-    return {"name": name, "namespace": spec.namespace, "labels": {"app.kubernetes.io/name": "charrnn", "app.kubernetes.io/component": extra.pop("component", "training")}, **extra}
+    return {
+        "name": name,
+        "namespace": spec.namespace,
+        "labels": {
+            "app.kubernetes.io/name": "charrnn",
+            "app.kubernetes.io/component": extra.pop("component", "training"),
+        },
+        **extra,
+    }
 
 
 def shared(spec: ClusterSpec, config_yaml: str) -> list[dict]:
     """The namespace, the charrnn config (the same YAML `charrnn train --config` reads) and the runs volume."""
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": spec.namespace}},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(spec, f"{spec.job}-config"), "data": {"config.yaml": config_yaml}},
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": _meta(spec, f"{spec.job}-config"),
+            "data": {"config.yaml": config_yaml},
+        },
         {
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
             "metadata": _meta(spec, spec.runs_pvc),
-            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": spec.runs_storage}}},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "resources": {"requests": {"storage": spec.runs_storage}},
+            },
         },
     ]
 
@@ -129,7 +148,12 @@ def indexed_job(spec: ClusterSpec) -> list[dict]:
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _meta(spec, spec.job),
-        "spec": {"clusterIP": "None", "selector": selector, "ports": [{"name": "rdzv", "port": RDZV_PORT}], "publishNotReadyAddresses": True},
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector,
+            "ports": [{"name": "rdzv", "port": RDZV_PORT}],
+            "publishNotReadyAddresses": True,
+        },
     }
     pod = _pod_spec(spec, launch_args(spec, f"{spec.job}-0.{spec.job}"), "Never")
     pod["subdomain"] = spec.job  # pods get JOB-<index>.JOB DNS names through the headless Service
@@ -153,12 +177,23 @@ def pytorchjob(spec: ClusterSpec) -> list[dict]:
     command = launch_args(spec, f"{spec.job}-master-0")
 
     def replica(count: int) -> dict:
-        return {"replicas": count, "restartPolicy": "OnFailure", "template": {"spec": _pod_spec(spec, command, "OnFailure")}}
+        return {
+            "replicas": count,
+            "restartPolicy": "OnFailure",
+            "template": {"spec": _pod_spec(spec, command, "OnFailure")},
+        }
 
     replicas = {"Master": replica(1)}
     if spec.nnodes > 1:
         replicas["Worker"] = replica(spec.nnodes - 1)
-    return [{"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": _meta(spec, spec.job), "spec": {"runPolicy": {"backoffLimit": 3}, "pytorchReplicaSpecs": replicas}}]
+    return [
+        {
+            "apiVersion": "kubeflow.org/v1",
+            "kind": "PyTorchJob",
+            "metadata": _meta(spec, spec.job),
+            "spec": {"runPolicy": {"backoffLimit": 3}, "pytorchReplicaSpecs": replicas},
+        }
+    ]
 
 
 def prefect_worker(spec: ClusterSpec) -> list[dict]:
@@ -172,8 +207,16 @@ def prefect_worker(spec: ClusterSpec) -> list[dict]:
             "kind": "Role",
             "metadata": meta,
             "rules": [
-                {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
-                {"apiGroups": [""], "resources": ["pods", "pods/log", "events"], "verbs": ["get", "list", "watch"]},
+                {
+                    "apiGroups": ["batch"],
+                    "resources": ["jobs"],
+                    "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+                },
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods", "pods/log", "events"],
+                    "verbs": ["get", "list", "watch"],
+                },
             ],
         },
         {
@@ -199,12 +242,37 @@ def prefect_worker(spec: ClusterSpec) -> list[dict]:
                             {
                                 "name": "worker",
                                 "image": spec.image,
-                                "command": ["prefect", "worker", "start", "--pool", spec.work_pool, "--type", "kubernetes"],
-                                "env": [
-                                    {"name": "PREFECT_API_URL", "valueFrom": {"configMapKeyRef": {"name": "prefect", "key": "api-url"}}},
-                                    {"name": "PREFECT_API_AUTH_STRING", "valueFrom": {"secretKeyRef": {"name": "prefect", "key": "auth-string", "optional": True}}},
+                                "command": [
+                                    "prefect",
+                                    "worker",
+                                    "start",
+                                    "--pool",
+                                    spec.work_pool,
+                                    "--type",
+                                    "kubernetes",
                                 ],
-                                "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
+                                "env": [
+                                    {
+                                        "name": "PREFECT_API_URL",
+                                        "valueFrom": {
+                                            "configMapKeyRef": {"name": "prefect", "key": "api-url"}
+                                        },
+                                    },
+                                    {
+                                        "name": "PREFECT_API_AUTH_STRING",
+                                        "valueFrom": {
+                                            "secretKeyRef": {
+                                                "name": "prefect",
+                                                "key": "auth-string",
+                                                "optional": True,
+                                            }
+                                        },
+                                    },
+                                ],
+                                "resources": {
+                                    "requests": {"cpu": "250m", "memory": "512Mi"},
+                                    "limits": {"memory": "1Gi"},
+                                },
                             }
                         ],
                     },
@@ -219,7 +287,11 @@ def kubernetes_base_job_template(spec: ClusterSpec) -> dict:
     manifest = {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"generateName": "{{ name }}-", "namespace": "{{ namespace }}", "labels": "{{ labels }}"},
+        "metadata": {
+            "generateName": "{{ name }}-",
+            "namespace": "{{ namespace }}",
+            "labels": "{{ labels }}",
+        },
         "spec": {
             "backoffLimit": 0,
             "ttlSecondsAfterFinished": "{{ finished_job_ttl }}",
@@ -228,18 +300,39 @@ def kubernetes_base_job_template(spec: ClusterSpec) -> dict:
                     "restartPolicy": "Never",
                     "serviceAccountName": "{{ service_account_name }}",
                     "nodeSelector": "{{ node_selector }}",
-                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                    "tolerations": [
+                        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                    ],
                     "containers": [
                         {
                             "name": "prefect-job",
                             "image": "{{ image }}",
                             "args": "{{ command }}",
                             "env": "{{ env }}",
-                            "resources": {"requests": {"nvidia.com/gpu": "{{ gpus }}", "cpu": "{{ cpu }}", "memory": "{{ memory }}"}, "limits": {"nvidia.com/gpu": "{{ gpus }}", "memory": "{{ memory }}"}},
-                            "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "runs", "mountPath": RUNS_MOUNT}],
+                            "resources": {
+                                "requests": {
+                                    "nvidia.com/gpu": "{{ gpus }}",
+                                    "cpu": "{{ cpu }}",
+                                    "memory": "{{ memory }}",
+                                },
+                                "limits": {
+                                    "nvidia.com/gpu": "{{ gpus }}",
+                                    "memory": "{{ memory }}",
+                                },
+                            },
+                            "volumeMounts": [
+                                {"name": "dshm", "mountPath": "/dev/shm"},
+                                {"name": "runs", "mountPath": RUNS_MOUNT},
+                            ],
                         }
                     ],
-                    "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "{{ shm_size }}"}}, {"name": "runs", "persistentVolumeClaim": {"claimName": spec.runs_pvc}}],
+                    "volumes": [
+                        {
+                            "name": "dshm",
+                            "emptyDir": {"medium": "Memory", "sizeLimit": "{{ shm_size }}"},
+                        },
+                        {"name": "runs", "persistentVolumeClaim": {"claimName": spec.runs_pvc}},
+                    ],
                 }
             },
         },
@@ -253,7 +346,11 @@ def kubernetes_base_job_template(spec: ClusterSpec) -> dict:
         "env": {"type": "array", "default": []},
         "service_account_name": {"type": "string", "default": "prefect-worker"},
         "node_selector": {"type": "object", "default": dict(spec.node_selector)},
-        "gpus": {"type": "integer", "default": spec.gpus_per_node, "description": "GPUs per flow-run pod (one training process each)"},
+        "gpus": {
+            "type": "integer",
+            "default": spec.gpus_per_node,
+            "description": "GPUs per flow-run pod (one training process each)",
+        },
         "cpu": {"type": "string", "default": spec.cpu},
         "memory": {"type": "string", "default": spec.memory},
         "shm_size": {"type": "string", "default": spec.shm},
@@ -267,7 +364,12 @@ class _BlockDumper(yaml.SafeDumper):
     """Multi-line strings (the embedded config) as readable ``|`` blocks."""
 
 
-_BlockDumper.add_representer(str, lambda dumper, text: dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
+_BlockDumper.add_representer(
+    str,
+    lambda dumper, text: dumper.represent_scalar(
+        "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None
+    ),
+)
 
 
 def render(spec: ClusterSpec, config_yaml: str) -> dict[str, str]:
@@ -275,33 +377,64 @@ def render(spec: ClusterSpec, config_yaml: str) -> dict[str, str]:
 
     def docs(objects: list[dict], title: str) -> str:
         header = f"# {title}\n# Generated by `python infra/render.py`; edit the renderer or its options, not this file.\n"
-        return header + "---\n".join(yaml.dump(o, Dumper=_BlockDumper, sort_keys=False) for o in objects)
+        return header + "---\n".join(
+            yaml.dump(o, Dumper=_BlockDumper, sort_keys=False) for o in objects
+        )
 
     return {
-        "k8s/shared.yaml": docs(shared(spec, config_yaml), "Namespace, charrnn config and the shared runs volume (apply first)"),
-        "k8s/train-indexed-job.yaml": docs(indexed_job(spec), f"Multi-node training without operators: {spec.nnodes} pods x {spec.gpus_per_node} GPU"),
-        "k8s/train-pytorchjob.yaml": docs(pytorchjob(spec), f"Multi-node training with the Kubeflow Training Operator: {spec.nnodes} pods x {spec.gpus_per_node} GPU"),
-        "k8s/prefect-worker.yaml": docs(prefect_worker(spec), f"Prefect worker for the {spec.work_pool} pool (Kubernetes)"),
-        "prefect/base-job-template-kubernetes.json": json.dumps(kubernetes_base_job_template(spec), indent=2) + "\n",
+        "k8s/shared.yaml": docs(
+            shared(spec, config_yaml),
+            "Namespace, charrnn config and the shared runs volume (apply first)",
+        ),
+        "k8s/train-indexed-job.yaml": docs(
+            indexed_job(spec),
+            f"Multi-node training without operators: {spec.nnodes} pods x {spec.gpus_per_node} GPU",
+        ),
+        "k8s/train-pytorchjob.yaml": docs(
+            pytorchjob(spec),
+            f"Multi-node training with the Kubeflow Training Operator: {spec.nnodes} pods x {spec.gpus_per_node} GPU",
+        ),
+        "k8s/prefect-worker.yaml": docs(
+            prefect_worker(spec), f"Prefect worker for the {spec.work_pool} pool (Kubernetes)"
+        ),
+        "prefect/base-job-template-kubernetes.json": json.dumps(
+            kubernetes_base_job_template(spec), indent=2
+        )
+        + "\n",
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", help="charrnn YAML config (default: charrnn's defaults)")
     parser.add_argument("--nnodes", type=int, default=ClusterSpec.nnodes)
     parser.add_argument("--gpus-per-node", type=int, default=ClusterSpec.gpus_per_node)
     parser.add_argument("--image", default=ClusterSpec.image)
     parser.add_argument("--namespace", default=ClusterSpec.namespace)
     parser.add_argument("--out", type=Path, default=INFRA, help="where to write (default: infra/)")
-    parser.add_argument("--check", action="store_true", help="compare with the files on disk instead of writing")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="charrnn config overrides")
+    parser.add_argument(
+        "--check", action="store_true", help="compare with the files on disk instead of writing"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="charrnn config overrides"
+    )
     args = parser.parse_args(argv)
-    spec = ClusterSpec(nnodes=args.nnodes, gpus_per_node=args.gpus_per_node, image=args.image, namespace=args.namespace)
+    spec = ClusterSpec(
+        nnodes=args.nnodes,
+        gpus_per_node=args.gpus_per_node,
+        image=args.image,
+        namespace=args.namespace,
+    )
     cfg = load_config(args.config, args.overrides)
     cfg.train.out_dir = f"{RUNS_MOUNT}/{spec.job}"
     files = render(spec, dump_config(cfg))
-    stale = [rel for rel, text in files.items() if not (args.out / rel).is_file() or (args.out / rel).read_text() != text]
+    stale = [
+        rel
+        for rel, text in files.items()
+        if not (args.out / rel).is_file() or (args.out / rel).read_text() != text
+    ]
     if args.check:
         for rel in stale:
             print(f"stale: infra/{rel} (run `python infra/render.py`)", file=sys.stderr)

@@ -79,7 +79,9 @@ class CorpusServer:
                     return
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
-                self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()[:16]}"')  # as real servers (and GitHub raw) do
+                self.send_header(
+                    "ETag", f'"{hashlib.sha256(body).hexdigest()[:16]}"'
+                )  # as real servers (and GitHub raw) do
                 self.end_headers()
                 if not head_only:
                     self.wfile.write(body)
@@ -115,6 +117,7 @@ def refused_port() -> int:
 
 # --------------------------------------------------------------------------- Prefect
 
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
     """A real `prefect server start` on 127.0.0.1 (SQLite in a temp dir) for the whole session.
@@ -136,16 +139,31 @@ def prefect_server(tmp_path_factory):
     state = tmp_path_factory.mktemp("prefect")
     local = start_server(state, free_port())
     env = prefect_env(state, local.api_url)
-    keys = ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_LOGGING_EXTRA_LOGGERS", "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW")
+    keys = (
+        "PREFECT_API_URL",
+        "PREFECT_HOME",
+        "PREFECT_SERVER_ANALYTICS_ENABLED",
+        "PREFECT_LOGGING_EXTRA_LOGGERS",
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW",
+    )
     saved = {k: os.environ.get(k) for k in keys}
     os.environ.update({k: env[k] for k in keys})
     try:
         home = Path(env["PREFECT_HOME"])
-        with temporary_settings(updates={PREFECT_API_URL: local.api_url, PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage", PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}):
+        with temporary_settings(
+            updates={
+                PREFECT_API_URL: local.api_url,
+                PREFECT_HOME: home,
+                PREFECT_LOCAL_STORAGE_PATH: home / "storage",
+                PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore",
+            }
+        ):
             yield local
             from prefect.logging.handlers import APILogWorker
 
-            APILogWorker.drain_all(timeout=10)  # send the last run logs while the server is still up
+            APILogWorker.drain_all(
+                timeout=10
+            )  # send the last run logs while the server is still up
     finally:
         stop(state)
         for k, v in saved.items():

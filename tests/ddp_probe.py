@@ -72,8 +72,12 @@ def main() -> None:
     dist.all_gather_object(dropout, TRAINERS[0].dropout.to_payload())
     if env.rank == 0:
         gap = max(float((p - parts[0]).abs().max()) for p in parts)
-        Path(args.result).write_text(json.dumps({"max_param_gap": gap, "steps": steps, "dropout": dropout}))
-    destroy_process_group(together=True)  # as the CLI does: a rank leaving early can make gloo abort a peer
+        Path(args.result).write_text(
+            json.dumps({"max_param_gap": gap, "steps": steps, "dropout": dropout})
+        )
+    destroy_process_group(
+        together=True
+    )  # as the CLI does: a rank leaving early can make gloo abort a peer
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ from charrnn.precision import cpu_has_native_bf16
 # would emulate it on other AVX-512 CPUs). Tests that compare numbers pin fp32 so they hold on every
 # machine; the bf16 paths have tests of their own (test_bf16.py), which run only here.
 CPU_BF16 = cpu_has_native_bf16()  # what precision=auto trains in bf16 on
-requires_cpu_bf16 = pytest.mark.skipif(not CPU_BF16, reason="this CPU has no native bf16 LSTM kernels (needs AVX512-BF16 or AMX)")
+requires_cpu_bf16 = pytest.mark.skipif(
+    not CPU_BF16, reason="this CPU has no native bf16 LSTM kernels (needs AVX512-BF16 or AMX)"
+)
 
 # --------------------------------------------------------------------------- the tiny model
 
@@ -87,12 +89,36 @@ def make_text(num_chars: int, seed: int = 0) -> str:
     """A small, learnable play-like corpus (speaker lines and verse) with non-ASCII characters."""
     rng = random.Random(seed)
     names = ["ROMEO", "JULIET", "NURSE", "FRIAR", "MERCUTIO"]
-    words = ["the", "of", "and", "to", "my", "thou", "thy", "love", "night", "day", "sweet", "fair", "death", "light", "heart", "is", "not", "but", "with", "be"]
+    words = [
+        "the",
+        "of",
+        "and",
+        "to",
+        "my",
+        "thou",
+        "thy",
+        "love",
+        "night",
+        "day",
+        "sweet",
+        "fair",
+        "death",
+        "light",
+        "heart",
+        "is",
+        "not",
+        "but",
+        "with",
+        "be",
+    ]
     words += ["café", "naïve", "—"]
     parts: list[str] = []
     size = 0
     while size < num_chars:
-        lines = [" ".join(rng.choice(words) for _ in range(rng.randint(4, 9))).capitalize() for _ in range(rng.randint(1, 4))]
+        lines = [
+            " ".join(rng.choice(words) for _ in range(rng.randint(4, 9))).capitalize()
+            for _ in range(rng.randint(1, 4))
+        ]
         speech = f"{rng.choice(names)}:\n" + "\n".join(lines) + "\n\n"
         parts.append(speech)
         size += len(speech)
@@ -103,7 +129,11 @@ def cache_listing(root: Path) -> list[str]:
     """Every file under the cache (locks excluded), to show a failure left it untouched."""
     if not root.exists():
         return []
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "locks" not in p.parts and not p.name.endswith(".lock"))
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and "locks" not in p.parts and not p.name.endswith(".lock")
+    )
 
 
 # --------------------------------------------------------------------------- subprocesses
@@ -155,10 +185,14 @@ def task_states(flow_run_id) -> dict[str, list[str]]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
     states: dict[str, list[str]] = {}
     for run in runs:
-        states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name if run.state else "?")
+        states.setdefault(run.name.rsplit("-", 1)[0], []).append(
+            run.state.name if run.state else "?"
+        )
     return states
 
 
@@ -169,7 +203,13 @@ def wandb_records(run_dir: Path) -> list[dict]:
     """Every record of one offline W&B run directory, read with the SDK's own reader (`wandb leet inspect --json`)."""
     wandb_cli = Path(sys.executable).with_name("wandb")
     run_file = next(Path(run_dir).glob("run-*.wandb"))
-    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(run_file)], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [str(wandb_cli), "leet", "inspect", "--json", str(run_file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
@@ -180,4 +220,3 @@ def offline_runs(out: Path) -> list[Path]:
 
 def history_rows(records: list[dict]) -> list[dict]:
     return [r["history"]["item"] for r in records if r["type"] == "history"]
-

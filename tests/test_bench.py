@@ -10,13 +10,26 @@ import pytest
 from helpers import run_env
 
 REPO = Path(__file__).resolve().parent.parent
-SECTIONS = ("Training throughput", "Quality per second", "Tokenisation", "Generation", "bf16 accuracy guard")
+SECTIONS = (
+    "Training throughput",
+    "Quality per second",
+    "Tokenisation",
+    "Generation",
+    "bf16 accuracy guard",
+)
 
 
 def _bench(*args: str, cache: Path) -> None:
     # Two threads as `python -m bench` would have; the suite's own subprocesses stay W&B-free.
     env = run_env(OMP_NUM_THREADS="2", CHARRNN_CACHE=str(cache))
-    done = subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=500)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -32,7 +45,13 @@ def test_quick_suite_writes_every_section_and_keeps_the_rest_of_the_file(tmp_pat
     assert "| benchmark | target | figure | required | met |" in text
     assert (tmp_path / "quality_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    _bench("--quick", "--only", "generation", "--out", str(out), cache=tmp_path / "cache")  # replaces the suite's section (the quickest one)
+    _bench(
+        "--quick", "--only", "generation", "--out", str(out), cache=tmp_path / "cache"
+    )  # replaces the suite's section (the quickest one)
     text = out.read_text(encoding="utf-8")
-    assert text.count("<!-- suite:begin") == 1 and "### Generation" in text and "### Training throughput" not in text
+    assert (
+        text.count("<!-- suite:begin") == 1
+        and "### Generation" in text
+        and "### Training throughput" not in text
+    )
     assert "hand-written history" in text

@@ -36,7 +36,15 @@ def test_auto_precision_picks_bf16_here():
 
 
 def test_bf16_training_converges(small_corpus, tmp_path):
-    cfg = tiny_config(small_corpus, tmp_path / "run", max_steps=80, precision="auto", eval_interval=0, checkpoint_interval=80, lr=1e-2)
+    cfg = tiny_config(
+        small_corpus,
+        tmp_path / "run",
+        max_steps=80,
+        precision="auto",
+        eval_interval=0,
+        checkpoint_interval=80,
+        lr=1e-2,
+    )
     tokens = prepare(cfg)[1]
     result = train(cfg, tokens)
     losses = _losses(Path(result.run_dir))
@@ -47,7 +55,9 @@ def test_bf16_training_converges(small_corpus, tmp_path):
 
 
 def test_bf16_resume_continues_like_a_straight_run(small_corpus, tmp_path):
-    common = dict(precision="auto", log_interval=1, eval_interval=0, checkpoint_interval=10, lr_decay_steps=20)
+    common = dict(
+        precision="auto", log_interval=1, eval_interval=0, checkpoint_interval=10, lr_decay_steps=20
+    )
     straight = tiny_config(small_corpus, tmp_path / "straight", max_steps=20, **common)
     tokens = prepare(straight)[1]
     a = train(straight, tokens)
@@ -63,7 +73,14 @@ def test_bf16_resume_continues_like_a_straight_run(small_corpus, tmp_path):
 
 
 def test_bf16_evaluation_matches_fp32(small_corpus, tmp_path):
-    cfg = tiny_config(small_corpus, tmp_path / "run", max_steps=60, precision="fp32", eval_interval=0, checkpoint_interval=60)
+    cfg = tiny_config(
+        small_corpus,
+        tmp_path / "run",
+        max_steps=60,
+        precision="fp32",
+        eval_interval=0,
+        checkpoint_interval=60,
+    )
     tokens = prepare(cfg)[1]
     train(cfg, tokens)
     model, _, _ = load_model(tmp_path / "run")

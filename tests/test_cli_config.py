@@ -20,43 +20,112 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
 def test_config_lists_every_key_with_overrides_after_options(capsys, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model:\n  hidden_size: 32\n")
-    code, out, _ = _run(capsys, "config", "lr=3e-3", "--config", str(path), "track.tags=[a, b]", "track.sample_temperatures=0.5,1")
+    code, out, _ = _run(
+        capsys,
+        "config",
+        "lr=3e-3",
+        "--config",
+        str(path),
+        "track.tags=[a, b]",
+        "track.sample_temperatures=0.5,1",
+    )
     assert code == 0
     shown = yaml.safe_load(out)
     assert set(shown) == {"data", "model", "train", "track"}
-    assert (shown["model"]["hidden_size"], shown["train"]["lr"], shown["track"]["tags"], shown["track"]["sample_temperatures"]) == (32, 0.003, ["a", "b"], [0.5, 1.0])
+    assert (
+        shown["model"]["hidden_size"],
+        shown["train"]["lr"],
+        shown["track"]["tags"],
+        shown["track"]["sample_temperatures"],
+    ) == (32, 0.003, ["a", "b"], [0.5, 1.0])
 
 
 def test_bad_values_stop_with_one_clear_message(capsys):
     code, out, err = _run(capsys, "config", "precision=fp16")
     assert code == 2 and out == ""
-    assert err.count("error:") == 1 and "train.precision='fp16' is not allowed: use one of: auto, fp32, bf16" in err and "Traceback" not in err
+    assert (
+        err.count("error:") == 1
+        and "train.precision='fp16' is not allowed: use one of: auto, fp32, bf16" in err
+        and "Traceback" not in err
+    )
 
 
 @pytest.fixture
 def no_torchrun(monkeypatch):
     calls = []
-    monkeypatch.setattr("charrnn.launch.run_torchrun", lambda spec, train_args: calls.append((spec, train_args)) or 0)
+    monkeypatch.setattr(
+        "charrnn.launch.run_torchrun",
+        lambda spec, train_args: calls.append((spec, train_args)) or 0,
+    )
     return calls
 
 
-def test_launch_refuses_a_batch_that_does_not_split_before_torchrun_starts(capsys, tmp_path, no_torchrun):
-    code, _, err = _run(capsys, "launch", "--nproc-per-node", "2", "--", "--out-dir", str(tmp_path / "run"), "batch_size=3")
+def test_launch_refuses_a_batch_that_does_not_split_before_torchrun_starts(
+    capsys, tmp_path, no_torchrun
+):
+    code, _, err = _run(
+        capsys,
+        "launch",
+        "--nproc-per-node",
+        "2",
+        "--",
+        "--out-dir",
+        str(tmp_path / "run"),
+        "batch_size=3",
+    )
     assert code == 2 and not no_torchrun
     assert err.count("error:") == 1 and "Traceback" not in err
-    assert "train.batch_size=3 (global streams) is not divisible by the 2 training processes (--nproc-per-node 2 x --nnodes 1)" in err
+    assert (
+        "train.batch_size=3 (global streams) is not divisible by the 2 training processes (--nproc-per-node 2 x --nnodes 1)"
+        in err
+    )
     assert "multiple of 2 (2, 4)" in err
 
     path = tmp_path / "c.yaml"  # read the way `charrnn train` reads it: --config, then key=value
     path.write_text("train:\n  batch_size: 6\n")
-    code, _, err = _run(capsys, "launch", "--nproc-per-node", "2", "--nnodes", "2", "--rdzv-endpoint", "127.0.0.1:29400", "--", "--config", str(path))
-    assert code == 2 and not no_torchrun and "batch_size=6" in err and "4 training processes (--nproc-per-node 2 x --nnodes 2)" in err
-    code, _, err = _run(capsys, "launch", "--nproc-per-node", "2", "--", "--config", str(path), "lr=-1")
+    code, _, err = _run(
+        capsys,
+        "launch",
+        "--nproc-per-node",
+        "2",
+        "--nnodes",
+        "2",
+        "--rdzv-endpoint",
+        "127.0.0.1:29400",
+        "--",
+        "--config",
+        str(path),
+    )
+    assert (
+        code == 2
+        and not no_torchrun
+        and "batch_size=6" in err
+        and "4 training processes (--nproc-per-node 2 x --nnodes 2)" in err
+    )
+    code, _, err = _run(
+        capsys, "launch", "--nproc-per-node", "2", "--", "--config", str(path), "lr=-1"
+    )
     assert code == 2 and not no_torchrun and "train.lr=-1 is out of range" in err
 
-    assert _run(capsys, "launch", "--nproc-per-node", "2", "--", "--config", str(path), "--resume", "batch_size=4")[0] == 0
+    assert (
+        _run(
+            capsys,
+            "launch",
+            "--nproc-per-node",
+            "2",
+            "--",
+            "--config",
+            str(path),
+            "--resume",
+            "batch_size=4",
+        )[0]
+        == 0
+    )
     assert _run(capsys, "launch", "--nproc-per-node", "3", "--", "--config", str(path))[0] == 0
-    assert [args for _, args in no_torchrun] == [["--config", str(path), "--resume", "batch_size=4"], ["--config", str(path)]]
+    assert [args for _, args in no_torchrun] == [
+        ["--config", str(path), "--resume", "batch_size=4"],
+        ["--config", str(path)],
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -79,27 +148,58 @@ def checkpoint(tmp_path_factory):
 def test_evaluate_applies_unk_policy_to_a_text_file(capsys, checkpoint, tmp_path):
     ckpt, root = checkpoint
     text = tmp_path / "held_out.txt"
-    text.write_text("ROMEO:\nseñor so €\nyes 😀 ñ\n", encoding="utf-8")  # é is in this vocabulary; ñ, € and 😀 are not
+    text.write_text(
+        "ROMEO:\nseñor so €\nyes 😀 ñ\n", encoding="utf-8"
+    )  # é is in this vocabulary; ñ, € and 😀 are not
 
     # The checkpoint's own policy (error) applies unless the command line says otherwise.
     for extra in ([], ["data.unk_policy=error"]):
-        code, out, err = _run(capsys, "evaluate", ckpt, "--split", str(text), "--device", "cpu", *extra)
+        code, out, err = _run(
+            capsys, "evaluate", ckpt, "--split", str(text), "--device", "cpu", *extra
+        )
         assert code == 2 and out == "" and "Traceback" not in err, err
         assert f"{text}: 3 character(s) not in the vocabulary (4 occurrence(s))" in err
-        for shown in ("'ñ' (U+00F1) first at line 2, column 3", "'€' (U+20AC) first at line 2, column 10", "'😀' (U+1F600) first at line 3, column 5"):
+        for shown in (
+            "'ñ' (U+00F1) first at line 2, column 3",
+            "'€' (U+20AC) first at line 2, column 10",
+            "'😀' (U+1F600) first at line 3, column 5",
+        ):
             assert shown in err
         assert "data.unk_policy=unk" in err
 
     config = tmp_path / "eval.yaml"
     config.write_text("data:\n  unk_policy: unk\ntrain:\n  device: cpu\n")
-    code, out, err = _run(capsys, "evaluate", ckpt, "--split", str(text), "--json", "--config", str(config))
+    code, out, err = _run(
+        capsys, "evaluate", ckpt, "--split", str(text), "--json", "--config", str(config)
+    )
     assert code == 0, err
-    assert json.loads(out)["chars"] == len(text.read_text(encoding="utf-8")) - 1  # the unseen characters count, as <unk>
-    code, out, err = _run(capsys, "evaluate", ckpt, "--split", str(text), "--json", "data.unk_policy=unk", "device=cpu")
+    assert (
+        json.loads(out)["chars"] == len(text.read_text(encoding="utf-8")) - 1
+    )  # the unseen characters count, as <unk>
+    code, out, err = _run(
+        capsys,
+        "evaluate",
+        ckpt,
+        "--split",
+        str(text),
+        "--json",
+        "data.unk_policy=unk",
+        "device=cpu",
+    )
     assert code == 0, err
 
     # The prepared splits were encoded with the training vocabulary: the policy does not reject them.
-    code, out, err = _run(capsys, "evaluate", ckpt, "--split", "val", "--tokens", _tokens_dir(root), "--json", "data.unk_policy=error")
+    code, out, err = _run(
+        capsys,
+        "evaluate",
+        ckpt,
+        "--split",
+        "val",
+        "--tokens",
+        _tokens_dir(root),
+        "--json",
+        "data.unk_policy=error",
+    )
     assert code == 0 and json.loads(out)["chars"] > 0, err
 
 

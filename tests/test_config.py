@@ -21,12 +21,24 @@ def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model:\n  hidden_size: 128\ntrain:\n  lr: 0.001\n  batch_size: 16\n")
     cfg = load_config(path, ["lr=3e-3", "train.batch_size=32", "data.corpus=x.txt", "compile=true"])
-    assert (cfg.model.hidden_size, cfg.train.lr, cfg.train.batch_size, cfg.data.corpus, cfg.train.compile) == (128, 0.003, 32, "x.txt", True)
-    assert cfg.train.model_fields_set == {"lr", "batch_size", "compile"}  # what the file and the command line set
+    assert (
+        cfg.model.hidden_size,
+        cfg.train.lr,
+        cfg.train.batch_size,
+        cfg.data.corpus,
+        cfg.train.compile,
+    ) == (128, 0.003, 32, "x.txt", True)
+    assert cfg.train.model_fields_set == {
+        "lr",
+        "batch_size",
+        "compile",
+    }  # what the file and the command line set
 
 
 def test_round_trip_through_yaml(tmp_path):
-    cfg = load_config(None, ["hidden_size=99", "track.tags=[a, b]", 'track.sample_prompts=["A:\\n", "é|€"]'])
+    cfg = load_config(
+        None, ["hidden_size=99", "track.tags=[a, b]", 'track.sample_prompts=["A:\\n", "é|€"]']
+    )
     path = tmp_path / "c.yaml"
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg
@@ -34,21 +46,58 @@ def test_round_trip_through_yaml(tmp_path):
 
 
 def test_yaml_1_1_floats_and_number_strings():
-    path_free = load_config(None, ["lr=3e-3", "data.corpus=123", "track.run_id=2024"])  # YAML 1.1: 3e-3 is a string
-    assert path_free.train.lr == 0.003 and path_free.data.corpus == "123" and path_free.track.run_id == "2024"
-    assert load_config(None, ["epochs=2"]).train.epochs == 2.0 and load_config(None, ["max_steps=100.0"]).train.max_steps == 100
+    path_free = load_config(
+        None, ["lr=3e-3", "data.corpus=123", "track.run_id=2024"]
+    )  # YAML 1.1: 3e-3 is a string
+    assert (
+        path_free.train.lr == 0.003
+        and path_free.data.corpus == "123"
+        and path_free.track.run_id == "2024"
+    )
+    assert (
+        load_config(None, ["epochs=2"]).train.epochs == 2.0
+        and load_config(None, ["max_steps=100.0"]).train.max_steps == 100
+    )
 
 
 def test_list_fields_take_yaml_lists_and_the_old_strings():
-    cfg = load_config(None, ["track.tags=[a, b]", "track.sample_temperatures=[0.5, 1]", 'track.sample_prompts=["ROMEO:\\n", "x|y"]'])
-    assert (cfg.track.tags, cfg.track.sample_temperatures, cfg.track.sample_prompts) == (["a", "b"], [0.5, 1.0], ["ROMEO:\n", "x|y"])
-    old = load_config(None, ["track.tags=a, b", "track.sample_temperatures=0.5,1.0", "track.sample_prompts=ROMEO:\\n|JULIET:\\n|é€\\t"])
-    assert (old.track.tags, old.track.sample_temperatures, old.track.sample_prompts) == (["a", "b"], [0.5, 1.0], ["ROMEO:\n", "JULIET:\n", "é€\t"])
+    cfg = load_config(
+        None,
+        [
+            "track.tags=[a, b]",
+            "track.sample_temperatures=[0.5, 1]",
+            'track.sample_prompts=["ROMEO:\\n", "x|y"]',
+        ],
+    )
+    assert (cfg.track.tags, cfg.track.sample_temperatures, cfg.track.sample_prompts) == (
+        ["a", "b"],
+        [0.5, 1.0],
+        ["ROMEO:\n", "x|y"],
+    )
+    old = load_config(
+        None,
+        [
+            "track.tags=a, b",
+            "track.sample_temperatures=0.5,1.0",
+            "track.sample_prompts=ROMEO:\\n|JULIET:\\n|é€\\t",
+        ],
+    )
+    assert (old.track.tags, old.track.sample_temperatures, old.track.sample_prompts) == (
+        ["a", "b"],
+        [0.5, 1.0],
+        ["ROMEO:\n", "JULIET:\n", "é€\t"],
+    )
     assert load_config(None, ["track.sample_temperatures=0.8"]).track.sample_temperatures == [0.8]
     assert load_config(None, ["track.tags="]).track.tags == []
-    assert Config().track.sample_prompts == ["ROMEO:\n", "JULIET:\n"] and Config().track.sample_temperatures == [0.5, 0.8, 1.0]
+    assert Config().track.sample_prompts == [
+        "ROMEO:\n",
+        "JULIET:\n",
+    ] and Config().track.sample_temperatures == [0.5, 0.8, 1.0]
     # a W&B entry written before the lists (flows/publish.py rebuilds TrackConfig from a dict)
-    assert TrackConfig(tags="x,y", sample_prompts="A:\\n", sample_temperatures="0.5").tags == ["x", "y"]
+    assert TrackConfig(tags="x,y", sample_prompts="A:\\n", sample_temperatures="0.5").tags == [
+        "x",
+        "y",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -56,14 +105,29 @@ def test_list_fields_take_yaml_lists_and_the_old_strings():
     [
         (["lr=-1"], r"train\.lr=-1 is out of range: must be a number > 0"),
         (["hidden_size=0"], r"model\.hidden_size=0 is out of range: must be an integer >= 1"),
-        (["precision=fp16"], r"train\.precision='fp16' is not allowed: use one of: auto, fp32, bf16(.|\n)*train\.precision=auto\|fp32\|bf16"),
-        (["lr_schedule=foo"], r"train\.lr_schedule='foo' is not allowed: use one of: linear, cosine"),
-        (["data.unk_policy=bogus"], r"data\.unk_policy='bogus' is not allowed: use one of: unk, error"),
-        (["track.mode=maybe"], r"track\.mode='maybe' is not allowed: use one of: auto, online, offline, disabled"),
+        (
+            ["precision=fp16"],
+            r"train\.precision='fp16' is not allowed: use one of: auto, fp32, bf16(.|\n)*train\.precision=auto\|fp32\|bf16",
+        ),
+        (
+            ["lr_schedule=foo"],
+            r"train\.lr_schedule='foo' is not allowed: use one of: linear, cosine",
+        ),
+        (
+            ["data.unk_policy=bogus"],
+            r"data\.unk_policy='bogus' is not allowed: use one of: unk, error",
+        ),
+        (
+            ["track.mode=maybe"],
+            r"track\.mode='maybe' is not allowed: use one of: auto, online, offline, disabled",
+        ),
         (["train.nope=1"], r"unknown key 'train\.nope'"),
         (["train.lrr=1"], r"unknown key 'train\.lrr'(.|\n)*did you mean train\.lr\?"),
         (["nope=1"], r"unknown config key 'nope'"),
-        (["batch_size=many"], r"train\.batch_size='many' has the wrong type: expected an integer >= 1"),
+        (
+            ["batch_size=many"],
+            r"train\.batch_size='many' has the wrong type: expected an integer >= 1",
+        ),
         (["lr=true"], r"train\.lr=True has the wrong type: expected a number > 0"),
         (["compile=maybe"], r"train\.compile='maybe' has the wrong type: expected true or false"),
         (["track.tags={a: 1}"], r"track\.tags=\{'a': 1\} has the wrong type"),
@@ -71,9 +135,18 @@ def test_list_fields_take_yaml_lists_and_the_old_strings():
         (["beta1=1"], r"train\.beta1=1 is out of range: must be a number in \(0, 1\)"),
         (["keep_last=0"], r"train\.keep_last=0 is out of range: must be an integer >= 1"),
         (["log_interval=0"], r"train\.log_interval=0"),
-        (["data.http_timeout_s=0"], r"data\.http_timeout_s=0 is out of range: must be a number > 0"),
-        (["val_fraction=0.5", "test_fraction=0.5"], r"data\.val_fraction \+ data\.test_fraction = 1\.0 leaves no training split"),
-        (["track.sample_temperatures=[0.5, 0]"], r"track\.sample_temperatures\.1=0 is out of range"),
+        (
+            ["data.http_timeout_s=0"],
+            r"data\.http_timeout_s=0 is out of range: must be a number > 0",
+        ),
+        (
+            ["val_fraction=0.5", "test_fraction=0.5"],
+            r"data\.val_fraction \+ data\.test_fraction = 1\.0 leaves no training split",
+        ),
+        (
+            ["track.sample_temperatures=[0.5, 0]"],
+            r"track\.sample_temperatures\.1=0 is out of range",
+        ),
         (["lr=.nan"], r"train\.lr=nan has the wrong type"),
         (["lr"], "is not key=value"),
     ],
@@ -91,7 +164,11 @@ def test_several_bad_values_are_reported_together_with_their_source(tmp_path):
         load_config(path, ["precision=fp16"])
     text = str(info.value)
     assert "3 invalid config values" in text
-    assert f"{path}: train.lr=-1" in text and f"{path}: model.hidden_size=0" in text and "command line: train.precision='fp16'" in text
+    assert (
+        f"{path}: train.lr=-1" in text
+        and f"{path}: model.hidden_size=0" in text
+        and "command line: train.precision='fp16'" in text
+    )
 
 
 def test_assignment_and_construction_in_code_are_checked():
@@ -107,8 +184,15 @@ def test_assignment_and_construction_in_code_are_checked():
         TrainConfig(batch_size=0)
     with pytest.raises(ConfigError, match=r"leaves no training split"):
         cfg.data.val_fraction = 0.99
-    cfg.data.val_fraction, cfg.data.test_fraction = 0.1, 0.05  # fine in either order while the sum stays below 1
-    assert apply_overrides(cfg, ["lr=1e-2"]) is cfg and cfg.train.lr == 0.01 and cfg.data.val_fraction == 0.1
+    cfg.data.val_fraction, cfg.data.test_fraction = (
+        0.1,
+        0.05,
+    )  # fine in either order while the sum stays below 1
+    assert (
+        apply_overrides(cfg, ["lr=1e-2"]) is cfg
+        and cfg.train.lr == 0.01
+        and cfg.data.val_fraction == 0.1
+    )
 
 
 def _literal_fields():
@@ -122,7 +206,15 @@ LITERALS = list(_literal_fields())
 
 
 def test_the_literal_walk_finds_every_choice_field():
-    assert {key for key, _ in LITERALS} == {"data.token_dtype", "data.unk_policy", "train.lr_schedule", "train.precision", "train.device", "train.grad_compression", "track.mode"}
+    assert {key for key, _ in LITERALS} == {
+        "data.token_dtype",
+        "data.unk_policy",
+        "train.lr_schedule",
+        "train.precision",
+        "train.device",
+        "train.grad_compression",
+        "track.mode",
+    }
 
 
 @pytest.mark.parametrize(("key", "choices"), LITERALS, ids=[key for key, _ in LITERALS])
@@ -140,8 +232,14 @@ def test_every_choice_field_refuses_a_bad_value_and_loads_each_allowed_one(key, 
 
 
 def test_resolve_key():
-    assert resolve_key("lr") == "train.lr" and resolve_key("unk_policy") == "data.unk_policy" and resolve_key("track.tags") == "track.tags"
-    with pytest.raises(ConfigError, match="unknown config key 'hiden_size'(.|\n)*did you mean model.hidden_size"):
+    assert (
+        resolve_key("lr") == "train.lr"
+        and resolve_key("unk_policy") == "data.unk_policy"
+        and resolve_key("track.tags") == "track.tags"
+    )
+    with pytest.raises(
+        ConfigError, match="unknown config key 'hiden_size'(.|\n)*did you mean model.hidden_size"
+    ):
         resolve_key("hiden_size")
 
 

@@ -17,7 +17,9 @@ def test_classic_streams_are_contiguous_slices():
     length = len(TOKENS) // 4
     for step in (0, 1, 5):
         batch = b.batch(step)
-        expected = np.stack([TOKENS[r * length + step * 10 : r * length + step * 10 + 11] for r in range(4)])
+        expected = np.stack(
+            [TOKENS[r * length + step * 10 : r * length + step * 10 + 11] for r in range(4)]
+        )
         assert torch.equal(batch.inputs, torch.from_numpy(expected[:, :-1]))
         assert torch.equal(batch.targets, torch.from_numpy(expected[:, 1:]))
     assert b.batch(b.windows_per_epoch).window == 0 and b.batch(b.windows_per_epoch).epoch == 1
@@ -26,7 +28,10 @@ def test_classic_streams_are_contiguous_slices():
 @pytest.mark.parametrize("segment_windows", [0, 5])
 def test_ranks_split_the_global_batch_exactly(segment_windows):
     whole = StreamBatcher(TOKENS, 6, 8, segment_windows=segment_windows, seed=3)
-    parts = [StreamBatcher(TOKENS, 6, 8, rank=r, world_size=3, segment_windows=segment_windows, seed=3) for r in range(3)]
+    parts = [
+        StreamBatcher(TOKENS, 6, 8, rank=r, world_size=3, segment_windows=segment_windows, seed=3)
+        for r in range(3)
+    ]
     for step in (0, 4, 5, 17, whole.windows_per_epoch + 2):
         joined = torch.cat([p.batch(step).inputs for p in parts])
         assert torch.equal(joined, whole.batch(step).inputs)
@@ -50,7 +55,9 @@ def test_segment_windows_continue_within_a_segment():
     b = StreamBatcher(data, 4, 10, segment_windows=5, seed=1)
     first, second = b.batch(0).inputs, b.batch(1).inputs
     assert torch.equal(second[:, 0], first[:, 0] + 10)  # same segment, next window
-    assert torch.equal(b.batch(5).inputs[:, 0] % 50, torch.zeros(4, dtype=torch.long))  # new segments start at a boundary
+    assert torch.equal(
+        b.batch(5).inputs[:, 0] % 50, torch.zeros(4, dtype=torch.long)
+    )  # new segments start at a boundary
     assert not torch.equal(b.batch(5).inputs[:, 0], first[:, 0] + 50)  # ... somewhere else
 
 
@@ -68,7 +75,13 @@ def test_eval_windows_cover_every_target_once(world_size):
     for rank in range(world_size):
         windows = list(eval_windows(data, 7, 4, rank=rank, world_size=world_size))
         assert all(x.shape[1] <= 4 for x, _ in windows)
-        rows += list(zip(torch.cat([x for x, _ in windows], 1), torch.cat([y for _, y in windows], 1), strict=True))
+        rows += list(
+            zip(
+                torch.cat([x for x, _ in windows], 1),
+                torch.cat([y for _, y in windows], 1),
+                strict=True,
+            )
+        )
     assert len(rows) == 7  # 7 streams of 15 positions, shared out over the ranks
     inputs, targets = torch.stack([x for x, _ in rows]), torch.stack([y for _, y in rows])
     valid = targets != IGNORE_INDEX

@@ -68,7 +68,9 @@ def wait_final(flow_run_id, timeout_s: float = 300):
             if run.state and run.state.is_final():
                 return run
             time.sleep(1)
-    raise AssertionError(f"flow run {flow_run_id} did not finish in {timeout_s}s (state {run.state})")
+    raise AssertionError(
+        f"flow run {flow_run_id} did not finish in {timeout_s}s (state {run.state})"
+    )
 
 
 def start(name: str, **parameters):
@@ -81,7 +83,9 @@ def train_runs_of(corpus: str) -> list:
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
     with _client() as client:
-        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["train"])))
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["train"]))
+        )
     return [r for r in runs if r.parameters.get("corpus") == corpus]
 
 
@@ -89,7 +93,9 @@ def test_train_deployment_completes(deployed, http_server):
     http_server.files["on-demand.txt"] = make_text(40_000, seed=3).encode()
     run = wait_final(start(TRAIN, corpus=http_server.url("on-demand.txt")).id)
     assert run.state.name == "Completed", run.state
-    result = json.loads(next((deployed / "runs").glob(f"*-{run.name}/pipeline_result.json")).read_text())
+    result = json.loads(
+        next((deployed / "runs").glob(f"*-{run.name}/pipeline_result.json")).read_text()
+    )
     assert result["step"] == 20 and Path(result["checkpoint"]).is_file()
 
 
@@ -97,7 +103,9 @@ def test_changed_corpus_triggers_training_and_unchanged_does_not(deployed, http_
     url = http_server.url("watched.txt")
     sources = {"watched": url}
     http_server.files["watched.txt"] = make_text(40_000, seed=4).encode()
-    assert wait_final(start(WATCH, sources=sources).id).state.name == "Completed"  # first sight: baseline only
+    assert (
+        wait_final(start(WATCH, sources=sources).id).state.name == "Completed"
+    )  # first sight: baseline only
     time.sleep(5)
     assert train_runs_of(url) == []
 
@@ -107,7 +115,9 @@ def test_changed_corpus_triggers_training_and_unchanged_does_not(deployed, http_
     while not (triggered := train_runs_of(url)) and time.monotonic() < deadline:
         time.sleep(1)
     assert len(triggered) == 1, "the corpus.updated event did not start a train run"
-    assert triggered[0].parameters.get("model_name") == "watched", "the triggered run does not train the watched source's line"
+    assert triggered[0].parameters.get("model_name") == "watched", (
+        "the triggered run does not train the watched source's line"
+    )
     assert wait_final(triggered[0].id).state.name == "Completed"
 
     assert wait_final(start(WATCH, sources=sources).id).state.name == "Completed"  # unchanged
@@ -127,7 +137,14 @@ def test_cancelling_a_training_run_leaves_no_process_behind(deployed, http_serve
 
     http_server.files["long.txt"] = make_text(40_000, seed=6).encode()
     runs_dir = deployed / "cancel-runs"
-    flow_run = start(TRAIN, corpus=http_server.url("long.txt"), max_steps=0, time_budget_s=600.0, nproc_per_node=2, runs_dir=str(runs_dir))
+    flow_run = start(
+        TRAIN,
+        corpus=http_server.url("long.txt"),
+        max_steps=0,
+        time_budget_s=600.0,
+        nproc_per_node=2,
+        runs_dir=str(runs_dir),
+    )
 
     deadline, pids = time.monotonic() + 180, set()
     while time.monotonic() < deadline and len(pids) < 3:  # torchrun and its two workers
@@ -139,7 +156,9 @@ def test_cancelling_a_training_run_leaves_no_process_behind(deployed, http_serve
     assert len(pids) >= 3, f"training never started (pids {pids})"
 
     with _client() as client:
-        client.set_flow_run_state(flow_run.id, Cancelling(message="test cancels the run"), force=True)
+        client.set_flow_run_state(
+            flow_run.id, Cancelling(message="test cancels the run"), force=True
+        )
     assert wait_final(flow_run.id, 120).state.name == "Cancelled"
     deadline = time.monotonic() + 30
     while any(alive(pid) for pid in pids) and time.monotonic() < deadline:

@@ -58,15 +58,26 @@ def test_a_run_limited_in_steps_decides_before_its_first_step():
     assert plan.decide_up_front(Budget(horizon=900, time_budget_s=0), windows_per_epoch=100)
     assert plan.planned_epochs == 9.0 and plan.rate == auto_rate(9.0)
     on_a_clock = DropoutPlan.from_config("auto")
-    assert not on_a_clock.decide_up_front(Budget(horizon=900, time_budget_s=60.0), windows_per_epoch=100)
+    assert not on_a_clock.decide_up_front(
+        Budget(horizon=900, time_budget_s=60.0), windows_per_epoch=100
+    )
     assert not on_a_clock.decided
 
 
 # 2 s of each budget go to start-up
-@pytest.mark.parametrize(("seconds_per_step", "budget_s", "expected_epochs"), [(0.01, 60.0, 58.0), (0.1, 60.0, 5.8), (0.01, 5.0, 3.0)])
-def test_a_run_on_a_clock_decides_from_its_pace_after_the_first_steps(seconds_per_step, budget_s, expected_epochs):
+@pytest.mark.parametrize(
+    ("seconds_per_step", "budget_s", "expected_epochs"),
+    [(0.01, 60.0, 58.0), (0.1, 60.0, 5.8), (0.01, 5.0, 3.0)],
+)
+def test_a_run_on_a_clock_decides_from_its_pace_after_the_first_steps(
+    seconds_per_step, budget_s, expected_epochs
+):
     """Slow first steps (start-up) do not count; the pace after them projects the run's epochs."""
-    plan, clock, budget = DropoutPlan.from_config("auto"), AgreedClock(0, 0.0), Budget(None, budget_s)
+    plan, clock, budget = (
+        DropoutPlan.from_config("auto"),
+        AgreedClock(0, 0.0),
+        Budget(None, budget_s),
+    )
     decided_at = None
     for step in range(1, 100):
         seconds = 2.0 + step * seconds_per_step  # 2 s of start-up before the first step
@@ -96,14 +107,28 @@ def test_resume_keeps_the_decision_of_the_checkpoint():
     assert (resumed.rate, resumed.planned_epochs) == (decided.rate, 10.0)
     undecided = DropoutPlan.from_config("auto")
     undecided.load_payload(DropoutPlan.from_config("auto").to_payload(), shape_rate=0.0)
-    assert not undecided.decided  # a checkpoint from before the decision: decide later in this session
+    assert (
+        not undecided.decided
+    )  # a checkpoint from before the decision: decide later in this session
     older = DropoutPlan.from_config("auto")
-    older.load_payload(None, shape_rate=0.3)  # a checkpoint written before model.dropout=auto existed
+    older.load_payload(
+        None, shape_rate=0.3
+    )  # a checkpoint written before model.dropout=auto existed
     assert older.rate == 0.3
 
 
-def test_a_timed_run_records_its_decision_in_the_log_and_every_checkpoint_and_keeps_it_on_resume(small_corpus, tmp_path, caplog):
-    cfg = tiny_config(small_corpus, tmp_path / "run", max_steps=0, time_budget_s=3.0, checkpoint_interval=25, eval_interval=0, keep_last=1000)
+def test_a_timed_run_records_its_decision_in_the_log_and_every_checkpoint_and_keeps_it_on_resume(
+    small_corpus, tmp_path, caplog
+):
+    cfg = tiny_config(
+        small_corpus,
+        tmp_path / "run",
+        max_steps=0,
+        time_budget_s=3.0,
+        checkpoint_interval=25,
+        eval_interval=0,
+        keep_last=1000,
+    )
     cfg.model.dropout = "auto"
     _, tokens = prepare(cfg)
     with caplog.at_level("INFO", logger="charrnn"):
@@ -115,12 +140,26 @@ def test_a_timed_run_records_its_decision_in_the_log_and_every_checkpoint_and_ke
     assert final["model_shape"]["dropout"] == record["rate"]
     batcher = StreamBatcher(load_split(tokens, "train"), cfg.train.batch_size, cfg.train.seq_len)
     done_epochs = first.step / batcher.windows_per_epoch
-    assert 0.5 < record["planned_epochs"] / done_epochs < 2  # the projection from 40 steps is about what the run did
-    assert f"dropout {record['rate']:g} (auto: ~{record['planned_epochs']:.1f} epochs planned" in caplog.text
-    early = load_checkpoint(list_checkpoints(Path(first.run_dir))[0])  # step 25: before the decision
-    assert early["step"] == 25 and early["dropout"]["rate"] is None and early["model_shape"]["dropout"] == 0.0
+    assert (
+        0.5 < record["planned_epochs"] / done_epochs < 2
+    )  # the projection from 40 steps is about what the run did
+    assert (
+        f"dropout {record['rate']:g} (auto: ~{record['planned_epochs']:.1f} epochs planned"
+        in caplog.text
+    )
+    early = load_checkpoint(
+        list_checkpoints(Path(first.run_dir))[0]
+    )  # step 25: before the decision
+    assert (
+        early["step"] == 25
+        and early["dropout"]["rate"] is None
+        and early["model_shape"]["dropout"] == 0.0
+    )
 
-    cfg.train.resume, cfg.train.time_budget_s = True, 6.0  # a longer budget would plan more epochs: the decision stands
+    cfg.train.resume, cfg.train.time_budget_s = (
+        True,
+        6.0,
+    )  # a longer budget would plan more epochs: the decision stands
     second = train(cfg, tokens)
     assert second.resumed_from == first.step and second.step > first.step
     assert load_checkpoint(Path(second.checkpoint))["dropout"] == record

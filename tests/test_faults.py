@@ -38,7 +38,12 @@ def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
     path.mkdir(parents=True, exist_ok=True)
     if shutil.which("mount") is None:
         pytest.skip("no mount command")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
@@ -64,7 +69,9 @@ def fill(path: Path, leave_bytes: int) -> None:
 
 
 def _payload(seed: int) -> dict:
-    return {"step_tensor": torch.randn(256 * 1024, generator=torch.Generator().manual_seed(seed))}  # 1 MiB
+    return {
+        "step_tensor": torch.randn(256 * 1024, generator=torch.Generator().manual_seed(seed))
+    }  # 1 MiB
 
 
 @pytest.mark.parametrize("leave_bytes", [0, 16384], ids=["full", "room-for-the-checksum-only"])
@@ -81,7 +88,10 @@ def test_disk_full_while_checkpointing_names_the_last_good_checkpoint(tmp_path, 
         assert "free space" in message and "run again with --resume" in message
         assert err.value.where == str(run / "checkpoints" / "step-00000002.pt")
         # Nothing damaged: no temp file, no half checkpoint, the earlier checkpoint and best.pt intact.
-        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000001.pt", "step-00000001.pt.sha256"]
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+            "step-00000001.pt",
+            "step-00000001.pt.sha256",
+        ]
         assert sorted(p.name for p in run.iterdir()) == ["best.pt", "best.pt.sha256", "checkpoints"]
         assert list_checkpoints(run) == [first]
         verify_checkpoint(first)
@@ -97,7 +107,10 @@ def _leftovers(run: Path) -> dict[str, int]:
     found = {}
     for folder in (run / "checkpoints", run):
         for path in folder.iterdir() if folder.is_dir() else ():
-            orphan_sums = path.name.endswith(".sha256") and not path.with_name(path.name.removesuffix(".sha256")).exists()
+            orphan_sums = (
+                path.name.endswith(".sha256")
+                and not path.with_name(path.name.removesuffix(".sha256")).exists()
+            )
             if path.name.endswith(".tmp") or orphan_sums:
                 found[str(path.relative_to(run))] = path.stat().st_size
     return found
@@ -107,7 +120,11 @@ def _writing(folder: Path, before: set[str]) -> bool:
     """A new checkpoint payload temp file is being filled (its checksum's temp comes first and is tiny)."""
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(folder):
-            if entry.name.endswith(".tmp") and ".sha256." not in entry.name and f"checkpoints/{entry.name}" not in before:
+            if (
+                entry.name.endswith(".tmp")
+                and ".sha256." not in entry.name
+                and f"checkpoints/{entry.name}" not in before
+            ):
                 with contextlib.suppress(FileNotFoundError):
                     if entry.stat().st_size > 0:
                         return True
@@ -123,7 +140,9 @@ def _kill_mid_save(args: list[str], run: Path, log: Path, timeout_s: float = 90)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                pytest.fail(f"training exited ({proc.returncode}) before it could be killed:\n{log.read_text()[-3000:]}")
+                pytest.fail(
+                    f"training exited ({proc.returncode}) before it could be killed:\n{log.read_text()[-3000:]}"
+                )
             if _writing(run / "checkpoints", before):
                 proc.kill()
                 break
@@ -137,7 +156,9 @@ def _kill_mid_save(args: list[str], run: Path, log: Path, timeout_s: float = 90)
 
 
 @pytest.mark.slow
-def test_repeated_sigkills_during_checkpointing_leave_nothing_after_remove_stale_files(small_corpus, tmp_path):
+def test_repeated_sigkills_during_checkpointing_leave_nothing_after_remove_stale_files(
+    small_corpus, tmp_path
+):
     run = tmp_path / "run"
     cfg = tiny_config(small_corpus, run)
     prepare(cfg)  # tokenise once, here: every start below is a cache hit
@@ -148,16 +169,28 @@ def test_repeated_sigkills_during_checkpointing_leave_nothing_after_remove_stale
         "hidden_size=512", "embedding_dim=16", "batch_size=4", "seq_len=8", "checkpoint_interval=1", "keep_last=2",
         "eval_interval=0", "log_interval=1", "time_budget_s=0", "data.val_fraction=0.1", "data.test_fraction=0.05", "device=cpu",
     ]  # fmt: skip
-    caught = sum(_kill_mid_save([*args, "max_steps=100000"], run, tmp_path / "train.log") for _ in range(4))
+    caught = sum(
+        _kill_mid_save([*args, "max_steps=100000"], run, tmp_path / "train.log") for _ in range(4)
+    )
     assert caught >= 2, f"only {caught} of 4 kills left files behind:\n{_leftovers(run)}"
     leaked = _leftovers(run)
-    assert any(name.endswith(".tmp") and size > 1 << 20 for name, size in leaked.items()), leaked  # full-size temps
+    assert any(name.endswith(".tmp") and size > 1 << 20 for name, size in leaked.items()), (
+        leaked
+    )  # full-size temps
 
     # A clean run on top: its checkpoints are newer than every leftover, so all of them are stale.
     newest = load_checkpoint(list_checkpoints(run)[-1])["step"] if list_checkpoints(run) else 0
-    done = subprocess.run([*args, f"max_steps={newest + 2}"], env=run_env(), capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [*args, f"max_steps={newest + 2}"],
+        env=run_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert set(leaked) <= set(_leftovers(run))  # training itself does not clean up (the loop calls remove_stale_files)
+    assert set(leaked) <= set(
+        _leftovers(run)
+    )  # training itself does not clean up (the loop calls remove_stale_files)
 
     removed = remove_stale_files(run)
     assert {str(p.relative_to(run)) for p in removed} == set(leaked)
@@ -174,40 +207,59 @@ def _touch(path: Path, mtime: float, size: int = 16) -> Path:
     return path
 
 
-def test_remove_stale_files_keeps_checkpoints_and_anything_newer_than_the_newest_valid_one(tmp_path, caplog):
+def test_remove_stale_files_keeps_checkpoints_and_anything_newer_than_the_newest_valid_one(
+    tmp_path, caplog
+):
     run = tmp_path / "run"
     for step in (10, 20):
         save_checkpoint(run, {"w": torch.zeros(4)}, step=step, is_best=step == 10, keep_last=5)
     ck = run / "checkpoints"
     newest = (ck / "step-00000020.pt").stat().st_mtime
     stale = [
-        _touch(ck / ".step-00000015.pt.ab12cd.tmp", newest + 60),  # a lower step: dead even if written later
-        _touch(ck / ".step-00000020.pt.ab12cd.tmp", newest - 60),  # the newest step, but older than its checkpoint
+        _touch(
+            ck / ".step-00000015.pt.ab12cd.tmp", newest + 60
+        ),  # a lower step: dead even if written later
+        _touch(
+            ck / ".step-00000020.pt.ab12cd.tmp", newest - 60
+        ),  # the newest step, but older than its checkpoint
         _touch(ck / ".step-00000030.pt.sha256.ef34gh.tmp", newest - 60),
         _touch(ck / "step-00000005.pt.sha256", newest - 60),  # its checkpoint was pruned
         _touch(run / ".best.pt.xy56zz.tmp", newest - 60),
         _touch(run / ".best.pt.sha256.xy56zz.tmp", newest - 60),
     ]
     kept = [
-        _touch(ck / ".step-00000030.pt.ij78kl.tmp", newest + 60),  # a save that may be in progress elsewhere
+        _touch(
+            ck / ".step-00000030.pt.ij78kl.tmp", newest + 60
+        ),  # a save that may be in progress elsewhere
         _touch(ck / ".step-00000020.pt.mn90op.tmp", newest + 60),
-        _touch(ck / "step-00000030.pt.sha256", newest + 60),  # newer than the newest valid checkpoint: kept
-        _touch(ck / "step-00000007.pt", newest - 60),  # a checkpoint without checksum: loading skips it, we never delete one
+        _touch(
+            ck / "step-00000030.pt.sha256", newest + 60
+        ),  # newer than the newest valid checkpoint: kept
+        _touch(
+            ck / "step-00000007.pt", newest - 60
+        ),  # a checkpoint without checksum: loading skips it, we never delete one
         _touch(run / "notes.tmp", newest - 60),  # not ours
     ]
-    (ck / "step-00000010.pt.sha256").write_text("0" * 64 + "  step-00000010.pt\n")  # a corrupt checkpoint stays too
+    (ck / "step-00000010.pt.sha256").write_text(
+        "0" * 64 + "  step-00000010.pt\n"
+    )  # a corrupt checkpoint stays too
     with caplog.at_level(logging.INFO, logger="charrnn"):
         removed = remove_stale_files(run)
     assert sorted(removed) == sorted(stale)
     assert all(not p.exists() for p in stale) and all(p.exists() for p in kept)
     assert (ck / "step-00000010.pt").exists() and (run / "best.pt.sha256").exists()
-    assert "removed 6 stale file(s)" in caplog.text and ".step-00000015.pt.ab12cd.tmp" in caplog.text
+    assert (
+        "removed 6 stale file(s)" in caplog.text and ".step-00000015.pt.ab12cd.tmp" in caplog.text
+    )
     verify_checkpoint(ck / "step-00000020.pt")
 
 
 def test_remove_stale_files_without_a_valid_checkpoint_removes_nothing(tmp_path):
     run = tmp_path / "run"
-    leftovers = [_touch(run / "checkpoints" / ".step-00000001.pt.ab12cd.tmp", time.time() - 3600), _touch(run / "best.pt.sha256", time.time() - 3600)]
+    leftovers = [
+        _touch(run / "checkpoints" / ".step-00000001.pt.ab12cd.tmp", time.time() - 3600),
+        _touch(run / "best.pt.sha256", time.time() - 3600),
+    ]
     assert remove_stale_files(run) == [] and remove_stale_files(tmp_path / "missing") == []
     assert all(p.exists() for p in leftovers)
 
@@ -256,10 +308,16 @@ def _cmdline(pid: int) -> list[str]:
 
 def _launch_tree(launcher: int, out_dir: Path) -> tuple[int | None, list[int]]:
     """(torchrun agent pid, worker pids) under ``launcher``; workers run in sessions of their own but are the agent's children."""
-    agent = next((pid for pid in process_tree(launcher) if "torch.distributed.run" in _cmdline(pid)), None)
+    agent = next(
+        (pid for pid in process_tree(launcher) if "torch.distributed.run" in _cmdline(pid)), None
+    )
     if agent is None:
         return None, []
-    return agent, sorted(pid for pid in process_tree(agent) if pid != agent and str(out_dir) in _cmdline(pid) and alive(pid))
+    return agent, sorted(
+        pid
+        for pid in process_tree(agent)
+        if pid != agent and str(out_dir) in _cmdline(pid) and alive(pid)
+    )
 
 
 @pytest.mark.slow
@@ -274,15 +332,23 @@ def test_killing_the_torchrun_agent_stops_its_workers_and_the_launcher(small_cor
     ]  # fmt: skip
     log = tmp_path / "launch.log"
     with open(log, "wb") as out:
-        launcher = subprocess.Popen(args, env=run_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        launcher = subprocess.Popen(
+            args, env=run_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     workers: list[int] = []
     try:
         deadline = time.monotonic() + 120
         while True:  # both workers up and training (a progress line has been written)
             agent, workers = _launch_tree(launcher.pid, run)
-            if len(workers) == 2 and (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").stat().st_size > 0:
+            if (
+                len(workers) == 2
+                and (run / "metrics.jsonl").exists()
+                and (run / "metrics.jsonl").stat().st_size > 0
+            ):
                 break
-            assert launcher.poll() is None and time.monotonic() < deadline, f"workers did not start:\n{log.read_text()[-3000:]}"
+            assert launcher.poll() is None and time.monotonic() < deadline, (
+                f"workers did not start:\n{log.read_text()[-3000:]}"
+            )
             time.sleep(0.2)
         os.kill(agent, signal.SIGKILL)
         deadline = time.monotonic() + 10
@@ -306,7 +372,12 @@ def test_launcher_stops_waiting_when_an_exited_agent_left_its_output_open():
     from charrnn.launch import _stream_output
 
     # `sh` prints, leaves a child that holds the pipe open, and exits 3: as a killed agent with a stuck worker.
-    proc = subprocess.Popen(["sh", "-c", "echo before; sleep 120 & exit 3"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        ["sh", "-c", "echo before; sleep 120 & exit 3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     lines: list[str] = []
     try:
         started = time.monotonic()

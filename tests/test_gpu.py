@@ -14,7 +14,10 @@ from charrnn.precision import autocast_dtype, cudnn_bf16_rnn_supported, lstm_com
 from charrnn.prepare import prepare
 from charrnn.train import train
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
 
 
 @contextlib.contextmanager
@@ -105,18 +108,28 @@ def test_lstm_under_bf16_autocast_runs_in_the_reported_dtype():
     assert logits.dtype == torch.bfloat16  # the head still runs under autocast
     logits.float().logsumexp(-1).mean().backward()
     for name, param in model.lstm.named_parameters():
-        assert param.dtype == torch.float32 and param.grad is not None and param.grad.dtype == torch.float32, name
+        assert (
+            param.dtype == torch.float32
+            and param.grad is not None
+            and param.grad.dtype == torch.float32
+        ), name
     with torch.no_grad():  # and it is the same model as fp32, to bf16 accuracy
         ref, _ = model(tokens)
     torch.testing.assert_close(logits.float(), ref, atol=0.1, rtol=0)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or not cudnn_bf16_rnn_supported("cuda"), reason="needs cuDNN >= 9.13 bf16 RNNs")
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or not cudnn_bf16_rnn_supported("cuda"),
+    reason="needs cuDNN >= 9.13 bf16 RNNs",
+)
 def test_bf16_lstm_weight_buffer_is_used_as_is():
     """The flat bf16 buffer run_lstm builds matches cuDNN's layout, so cuDNN does not re-copy it each call."""
     model = CharLSTM(ModelShape(60, 32, 128, 3, 0.0)).cuda()
     tokens = torch.randint(0, 60, (8, 50), device="cuda")
-    with warnings.catch_warnings(record=True) as caught, torch.autocast("cuda", dtype=torch.bfloat16):
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        torch.autocast("cuda", dtype=torch.bfloat16),
+    ):
         warnings.simplefilter("always")
         model(tokens)
     assert not [w for w in caught if "contiguous chunk of memory" in str(w.message)]

@@ -28,7 +28,11 @@ def test_any_fail_fails_the_checklist_and_skips_do_not():
 def test_the_gpu_spec_states_its_bounds():
     spec = Spec(device="cuda")
     assert spec.compare_model[:2] == ("num_layers=3", "hidden_size=1024")
-    assert "hidden_size=2048" in spec.large_model and "batch_size=1024" in spec.large_model and "seq_len=128" in spec.large_model
+    assert (
+        "hidden_size=2048" in spec.large_model
+        and "batch_size=1024" in spec.large_model
+        and "seq_len=128" in spec.large_model
+    )
     assert spec.resume_steps[0] < spec.resume_steps[1]
     assert Spec.tiny_cpu().tiny and not spec.tiny
 
@@ -44,7 +48,23 @@ def test_without_cuda_the_gpu_checklist_fails_at_once(tmp_path, capsys, monkeypa
 @pytest.mark.slow
 def test_cpu_dry_run_of_the_whole_checklist(tmp_path):
     env = run_env(CHARRNN_CACHE=str(tmp_path / "cache"))
-    done = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--device", "cpu", "--tiny", "--work-dir", str(tmp_path / "work")], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.gpu_check",
+            "--device",
+            "cpu",
+            "--tiny",
+            "--work-dir",
+            str(tmp_path / "work"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     for check in ("lstm-dtype", "resume", "fp32-vs-bf16", "large", "evaluate", "sample", "ddp"):
         assert f"  {check}" in done.stdout

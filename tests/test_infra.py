@@ -52,16 +52,33 @@ def _pod_templates(obj: dict) -> list[dict]:
 
 
 def test_committed_manifests_are_a_fresh_render():
-    assert subprocess.run([sys.executable, str(INFRA / "render.py"), "--check"], capture_output=True, text=True).returncode == 0
+    assert (
+        subprocess.run(
+            [sys.executable, str(INFRA / "render.py"), "--check"], capture_output=True, text=True
+        ).returncode
+        == 0
+    )
 
 
 @pytest.mark.parametrize("manifest", sorted((INFRA / "k8s").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_manifest_validates_against_the_kubernetes_schema(manifest):
     for obj in _objects(manifest):
         if obj["apiVersion"].startswith("kubeflow.org/"):
-            assert obj["kind"] == "PyTorchJob" and set(obj["spec"]["pytorchReplicaSpecs"]) <= {"Master", "Worker"}
+            assert obj["kind"] == "PyTorchJob" and set(obj["spec"]["pytorchReplicaSpecs"]) <= {
+                "Master",
+                "Worker",
+            }
             for template in _pod_templates(obj):
-                kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": template}, K8S_VERSION, strict=True)
+                kubernetes_validate.validate(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "PodTemplate",
+                        "metadata": {"name": "t"},
+                        "template": template,
+                    },
+                    K8S_VERSION,
+                    strict=True,
+                )
         else:
             kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
@@ -73,26 +90,50 @@ def test_the_validation_catches_a_broken_manifest():
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
     broken = copy.deepcopy(job)
-    broken["spec"]["template"]["spec"]["containers"][0]["gpus"] = 1  # not a field: strict mode refuses it
+    broken["spec"]["template"]["spec"]["containers"][0]["gpus"] = (
+        1  # not a field: strict mode refuses it
+    )
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
 
 
-@pytest.mark.parametrize(("manifest", "endpoint"), [("train-indexed-job.yaml", "charrnn-train-0.charrnn-train:29400"), ("train-pytorchjob.yaml", "charrnn-train-master-0:29400")])
+@pytest.mark.parametrize(
+    ("manifest", "endpoint"),
+    [
+        ("train-indexed-job.yaml", "charrnn-train-0.charrnn-train:29400"),
+        ("train-pytorchjob.yaml", "charrnn-train-master-0:29400"),
+    ],
+)
 def test_pods_run_exactly_what_charrnn_launch_would(manifest, endpoint):
     render = _renderer()
     spec = render.ClusterSpec()
     train_args = ["--config", render.CONFIG_PATH, "--out-dir", f"/runs/{spec.job}", "--resume"]
-    expected = torchrun_command(LaunchSpec(nproc_per_node=spec.gpus_per_node, nnodes=spec.nnodes, rdzv_endpoint=endpoint, rdzv_id=spec.job, max_restarts=spec.max_restarts), train_args)
+    expected = torchrun_command(
+        LaunchSpec(
+            nproc_per_node=spec.gpus_per_node,
+            nnodes=spec.nnodes,
+            rdzv_endpoint=endpoint,
+            rdzv_id=spec.job,
+            max_restarts=spec.max_restarts,
+        ),
+        train_args,
+    )
     for obj in _objects(INFRA / "k8s" / manifest):
         for template in _pod_templates(obj):
             (container,) = template["spec"]["containers"]
             command = container["command"]
             assert command[:2] == ["charrnn", "launch"]
-            printed = subprocess.run([sys.executable, "-m", "charrnn", "launch", "--print-command", *command[2:]], capture_output=True, text=True, check=True)
+            printed = subprocess.run(
+                [sys.executable, "-m", "charrnn", "launch", "--print-command", *command[2:]],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             assert json.loads(printed.stdout) == expected
             assert container["resources"]["limits"]["nvidia.com/gpu"] == spec.gpus_per_node
-            assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in template["spec"]["volumes"])  # /dev/shm
+            assert any(
+                v.get("emptyDir", {}).get("medium") == "Memory" for v in template["spec"]["volumes"]
+            )  # /dev/shm
 
 
 def test_the_job_config_is_the_local_config():
@@ -114,15 +155,29 @@ def test_dockerfile_parses_and_runs_as_a_non_root_user():
 
     parser = DockerfileParser(path=str(INFRA / "docker" / "Dockerfile"))
     instructions = [i for i in parser.structure if i["instruction"] not in ("COMMENT",)]
-    known = {"FROM", "ENV", "RUN", "WORKDIR", "ARG", "COPY", "USER", "EXPOSE", "ENTRYPOINT", "CMD", "LABEL"}
+    known = {
+        "FROM",
+        "ENV",
+        "RUN",
+        "WORKDIR",
+        "ARG",
+        "COPY",
+        "USER",
+        "EXPOSE",
+        "ENTRYPOINT",
+        "CMD",
+        "LABEL",
+    }
     assert instructions[0]["instruction"] == "FROM" and "cuda" in parser.baseimage
     assert {i["instruction"] for i in instructions} <= known
     users = [i["value"] for i in instructions if i["instruction"] == "USER"]
     assert users and users[-1] not in ("root", "0")
     for copy_ in (i for i in instructions if i["instruction"] == "COPY"):
         *sources, _ = copy_["value"].split()
-        assert all((ROOT / s).exists() for s in sources), copy_["value"]  # build context: the repository root
-    assert 'torch==2.13.0' in parser.content and '.[corpus,prefect]' in parser.content
+        assert all((ROOT / s).exists() for s in sources), copy_[
+            "value"
+        ]  # build context: the repository root
+    assert "torch==2.13.0" in parser.content and ".[corpus,prefect]" in parser.content
 
 
 def test_compose_file_validates_against_the_compose_spec():
@@ -133,7 +188,10 @@ def test_compose_file_validates_against_the_compose_spec():
     broken["services"]["gpu-worker"]["shm_size"] = ["8gb"]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft201909Validator(schema).validate(broken)
-    pools = {d["work_pool"]["name"] for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+    pools = {
+        d["work_pool"]["name"]
+        for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+    }
     assert compose["services"]["gpu-worker"]["command"][4] in pools
 
 
@@ -141,6 +199,16 @@ def test_compose_file_validates_against_the_compose_spec():
 def test_prefect_accepts_the_kubernetes_work_pool_template(prefect_server):
     from flows.local import run_cli
 
-    run_cli(prefect_server, "work-pool", "create", "charrnn-k8s-test", "--type", "kubernetes", "--overwrite", "--base-job-template", str(INFRA / "prefect" / "base-job-template-kubernetes.json"))
+    run_cli(
+        prefect_server,
+        "work-pool",
+        "create",
+        "charrnn-k8s-test",
+        "--type",
+        "kubernetes",
+        "--overwrite",
+        "--base-job-template",
+        str(INFRA / "prefect" / "base-job-template-kubernetes.json"),
+    )
     shown = run_cli(prefect_server, "work-pool", "inspect", "charrnn-k8s-test").stdout
     assert "nvidia.com/gpu" in shown and "dshm" in shown

@@ -24,7 +24,15 @@ def test_one_process_per_gpu(monkeypatch):
 
 @pytest.mark.parametrize(
     ("bf16", "isa", "cores", "expected"),
-    [(True, "AVX512", 2, 1), (True, "AVX512", 16, 1), (False, "AVX512", 2, 1), (False, "AVX2", 2, 2), (False, "AVX2", 16, 2), (False, "AVX2", 1, 1), (False, "DEFAULT", 4, 2)],
+    [
+        (True, "AVX512", 2, 1),
+        (True, "AVX512", 16, 1),
+        (False, "AVX512", 2, 1),
+        (False, "AVX2", 2, 2),
+        (False, "AVX2", 16, 2),
+        (False, "AVX2", 1, 1),
+        (False, "DEFAULT", 4, 2),
+    ],
 )
 def test_cpu_rule(monkeypatch, bf16, isa, cores, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -40,7 +48,11 @@ def test_this_machine_follows_its_precision_and_isa():
     """No fakes: what this CPU has decides."""
     wide = CPU_BF16 or torch.backends.cpu.get_cpu_capability() == "AVX512"
     assert machine.auto_nproc("auto")[0] == (1 if wide else min(2, machine.available_cores()))
-    assert machine.auto_nproc("fp32")[0] == (1 if torch.backends.cpu.get_cpu_capability() == "AVX512" else min(2, machine.available_cores()))
+    assert machine.auto_nproc("fp32")[0] == (
+        1
+        if torch.backends.cpu.get_cpu_capability() == "AVX512"
+        else min(2, machine.available_cores())
+    )
 
 
 def test_an_explicit_number_wins_and_nonsense_is_refused():
@@ -50,7 +62,13 @@ def test_an_explicit_number_wins_and_nonsense_is_refused():
 
 
 def test_launch_says_which_layout_auto_chose():
-    out = subprocess.run([sys.executable, "-m", "charrnn", "launch", "--print-command", "--", "--out-dir", "runs/x"], env=run_env(), capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "charrnn", "launch", "--print-command", "--", "--out-dir", "runs/x"],
+        env=run_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     command = json.loads(out.stdout)
     nproc = int(command[command.index("--nproc-per-node") + 1])

@@ -15,7 +15,11 @@ from charrnn.precision import cpu_has_native_bf16
 
 def _model(num_layers=3) -> CharLSTM:
     torch.manual_seed(0)
-    model = CharLSTM(ModelShape(vocab_size=50, embedding_dim=24, hidden_size=40, num_layers=num_layers, dropout=0.3))
+    model = CharLSTM(
+        ModelShape(
+            vocab_size=50, embedding_dim=24, hidden_size=40, num_layers=num_layers, dropout=0.3
+        )
+    )
     return model.eval()
 
 
@@ -25,7 +29,9 @@ def test_fused_matches_an_explicit_lstmcell_stack_over_200_steps():
     for layer in range(model.shape.num_layers):
         w_ih, w_hh, b_ih, b_hh = model.layer_weights(layer)
         cell = nn.LSTMCell(w_ih.shape[1], model.shape.hidden_size)
-        cell.load_state_dict({"weight_ih": w_ih, "weight_hh": w_hh, "bias_ih": b_ih, "bias_hh": b_hh})
+        cell.load_state_dict(
+            {"weight_ih": w_ih, "weight_hh": w_hh, "bias_ih": b_ih, "bias_hh": b_hh}
+        )
         cells.append(cell)
     tokens = torch.randint(0, 50, (4, 200))
     with torch.no_grad():
@@ -70,23 +76,36 @@ def test_stepper_carries_its_own_state_like_forward():
             stepwise = torch.stack([stepper.advance(tokens[:, t]) for t in range(30, 150)], 1)
         torch.testing.assert_close(stepwise, fused, atol=1e-5, rtol=0)
         torch.testing.assert_close(stepper.state(), (h_n, c_n), atol=1e-5, rtol=0)
-        assert all(torch.equal(a, b) for a, b in zip(state, given, strict=True))  # the caller's state is left as it was
+        assert all(
+            torch.equal(a, b) for a, b in zip(state, given, strict=True)
+        )  # the caller's state is left as it was
 
 
 def test_stepper_packs_weights_on_cpu_from_two_fp32_streams_or_where_bf16_is_native():
     cpu = torch.device("cpu")
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch build has no oneDNN")
-    assert uses_packed_weights(cpu, torch.float32, 2) and not uses_packed_weights(cpu, torch.float32, 1)  # one fp32 row: addmm's call is cheaper
+    assert uses_packed_weights(cpu, torch.float32, 2) and not uses_packed_weights(
+        cpu, torch.float32, 1
+    )  # one fp32 row: addmm's call is cheaper
     assert uses_packed_weights(cpu, torch.bfloat16, 1) == cpu_has_native_bf16()
-    assert not uses_packed_weights(torch.device("meta"), torch.float32, 64)  # CUDA and other devices: addmm
+    assert not uses_packed_weights(
+        torch.device("meta"), torch.float32, 64
+    )  # CUDA and other devices: addmm
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "TF32 acceleration on top of oneDNN")  # flags() restores a TF32 setting this build lacks
+        warnings.filterwarnings(
+            "ignore", "TF32 acceleration on top of oneDNN"
+        )  # flags() restores a TF32 setting this build lacks
         with torch.backends.mkldnn.flags(enabled=False):
-            assert not uses_packed_weights(cpu, torch.float32, 64)  # oneDNN switched off by the user
+            assert not uses_packed_weights(
+                cpu, torch.float32, 64
+            )  # oneDNN switched off by the user
 
 
-@pytest.mark.parametrize(("dtype", "num_layers", "streams"), [(torch.float32, 2, 8), (torch.float32, 3, 5), (torch.bfloat16, 2, 8), (torch.bfloat16, 3, 1)])
+@pytest.mark.parametrize(
+    ("dtype", "num_layers", "streams"),
+    [(torch.float32, 2, 8), (torch.float32, 3, 5), (torch.bfloat16, 2, 8), (torch.bfloat16, 3, 1)],
+)
 def test_packed_stepper_is_the_addmm_stepper(monkeypatch, dtype, num_layers, streams):
     """oneDNN linears on packed weights and addmm give the same logits over 200 steps.
 
@@ -95,7 +114,9 @@ def test_packed_stepper_is_the_addmm_stepper(monkeypatch, dtype, num_layers, str
     are the fused-vs-step-wise tests' 1e-5 in fp32 and a few ulps of bf16's
     logits, for other CPUs' kernels.
     """
-    if not torch.backends.mkldnn.is_available() or (dtype == torch.bfloat16 and not cpu_has_native_bf16()):
+    if not torch.backends.mkldnn.is_available() or (
+        dtype == torch.bfloat16 and not cpu_has_native_bf16()
+    ):
         pytest.skip("no oneDNN kernels to pack for")
     model = _model(num_layers)
     tokens = torch.randint(0, 50, (streams, 200))
@@ -106,8 +127,12 @@ def test_packed_stepper_is_the_addmm_stepper(monkeypatch, dtype, num_layers, str
         with torch.no_grad():
             stepper = Stepper(model, model.initial_state(streams), matmul_dtype=dtype)
             assert stepper.packed == packs
-            logits.append(torch.stack([stepper.advance(tokens[:, t]).float() for t in range(200)], 1))
-    torch.testing.assert_close(logits[0], logits[1], atol=1e-5 if dtype == torch.float32 else 1e-2, rtol=0)
+            logits.append(
+                torch.stack([stepper.advance(tokens[:, t]).float() for t in range(200)], 1)
+            )
+    torch.testing.assert_close(
+        logits[0], logits[1], atol=1e-5 if dtype == torch.float32 else 1e-2, rtol=0
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -119,10 +144,18 @@ def test_uniform_dropout_is_nn_dropouts_distribution(dtype):
     x = torch.ones(n, dtype=dtype, requires_grad=True)
     y = drop(x)
     kept = y != 0
-    assert abs(kept.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5  # 5 standard errors
-    assert torch.equal(y[kept], torch.full_like(y[kept], 1 / (1 - p)))  # the scale, rounded to dtype
-    assert y.max() == torch.nn.functional.dropout(torch.ones(1000, dtype=dtype), p, True).max()  # as F.dropout rounds it
-    pairs = torch.stack([kept[:-1], kept[1:]]).float()  # neighbours independent: P(both kept) = (1 - p)^2
+    assert (
+        abs(kept.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5
+    )  # 5 standard errors
+    assert torch.equal(
+        y[kept], torch.full_like(y[kept], 1 / (1 - p))
+    )  # the scale, rounded to dtype
+    assert (
+        y.max() == torch.nn.functional.dropout(torch.ones(1000, dtype=dtype), p, True).max()
+    )  # as F.dropout rounds it
+    pairs = torch.stack(
+        [kept[:-1], kept[1:]]
+    ).float()  # neighbours independent: P(both kept) = (1 - p)^2
     assert abs(pairs.prod(0).mean().item() - (1 - p) ** 2) < 0.003
     y.backward(torch.ones_like(y))
     assert torch.equal(x.grad, y.detach())

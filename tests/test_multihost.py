@@ -31,7 +31,10 @@ from charrnn.prepare import prepare
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.distributed,
-    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2 for network namespaces"),
+    pytest.mark.skipif(
+        os.geteuid() != 0 or shutil.which("ip") is None,
+        reason="needs root and iproute2 for network namespaces",
+    ),
 ]
 RDZV_PORT = 29411
 
@@ -72,8 +75,13 @@ def two_hosts():
             for pid in host.pids():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            subprocess.run(["ip", "netns", "del", host.netns], capture_output=True, timeout=30)  # takes the veth pair with it
-    assert not any(n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout for n in (a.netns, b.netns))
+            subprocess.run(
+                ["ip", "netns", "del", host.netns], capture_output=True, timeout=30
+            )  # takes the veth pair with it
+    assert not any(
+        n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        for n in (a.netns, b.netns)
+    )
 
 
 def _job(small_corpus, tmp_path, **train) -> tuple[Path, Path, str]:
@@ -86,7 +94,9 @@ def _job(small_corpus, tmp_path, **train) -> tuple[Path, Path, str]:
     return config, run_dir, tokens.dir
 
 
-def _agent(host: Host, rdzv: Host, config: Path, run_dir: Path, tokens: str, log: Path) -> subprocess.Popen:
+def _agent(
+    host: Host, rdzv: Host, config: Path, run_dir: Path, tokens: str, log: Path
+) -> subprocess.Popen:
     cmd = [
         "ip", "netns", "exec", host.netns,
         sys.executable, "-m", "charrnn", "launch",
@@ -96,7 +106,9 @@ def _agent(host: Host, rdzv: Host, config: Path, run_dir: Path, tokens: str, log
         "--", "--config", str(config), "--tokens", tokens, "--out-dir", str(run_dir), "--resume",
     ]  # fmt: skip
     with open(log, "w") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=run_env(), start_new_session=True)
+        return subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=run_env(), start_new_session=True
+        )
 
 
 def test_two_hosts_train_to_completion(two_hosts, small_corpus, tmp_path):
@@ -114,15 +126,21 @@ def test_two_hosts_train_to_completion(two_hosts, small_corpus, tmp_path):
 
 def test_losing_a_host_fails_the_survivor_cleanly(two_hosts, small_corpus, tmp_path):
     a, b = two_hosts
-    config, run_dir, tokens = _job(small_corpus, tmp_path, max_steps=100_000, checkpoint_interval=10)
+    config, run_dir, tokens = _job(
+        small_corpus, tmp_path, max_steps=100_000, checkpoint_interval=10
+    )
     log_a = tmp_path / "a.log"
     survivor = _agent(a, a, config, run_dir, tokens, log_a)
     victim = _agent(b, a, config, run_dir, tokens, tmp_path / "b.log")
     deadline = time.monotonic() + 180
-    while not list((run_dir / "checkpoints").glob("step-*.pt.sha256")) and time.monotonic() < deadline:
+    while (
+        not list((run_dir / "checkpoints").glob("step-*.pt.sha256")) and time.monotonic() < deadline
+    ):
         assert survivor.poll() is None and victim.poll() is None, log_a.read_text()
         time.sleep(0.2)
-    assert list((run_dir / "checkpoints").glob("step-*.pt.sha256")), "no checkpoint before the deadline"
+    assert list((run_dir / "checkpoints").glob("step-*.pt.sha256")), (
+        "no checkpoint before the deadline"
+    )
 
     for pid in b.pids():  # host B dies: every process in its namespace, at once
         os.kill(pid, signal.SIGKILL)

@@ -24,12 +24,17 @@ from charrnn.distributed import (
 )
 from charrnn.errors import ConfigError
 
-ALL_NAMES = [name for names, _, _ in NCCL_ENV_DEFAULTS for name in names] + ["TORCH_NCCL_BLOCKING_WAIT", distributed.NCCL_TIMEOUT_ENV]
+ALL_NAMES = [name for names, _, _ in NCCL_ENV_DEFAULTS for name in names] + [
+    "TORCH_NCCL_BLOCKING_WAIT",
+    distributed.NCCL_TIMEOUT_ENV,
+]
 
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for name in ALL_NAMES:  # set, then delete: monkeypatch then restores each as it was, undoing what the code sets
+    for name in (
+        ALL_NAMES
+    ):  # set, then delete: monkeypatch then restores each as it was, undoing what the code sets
         monkeypatch.setenv(name, "placeholder")
         monkeypatch.delenv(name)
     monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
@@ -42,33 +47,56 @@ def fake_dist(clean_env):
     calls: list[tuple] = []
 
     def init(backend, **kwargs):
-        calls.append(("init", backend, kwargs["timeout"], {k: os.environ.get(k) for k in ALL_NAMES}))
+        calls.append(
+            ("init", backend, kwargs["timeout"], {k: os.environ.get(k) for k in ALL_NAMES})
+        )
 
     clean_env.setattr(distributed.dist, "is_initialized", lambda: False)
     clean_env.setattr(distributed.dist, "init_process_group", init)
-    clean_env.setattr(distributed.dist.distributed_c10d, "_set_pg_timeout", lambda timeout, group=None: calls.append(("set_timeout", timeout)))
+    clean_env.setattr(
+        distributed.dist.distributed_c10d,
+        "_set_pg_timeout",
+        lambda timeout, group=None: calls.append(("set_timeout", timeout)),
+    )
     return calls
 
 
 def test_defaults_fill_an_empty_environment():
     environ: dict[str, str] = {}
     applied = apply_nccl_env_defaults(environ)
-    assert environ == applied == {
-        "TORCH_NCCL_ASYNC_ERROR_HANDLING": "3",
-        "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
-        "TORCH_FR_BUFFER_SIZE": "2000",
-        "TORCH_NCCL_TRACE_BUFFER_SIZE": "2000",  # the pre-rename name, for older PyTorch
-    }
+    assert (
+        environ
+        == applied
+        == {
+            "TORCH_NCCL_ASYNC_ERROR_HANDLING": "3",
+            "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
+            "TORCH_FR_BUFFER_SIZE": "2000",
+            "TORCH_NCCL_TRACE_BUFFER_SIZE": "2000",  # the pre-rename name, for older PyTorch
+        }
+    )
 
 
 def test_user_values_win_under_any_of_their_names():
-    environ = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "TORCH_NCCL_TRACE_BUFFER_SIZE": "0", "TORCH_NCCL_DUMP_ON_TIMEOUT": "0"}
+    environ = {
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+        "TORCH_NCCL_TRACE_BUFFER_SIZE": "0",
+        "TORCH_NCCL_DUMP_ON_TIMEOUT": "0",
+    }
     assert apply_nccl_env_defaults(environ) == {}
-    assert environ == {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "TORCH_NCCL_TRACE_BUFFER_SIZE": "0", "TORCH_NCCL_DUMP_ON_TIMEOUT": "0"}
+    assert environ == {
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+        "TORCH_NCCL_TRACE_BUFFER_SIZE": "0",
+        "TORCH_NCCL_DUMP_ON_TIMEOUT": "0",
+    }
 
-    environ = {"NCCL_ASYNC_ERROR_HANDLING": "2"}  # the deprecated spelling still counts as the user's choice
+    environ = {
+        "NCCL_ASYNC_ERROR_HANDLING": "2"
+    }  # the deprecated spelling still counts as the user's choice
     apply_nccl_env_defaults(environ)
-    assert "TORCH_NCCL_ASYNC_ERROR_HANDLING" not in environ and environ["NCCL_ASYNC_ERROR_HANDLING"] == "2"
+    assert (
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING" not in environ
+        and environ["NCCL_ASYNC_ERROR_HANDLING"] == "2"
+    )
 
 
 def test_collective_timeout_from_the_environment():
@@ -85,9 +113,14 @@ def test_nccl_gets_the_settings_before_init_and_the_short_timeout_after(fake_dis
     assert (kind, backend, kind2) == ("init", "nccl", "set_timeout")
     assert timeout == datetime.timedelta(seconds=600)  # start-up keeps the long timeout
     assert collective == datetime.timedelta(seconds=180)
-    assert env_at_init["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "3" and env_at_init["TORCH_NCCL_DUMP_ON_TIMEOUT"] == "1"
+    assert (
+        env_at_init["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "3"
+        and env_at_init["TORCH_NCCL_DUMP_ON_TIMEOUT"] == "1"
+    )
     assert env_at_init["TORCH_FR_BUFFER_SIZE"] == "2000"
-    assert env_at_init["TORCH_NCCL_BLOCKING_WAIT"] is None  # a user choice (see NOTES-for-README.md), not ours
+    assert (
+        env_at_init["TORCH_NCCL_BLOCKING_WAIT"] is None
+    )  # a user choice (see NOTES-for-README.md), not ours
 
 
 def test_nccl_keeps_what_the_user_set(fake_dist, clean_env):
@@ -96,7 +129,10 @@ def test_nccl_keeps_what_the_user_set(fake_dist, clean_env):
     clean_env.setenv("CHARRNN_NCCL_TIMEOUT_S", "900")
     init_process_group(DistEnv(rank=1, world_size=2), torch.device("cuda", 1))
     (_, _, _, env_at_init), (_, collective) = fake_dist
-    assert env_at_init["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1" and env_at_init["TORCH_NCCL_BLOCKING_WAIT"] == "1"
+    assert (
+        env_at_init["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
+        and env_at_init["TORCH_NCCL_BLOCKING_WAIT"] == "1"
+    )
     assert collective == datetime.timedelta(seconds=900)
 
 

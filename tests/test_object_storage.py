@@ -42,7 +42,11 @@ def s3(monkeypatch, tmp_path):
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
     with open(tmp_path / "moto.log", "w") as log:
-        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -50,11 +54,15 @@ def s3(monkeypatch, tmp_path):
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "moto server did not start"
+                assert time.monotonic() < deadline and server.poll() is None, (
+                    "moto server did not start"
+                )
                 time.sleep(0.2)
         import s3fs
 
-        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": settings["AWS_ENDPOINT_URL"]}, skip_instance_cache=True)
+        fs = s3fs.S3FileSystem(
+            client_kwargs={"endpoint_url": settings["AWS_ENDPOINT_URL"]}, skip_instance_cache=True
+        )
         fs.mkdir("charrnn-runs")
         yield fs
     finally:
@@ -71,14 +79,24 @@ def _train(config: Path, tokens: str, url: str, *extra: str) -> subprocess.Popen
 
 def test_train_kill_and_resume_from_object_storage(s3, small_corpus, tmp_path):
     url = "s3://charrnn-runs/jobs/tiny"
-    cfg = tiny_config(small_corpus, tmp_path / "unused", max_steps=1500, checkpoint_interval=20, eval_interval=0, keep_last=2)
+    cfg = tiny_config(
+        small_corpus,
+        tmp_path / "unused",
+        max_steps=1500,
+        checkpoint_interval=20,
+        eval_interval=0,
+        keep_last=2,
+    )
     _, tokens = prepare(cfg)
     config = tmp_path / "job.yaml"
     config.write_text(dump_config(cfg))
 
     first = _train(config, tokens.dir, url)
     deadline = time.monotonic() + 120
-    while not s3.glob("charrnn-runs/jobs/tiny/checkpoints/step-*.pt.sha256") and time.monotonic() < deadline:
+    while (
+        not s3.glob("charrnn-runs/jobs/tiny/checkpoints/step-*.pt.sha256")
+        and time.monotonic() < deadline
+    ):
         assert first.poll() is None, first.communicate()[1][-3000:]
         time.sleep(0.1)
         s3.invalidate_cache()
@@ -92,23 +110,40 @@ def test_train_kill_and_resume_from_object_storage(s3, small_corpus, tmp_path):
     shutil.rmtree(staging_dir(url))
     s3.pipe("charrnn-runs/jobs/tiny/checkpoints/step-09999998.pt", b"half an upload")
     s3.pipe("charrnn-runs/jobs/tiny/checkpoints/step-09999999.pt", b"corrupt")
-    s3.pipe("charrnn-runs/jobs/tiny/checkpoints/step-09999999.pt.sha256", b"0" * 64 + b"  step-09999999.pt\n")
+    s3.pipe(
+        "charrnn-runs/jobs/tiny/checkpoints/step-09999999.pt.sha256",
+        b"0" * 64 + b"  step-09999999.pt\n",
+    )
 
     second = _train(config, tokens.dir, url, "--resume")
     out, err = second.communicate(timeout=300)
     assert second.returncode == 0, err[-3000:]
     summary = json.loads(out)
-    assert summary["step"] == 1500 and summary["resumed_from"] >= 20 and summary["remote_dir"] == url
+    assert (
+        summary["step"] == 1500 and summary["resumed_from"] >= 20 and summary["remote_dir"] == url
+    )
     assert "is corrupt" in err and "pulled s3://charrnn-runs/jobs/tiny/checkpoints/step-" in err
 
     # The object store holds the finished run: its files, and checkpoints whose checksums verify.
     s3.invalidate_cache()
     remote = {p.rsplit("/", 1)[-1] for p in s3.ls("charrnn-runs/jobs/tiny")}
-    assert {"config.yaml", "metrics.jsonl", "train_summary.json", "vocab.json", "best.pt", "best.pt.sha256", "checkpoints"} <= remote
+    assert {
+        "config.yaml",
+        "metrics.jsonl",
+        "train_summary.json",
+        "vocab.json",
+        "best.pt",
+        "best.pt.sha256",
+        "checkpoints",
+    } <= remote
     assert json.loads(s3.cat("charrnn-runs/jobs/tiny/train_summary.json"))["step"] == 1500
     import hashlib
 
-    steps = [p for p in s3.glob("charrnn-runs/jobs/tiny/checkpoints/step-*.pt") if "0999999" not in p]
+    steps = [
+        p for p in s3.glob("charrnn-runs/jobs/tiny/checkpoints/step-*.pt") if "0999999" not in p
+    ]
     assert steps and len(steps) <= 2  # keep_last applies remotely too
     for path in steps:
-        assert hashlib.sha256(s3.cat(path)).hexdigest() == s3.cat(path + ".sha256").split()[0].decode()
+        assert (
+            hashlib.sha256(s3.cat(path)).hexdigest() == s3.cat(path + ".sha256").split()[0].decode()
+        )

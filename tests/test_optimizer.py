@@ -31,12 +31,20 @@ def _step(model: CharLSTM, optimizer: torch.optim.Optimizer, seed: int) -> None:
 
 def test_weight_decay_applies_to_matrices_and_spares_biases():
     model = _model()
-    optimizer = make_optimizer(model, Config.model_validate({"train": {"weight_decay": 0.05}}).train)
+    optimizer = make_optimizer(
+        model, Config.model_validate({"train": {"weight_decay": 0.05}}).train
+    )
     decayed, spared = optimizer.param_groups
     assert decayed["weight_decay"] == 0.05 and spared["weight_decay"] == 0.0
     names = {id(p): n for n, p in model.named_parameters()}
-    assert sorted(names[id(p)] for p in spared["params"]) == sorted(n for n, p in model.named_parameters() if "bias" in n)
-    assert {names[id(p)] for p in decayed["params"]} >= {"embed.weight", "head.weight", "lstm.weight_hh_l0"}
+    assert sorted(names[id(p)] for p in spared["params"]) == sorted(
+        n for n, p in model.named_parameters() if "bias" in n
+    )
+    assert {names[id(p)] for p in decayed["params"]} >= {
+        "embed.weight",
+        "head.weight",
+        "lstm.weight_hh_l0",
+    }
     assert len(decayed["params"]) + len(spared["params"]) == len(list(model.parameters()))
 
 
@@ -44,12 +52,16 @@ def test_a_one_group_optimizer_state_resumes_into_the_grouped_optimizer_exactly(
     """A checkpoint written before the groups existed: same moments per parameter, same next update."""
     t = Config.model_validate({"train": {"weight_decay": 0.0}}).train
     old_model, new_model = _model(), _model()
-    old_opt = torch.optim.AdamW(old_model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=0.0, fused=True)
+    old_opt = torch.optim.AdamW(
+        old_model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=0.0, fused=True
+    )
     for seed in range(3):
         _step(old_model, old_opt, seed)
     new_model.load_state_dict(old_model.state_dict())
     new_opt = make_optimizer(new_model, t)
-    saved = copy.deepcopy(old_opt.state_dict())  # as torch.load gives it: tensors not shared with old_opt
+    saved = copy.deepcopy(
+        old_opt.state_dict()
+    )  # as torch.load gives it: tensors not shared with old_opt
     assert len(saved["param_groups"]) == 1 and len(new_opt.param_groups) == 2
 
     new_opt.load_state_dict(regroup_optimizer_state(saved, new_model, new_opt))

@@ -78,7 +78,11 @@ def test_fetch_and_tokenise_are_cached_by_content(prefect_server, served, tmp_pa
     served.files["corpus.txt"] = make_text(40_000, seed=2).encode()
     third, third_id = run_pipeline(tmp_path, url, skip_if_trained=True)
     states = task_states(third_id)
-    assert states["download"] == ["Completed"] and states["tokenise"] == ["Completed"] and len(token_entries()) == len(built) + 1, states
+    assert (
+        states["download"] == ["Completed"]
+        and states["tokenise"] == ["Completed"]
+        and len(token_entries()) == len(built) + 1
+    ), states
     assert states["train_model"] == ["Completed"] and third["run_dir"] != first["run_dir"]
 
 
@@ -102,7 +106,14 @@ def test_train_task_retries_and_resumes_after_a_killed_worker(prefect_server, se
 
     killer = threading.Thread(target=kill_a_worker_after_first_checkpoint, daemon=True)
     killer.start()
-    result, flow_run_id = run_pipeline(tmp_path, served.url("corpus.txt"), nproc_per_node=2, max_steps=3000, train_retries=1, retry_delay_s=1)
+    result, flow_run_id = run_pipeline(
+        tmp_path,
+        served.url("corpus.txt"),
+        nproc_per_node=2,
+        max_steps=3000,
+        train_retries=1,
+        retry_delay_s=1,
+    )
     killer.join(timeout=5)
     assert killed, "the test never found a worker to kill"
 
@@ -110,42 +121,94 @@ def test_train_task_retries_and_resumes_after_a_killed_worker(prefect_server, se
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
-        (train_run,) = [r for r in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))) if r.name.startswith("train_model-")]
+        (train_run,) = [
+            r
+            for r in client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+            if r.name.startswith("train_model-")
+        ]
     assert train_run.run_count == 2 and train_run.state.name == "Completed"
     summary = json.loads((Path(result["run_dir"]) / "train_summary.json").read_text())
-    assert summary["resumed_from"] >= 20 and summary["step"] == 3000  # continued from a checkpoint, not from scratch
+    assert (
+        summary["resumed_from"] >= 20 and summary["step"] == 3000
+    )  # continued from a checkpoint, not from scratch
     assert json.loads((Path(result["run_dir"]) / "launch.json").read_text())["attempt"] == 2
 
 
-def test_report_run_creates_report_samples_and_wandb_artifacts(prefect_server, served, tmp_path, monkeypatch):
+def test_report_run_creates_report_samples_and_wandb_artifacts(
+    prefect_server, served, tmp_path, monkeypatch
+):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    overrides = [*TINY_OVERRIDES, "train.evals_per_run=4", "train.patience=0"]  # validations at steps 5, 10, 15, 20
-    result, flow_run_id = run_pipeline(tmp_path, served.url("corpus.txt"), overrides=overrides, wandb_mode="offline", num_samples=2, sample_prompts=["ROMEO:\n", "JULIET:\n"])
+    overrides = [
+        *TINY_OVERRIDES,
+        "train.evals_per_run=4",
+        "train.patience=0",
+    ]  # validations at steps 5, 10, 15, 20
+    result, flow_run_id = run_pipeline(
+        tmp_path,
+        served.url("corpus.txt"),
+        overrides=overrides,
+        wandb_mode="offline",
+        num_samples=2,
+        sample_prompts=["ROMEO:\n", "JULIET:\n"],
+    )
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     with get_client(sync_client=True) as client:
-        artifacts = {a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))}
-    assert set(artifacts) == {"charrnn-report", "charrnn-samples", "charrnn-wandb", "charrnn-training-progress"}
-    assert artifacts["charrnn-training-progress"].type == "progress" and artifacts["charrnn-training-progress"].data == 100.0
+        artifacts = {
+            a.key: a
+            for a in client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+                )
+            )
+        }
+    assert set(artifacts) == {
+        "charrnn-report",
+        "charrnn-samples",
+        "charrnn-wandb",
+        "charrnn-training-progress",
+    }
+    assert (
+        artifacts["charrnn-training-progress"].type == "progress"
+        and artifacts["charrnn-training-progress"].data == 100.0
+    )
 
     report = artifacts["charrnn-report"].data
     assert report == Path(result["report"]).read_text()
     corpus_sha = json.loads((Path(result["run_dir"]) / "pipeline_result.json").read_text())
-    assert result["checkpoint"] in report and f"{result['test']['bpc']:.4f}" in report and f"{result['val']['bpc']:.4f}" in report
-    assert "promoted to production" in report and "chars/s" in report and corpus_sha["run_dir"] in report
+    assert (
+        result["checkpoint"] in report
+        and f"{result['test']['bpc']:.4f}" in report
+        and f"{result['val']['bpc']:.4f}" in report
+    )
+    assert (
+        "promoted to production" in report
+        and "chars/s" in report
+        and corpus_sha["run_dir"] in report
+    )
 
     table = json.loads(artifacts["charrnn-samples"].data)
     samples = json.loads((Path(result["run_dir"]) / "samples.json").read_text())
     assert len(table) == 4 and [row["text"] for row in table] == [row["text"] for row in samples]
-    assert {row["prompt"] for row in table} == {"ROMEO:\n", "JULIET:\n"} and all(row["text"].startswith(row["prompt"]) for row in table)
+    assert {row["prompt"] for row in table} == {"ROMEO:\n", "JULIET:\n"} and all(
+        row["text"].startswith(row["prompt"]) for row in table
+    )
 
     link = artifacts["charrnn-wandb"]
     offline = sorted((Path(result["run_dir"]) / "wandb").glob("offline-run-*"))
-    assert len(offline) == 2  # training's process and publish's: one W&B run id, merged by `wandb sync`
-    assert link.type == "markdown" and str(offline[-1].resolve()) in link.data and "file://" not in link.data  # a path, not a dead link
+    assert (
+        len(offline) == 2
+    )  # training's process and publish's: one W&B run id, merged by `wandb sync`
+    assert (
+        link.type == "markdown"
+        and str(offline[-1].resolve()) in link.data
+        and "file://" not in link.data
+    )  # a path, not a dead link
     assert "wandb sync" in link.data and result["tracking"]["wandb_run_id"] in offline[0].name
     _check_one_wandb_history(offline)
 
@@ -154,46 +217,82 @@ def _check_one_wandb_history(offline: list[Path]) -> None:
     """Training's and publishing's offline directories of one run: the records `wandb sync` merges into one run."""
     records = [wandb_records(run) for run in offline]
     rows = [row for run in records for row in history_rows(run)]
-    assert [row["_step"] for row in rows] == list(range(len(rows)))  # one step axis: publishing adds no rows
+    assert [row["_step"] for row in rows] == list(
+        range(len(rows))
+    )  # one step axis: publishing adds no rows
     steps = [row["trainer/step"] for row in rows]
     assert steps == sorted(steps)
-    assert sorted({row["trainer/step"] for row in rows if "val/bpc" in row}) == [5, 10, 15, 20]  # val points during training
+    assert sorted({row["trainer/step"] for row in rows if "val/bpc" in row}) == [
+        5,
+        10,
+        15,
+        20,
+    ]  # val points during training
     tables = sorted((offline[0] / "files" / "media" / "table").glob("samples_*.table.json"))
     samples = [row for path in tables for row in json.loads(path.read_text())["data"]]
-    assert sorted({row[0] for row in samples}) == [5, 10, 15, 20]  # one samples increment per validation
+    assert sorted({row[0] for row in samples}) == [
+        5,
+        10,
+        15,
+        20,
+    ]  # one samples increment per validation
     for step in (5, 10, 15, 20):
         texts = [row[3] for row in samples if row[0] == step]
         assert len(texts) == len(set(texts)) == 6  # 2 prompts x 3 temperatures, each its own text
-    models = [r["artifact"] for run in records for r in run if r["type"] == "artifact" and r["artifact"]["type"] == "model"]
-    assert models and all("val_bpc" in json.loads(m["metadata"]) for m in models)  # each checkpoint here follows a validation
+    models = [
+        r["artifact"]
+        for run in records
+        for r in run
+        if r["type"] == "artifact" and r["artifact"]["type"] == "model"
+    ]
+    assert models and all(
+        "val_bpc" in json.loads(m["metadata"]) for m in models
+    )  # each checkpoint here follows a validation
 
 
 def test_champion_challenger_promotes_only_a_better_model(prefect_server, served, tmp_path):
     url = served.url("corpus.txt")
-    registry = tmp_path / "registry" / "lines" / "corpus" / "production.json"  # corpus.txt: the line "corpus"
+    registry = (
+        tmp_path / "registry" / "lines" / "corpus" / "production.json"
+    )  # corpus.txt: the line "corpus"
     champion, _ = run_pipeline(tmp_path, url, max_steps=150)
-    assert champion["promoted"] and json.loads(registry.read_text())["run_dir"] == champion["run_dir"]
+    assert (
+        champion["promoted"] and json.loads(registry.read_text())["run_dir"] == champion["run_dir"]
+    )
     assert champion["production"] == str(registry.resolve()) and champion["model_name"] == "corpus"
 
     worse, _ = run_pipeline(tmp_path, url, max_steps=3)
-    assert not worse["promoted"] and json.loads(registry.read_text())["run_dir"] == champion["run_dir"]
+    assert (
+        not worse["promoted"] and json.loads(registry.read_text())["run_dir"] == champion["run_dir"]
+    )
     assert "not promoted" in Path(worse["report"]).read_text()
 
     better, _ = run_pipeline(tmp_path, url, max_steps=600)
     assert better["promoted"] and json.loads(registry.read_text())["run_dir"] == better["run_dir"]
     production = json.loads(registry.read_text())
-    assert Path(production["checkpoint"]).is_file() and production["test_bpc"] == pytest.approx(better["test"]["bpc"])
+    assert Path(production["checkpoint"]).is_file() and production["test_bpc"] == pytest.approx(
+        better["test"]["bpc"]
+    )
 
 
 def test_two_model_lines_promote_independently(prefect_server, served, tmp_path):
     served.files["other.txt"] = make_text(40_000, seed=7).encode()
     lines = tmp_path / "registry" / "lines"
     first, _ = run_pipeline(tmp_path, served.url("corpus.txt"), max_steps=10, model_name="alpha")
-    second, _ = run_pipeline(tmp_path, served.url("other.txt"), max_steps=10)  # default line: the file stem, "other"
-    assert first["promoted"] and second["promoted"]  # each the first champion of its own line, not a challenger of the other's
+    second, _ = run_pipeline(
+        tmp_path, served.url("other.txt"), max_steps=10
+    )  # default line: the file stem, "other"
+    assert (
+        first["promoted"] and second["promoted"]
+    )  # each the first champion of its own line, not a challenger of the other's
     assert (first["model_name"], second["model_name"]) == ("alpha", "other")
-    assert json.loads((lines / "alpha" / "production.json").read_text())["run_dir"] == first["run_dir"]
-    assert json.loads((lines / "other" / "production.json").read_text())["run_dir"] == second["run_dir"]
+    assert (
+        json.loads((lines / "alpha" / "production.json").read_text())["run_dir"] == first["run_dir"]
+    )
+    assert (
+        json.loads((lines / "other" / "production.json").read_text())["run_dir"]
+        == second["run_dir"]
+    )
     assert "| model line | `alpha` |" in Path(first["report"]).read_text()
     assert "no production model in line other yet" in Path(second["report"]).read_text()
 
@@ -201,17 +300,39 @@ def test_two_model_lines_promote_independently(prefect_server, served, tmp_path)
 def test_a_bad_model_name_fails_before_any_work(prefect_server, tmp_path):
     from flows.pipeline import train_pipeline
 
-    state = train_pipeline(corpus="shakespeare", model_name="../escape", runs_dir=str(tmp_path / "runs"), registry_dir=str(tmp_path / "registry"), wandb_mode="disabled", return_state=True)
-    assert state.is_failed() and "cannot name a model line" in str(state.message or "") + repr(state.result(raise_on_failure=False))
+    state = train_pipeline(
+        corpus="shakespeare",
+        model_name="../escape",
+        runs_dir=str(tmp_path / "runs"),
+        registry_dir=str(tmp_path / "registry"),
+        wandb_mode="disabled",
+        return_state=True,
+    )
+    assert state.is_failed() and "cannot name a model line" in str(state.message or "") + repr(
+        state.result(raise_on_failure=False)
+    )
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_refused_corpus_leaves_the_cache_as_it_was(prefect_server, http_server, tmp_path, cache_dir):
+def test_a_refused_corpus_leaves_the_cache_as_it_was(
+    prefect_server, http_server, tmp_path, cache_dir
+):
     from flows.pipeline import train_pipeline
 
-    http_server.files["tiny.txt"] = make_text(300, seed=3).encode()  # far too small for batch_size x seq_len
+    http_server.files["tiny.txt"] = make_text(
+        300, seed=3
+    ).encode()  # far too small for batch_size x seq_len
     before = cache_listing(cache_dir)
-    state = train_pipeline(corpus=http_server.url("tiny.txt"), overrides=TINY_OVERRIDES, nproc_per_node=1, max_steps=5, wandb_mode="disabled", runs_dir=str(tmp_path / "runs"), registry_dir=str(tmp_path / "registry"), return_state=True)
+    state = train_pipeline(
+        corpus=http_server.url("tiny.txt"),
+        overrides=TINY_OVERRIDES,
+        nproc_per_node=1,
+        max_steps=5,
+        wandb_mode="disabled",
+        runs_dir=str(tmp_path / "runs"),
+        registry_dir=str(tmp_path / "registry"),
+        return_state=True,
+    )
     assert state.is_failed()
     assert task_states(state.state_details.flow_run_id)["download"] == ["Failed"]
     assert cache_listing(cache_dir) == before

@@ -30,12 +30,16 @@ from charrnn.precision import (
 
 def _model() -> CharLSTM:
     torch.manual_seed(0)
-    return CharLSTM(ModelShape(vocab_size=40, embedding_dim=16, hidden_size=32, num_layers=3, dropout=0.0)).eval()
+    return CharLSTM(
+        ModelShape(vocab_size=40, embedding_dim=16, hidden_size=32, num_layers=3, dropout=0.0)
+    ).eval()
 
 
 def test_lstm_compute_dtype_on_cpu_follows_autocast():
     assert lstm_compute_dtype("cpu", None) == torch.float32
-    assert lstm_compute_dtype("cpu", torch.bfloat16) == torch.bfloat16  # oneDNN's bf16 LSTM under CPU autocast
+    assert (
+        lstm_compute_dtype("cpu", torch.bfloat16) == torch.bfloat16
+    )  # oneDNN's bf16 LSTM under CPU autocast
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer without a GPU")
@@ -85,7 +89,11 @@ def test_run_lstm_in_bf16_computes_in_bf16_and_trains_the_fp32_weights():
     torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=0)  # bf16 has 8 bits of mantissa
     out.float().square().mean().backward()
     for name, param in model.lstm.named_parameters():
-        assert param.dtype == torch.float32 and param.grad is not None and param.grad.dtype == torch.float32, name
+        assert (
+            param.dtype == torch.float32
+            and param.grad is not None
+            and param.grad.dtype == torch.float32
+        ), name
         assert param.grad.abs().sum() > 0, name
 
 
@@ -124,7 +132,11 @@ def _fake_cuda(monkeypatch, *, native: bool) -> None:
     """A CUDA device whose bf16 is native (sm >= 8.0) or emulated (V100, T4: bf16 tensors work, no bf16 tensor cores)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    monkeypatch.setattr(
+        torch.cuda,
+        "is_bf16_supported",
+        lambda including_emulation=True: native or including_emulation,
+    )
 
 
 def test_autocast_dtype_refuses_an_unknown_precision():
@@ -154,16 +166,31 @@ def test_emulated_cpu_bf16_does_not_count():
     skylake = {"avx512_f": True, "avx512_vnni": True, "avx512_bf16": False, "amx_bf16": False}
     assert not native_bf16(True, "x86_64", skylake)
     assert native_bf16(True, "x86_64", skylake | {"avx512_bf16": True})  # Zen 4, Cooper Lake
-    assert native_bf16(True, "AMD64", skylake | {"amx_bf16": True})  # Sapphire Rapids (Windows spells the machine AMD64)
-    assert not native_bf16(False, "x86_64", skylake | {"avx512_bf16": True})  # no oneDNN bf16 kernels at all
-    assert native_bf16(True, "aarch64", {}) and not native_bf16(False, "aarch64", {})  # Arm: oneDNN's check is the instruction check
+    assert native_bf16(
+        True, "AMD64", skylake | {"amx_bf16": True}
+    )  # Sapphire Rapids (Windows spells the machine AMD64)
+    assert not native_bf16(
+        False, "x86_64", skylake | {"avx512_bf16": True}
+    )  # no oneDNN bf16 kernels at all
+    assert native_bf16(True, "aarch64", {}) and not native_bf16(
+        False, "aarch64", {}
+    )  # Arm: oneDNN's check is the instruction check
 
 
-@pytest.mark.skipif(platform.machine() != "x86_64" or not Path("/proc/cpuinfo").exists(), reason="reads x86 Linux CPU flags")
+@pytest.mark.skipif(
+    platform.machine() != "x86_64" or not Path("/proc/cpuinfo").exists(),
+    reason="reads x86 Linux CPU flags",
+)
 def test_native_cpu_bf16_matches_this_machines_cpu_flags():
-    flags = set(re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M).group(1).split())
-    expected = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and bool(flags & {"avx512_bf16", "amx_bf16"})
-    assert cpu_has_native_bf16() == expected, sorted(flags & {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+    flags = set(
+        re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M).group(1).split()
+    )
+    expected = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and bool(
+        flags & {"avx512_bf16", "amx_bf16"}
+    )
+    assert cpu_has_native_bf16() == expected, sorted(
+        flags & {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+    )
 
 
 def test_emulated_cuda_bf16_does_not_count(monkeypatch):
@@ -171,7 +198,9 @@ def test_emulated_cuda_bf16_does_not_count(monkeypatch):
     assert autocast_dtype("auto", torch.device("cuda", 0)) is None  # fp32, not emulated bf16
     with pytest.raises(ConfigError, match="this CUDA has no native bf16 LSTM kernels") as info:
         autocast_dtype("bf16", torch.device("cuda", 0))
-    assert info.value.where == "train.precision=bf16" and "compute capability >= 8.0" in str(info.value)
+    assert info.value.where == "train.precision=bf16" and "compute capability >= 8.0" in str(
+        info.value
+    )
 
 
 def test_native_cuda_bf16_counts(monkeypatch):

@@ -27,13 +27,17 @@ PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 def _as_postgres(*cmd: str, **kwargs) -> subprocess.CompletedProcess:
     """initdb and postgres refuse to run as root: run them as the `postgres` system user."""
     prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    return subprocess.run([*prefix, *cmd], check=True, capture_output=True, text=True, timeout=120, **kwargs)
+    return subprocess.run(
+        [*prefix, *cmd], check=True, capture_output=True, text=True, timeout=120, **kwargs
+    )
 
 
 @pytest.fixture
 def postgres():
     if not PG_BIN:
-        pytest.fail("PostgreSQL is not installed: `make test` installs Debian's postgresql package (apt-get install postgresql)")
+        pytest.fail(
+            "PostgreSQL is not installed: `make test` installs Debian's postgresql package (apt-get install postgresql)"
+        )
     from flows.local import free_port
 
     bin_dir, port = PG_BIN[-1], free_port()
@@ -44,13 +48,35 @@ def postgres():
     if os.geteuid() == 0:
         shutil.chown(data, "postgres", "postgres")
     try:
-        _as_postgres(f"{bin_dir}/initdb", "-D", str(data), "-A", "trust", "-U", "charrnn", "--no-sync")
+        _as_postgres(
+            f"{bin_dir}/initdb", "-D", str(data), "-A", "trust", "-U", "charrnn", "--no-sync"
+        )
         _as_postgres(f"{bin_dir}/pg_ctl", "-D", str(data), "-l", str(data / "server.log"), "-w", "-t", "60",
                      "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start")  # fmt: skip
-        _as_postgres(f"{bin_dir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "charrnn", "prefect")
+        _as_postgres(
+            f"{bin_dir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "charrnn", "prefect"
+        )
         yield f"postgresql+asyncpg://charrnn@127.0.0.1:{port}/prefect"
     finally:
-        subprocess.run(["runuser", "-u", "postgres", "--", f"{bin_dir}/pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop"] if os.geteuid() == 0 else [f"{bin_dir}/pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                f"{bin_dir}/pg_ctl",
+                "-D",
+                str(data),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ]
+            if os.geteuid() == 0
+            else [f"{bin_dir}/pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -74,14 +100,35 @@ def test_train_deployment_on_a_postgresql_backed_server(postgres, http_server, t
     try:
         create_work_pool(local)
         runs = tmp_path / "runs"
-        deploy(local, "train", params={"overrides": TINY_OVERRIDES, "nproc_per_node": 1, "max_steps": 20, "wandb_mode": "disabled", "runs_dir": str(runs), "registry_dir": str(tmp_path / "registry"), "train_retries": 0, "sample_length": 50})
-        worker = start_worker(local, CHARRNN_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1", WANDB_MODE="disabled", PREFECT_WORKER_QUERY_SECONDS="1")
+        deploy(
+            local,
+            "train",
+            params={
+                "overrides": TINY_OVERRIDES,
+                "nproc_per_node": 1,
+                "max_steps": 20,
+                "wandb_mode": "disabled",
+                "runs_dir": str(runs),
+                "registry_dir": str(tmp_path / "registry"),
+                "train_retries": 0,
+                "sample_length": 50,
+            },
+        )
+        worker = start_worker(
+            local,
+            CHARRNN_CACHE=str(tmp_path / "cache"),
+            OMP_NUM_THREADS="1",
+            WANDB_MODE="disabled",
+            PREFECT_WORKER_QUERY_SECONDS="1",
+        )
         http_server.files["pg.txt"] = make_text(40_000, seed=7).encode()
 
         with temporary_settings(updates={PREFECT_API_URL: local.api_url}):
             from prefect.deployments import run_deployment
 
-            flow_run = run_deployment("train-pipeline/train", parameters={"corpus": http_server.url("pg.txt")}, timeout=0)
+            flow_run = run_deployment(
+                "train-pipeline/train", parameters={"corpus": http_server.url("pg.txt")}, timeout=0
+            )
             deadline = time.monotonic() + 300
             with get_client(sync_client=True) as client:
                 while time.monotonic() < deadline:
@@ -89,7 +136,10 @@ def test_train_deployment_on_a_postgresql_backed_server(postgres, http_server, t
                     if run.state and run.state.is_final():
                         break
                     time.sleep(1)
-        assert run.state.name == "Completed", (run.state, (state / "worker.log").read_text()[-3000:])
+        assert run.state.name == "Completed", (
+            run.state,
+            (state / "worker.log").read_text()[-3000:],
+        )
         result = json.loads(next(runs.glob(f"*-{run.name}/pipeline_result.json")).read_text())
         assert result["step"] == 20
 

@@ -15,7 +15,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_op_names_fall_into_their_kinds():
-    assert kind_of("aten::mkldnn_rnn_layer_backward") == "LSTM backward (oneDNN)"  # not forward, whose name it contains
+    assert (
+        kind_of("aten::mkldnn_rnn_layer_backward") == "LSTM backward (oneDNN)"
+    )  # not forward, whose name it contains
     assert kind_of("aten::mkldnn_rnn_layer") == "LSTM forward (oneDNN)"
     assert kind_of("c10d::allreduce_") == "all-reduce wait (DDP/gloo)"
     assert kind_of("aten::_fused_adamw_").startswith("optimizer")
@@ -30,7 +32,14 @@ def test_profiles_one_and_two_processes_and_finds_the_all_reduce_only_under_ddp(
     out = tmp_path / "profiles"
     cmd = [sys.executable, str(REPO / "bench" / "profile_ddp.py"), "--procs", "2", "--steps", "3", "--warmup", "1", "--precision", "fp32",
            "--out", str(out), f"corpus={corpus}", *tiny_overrides()]  # fmt: skip
-    done = subprocess.run(cmd, cwd=tmp_path, env=run_env(CHARRNN_CACHE=str(tmp_path / "cache")), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        cmd,
+        cwd=tmp_path,
+        env=run_env(CHARRNN_CACHE=str(tmp_path / "cache")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = done.stdout.split("2 process(es) x 1 thread(s)")
     assert "1 process(es) x 2 thread(s), fp32" in one and "ms/step" in two

@@ -20,13 +20,60 @@ def _records():
 
     score = {"loss_nats": 1.5, "bpc": 2.16, "perplexity": 4.48, "chars": 1000}
     corpus = CorpusRef("shakespeare", "ab" * 32, "/cache/corpora/x.txt", 100, 100)
-    tokens = TokenSet("/cache/tokens/k", "k" * 24, "ab" * 32, 65, "uint8", {"train": 90, "val": 5, "test": 5})
-    trained = TrainResult("/runs/r", "/runs/r/c.pt", None, 20, 0, score, None, 1.5, 1e4, 12.0, tracking={"mode": "disabled"})
+    tokens = TokenSet(
+        "/cache/tokens/k", "k" * 24, "ab" * 32, 65, "uint8", {"train": 90, "val": 5, "test": 5}
+    )
+    trained = TrainResult(
+        "/runs/r",
+        "/runs/r/c.pt",
+        None,
+        20,
+        0,
+        score,
+        None,
+        1.5,
+        1e4,
+        12.0,
+        tracking={"mode": "disabled"},
+    )
     scores = Scores("/runs/r/best.pt", 20, val=score)
-    production = ProductionModel("/reg/m.pt", "cd" * 32, "/runs/r/best.pt", "/runs/r", 2.1, "shakespeare", "ab" * 32, "2026-01-01T00:00:00+0000")
-    promotion = Promotion(Decision(True, 2.1, None, "test split of k", 999, "no production model yet"), production)
-    report = RunReport("r", "/runs/r", corpus, tokens, trained, scores, promotion, LaunchSpec(nproc_per_node=2), load_config(None, ["hidden_size=32"]), 3.0)
-    result = RunResult("/runs/r", "/runs/r/best.pt", 20, score, None, "/runs/r/samples.txt", "ROMEO:", "/runs/r/report.md", "off", promoted=True)
+    production = ProductionModel(
+        "/reg/m.pt",
+        "cd" * 32,
+        "/runs/r/best.pt",
+        "/runs/r",
+        2.1,
+        "shakespeare",
+        "ab" * 32,
+        "2026-01-01T00:00:00+0000",
+    )
+    promotion = Promotion(
+        Decision(True, 2.1, None, "test split of k", 999, "no production model yet"), production
+    )
+    report = RunReport(
+        "r",
+        "/runs/r",
+        corpus,
+        tokens,
+        trained,
+        scores,
+        promotion,
+        LaunchSpec(nproc_per_node=2),
+        load_config(None, ["hidden_size=32"]),
+        3.0,
+    )
+    result = RunResult(
+        "/runs/r",
+        "/runs/r/best.pt",
+        20,
+        score,
+        None,
+        "/runs/r/samples.txt",
+        "ROMEO:",
+        "/runs/r/report.md",
+        "off",
+        promoted=True,
+    )
     return [corpus, tokens, trained, scores, promotion, Sample("A", 1, 0.8, "AB"), report, result]
 
 
@@ -36,7 +83,10 @@ def test_records_round_trip_through_persisted_task_results(prefect_server):
     calls = []
     run = uuid.uuid4().hex
 
-    @task(cache_key_fn=lambda context, parameters: f"charrnn-records-test-{run}-{parameters['i']}", persist_result=True)
+    @task(
+        cache_key_fn=lambda context, parameters: f"charrnn-records-test-{run}-{parameters['i']}",
+        persist_result=True,
+    )
     def make(i: int):
         calls.append(i)
         return _records()[i]

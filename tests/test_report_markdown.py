@@ -30,24 +30,71 @@ def _report(run_dir: Path) -> RunReport:
 
     score = {"loss_nats": 1.5, "bpc": 2.16, "perplexity": 4.48, "chars": 1000}
     corpus = CorpusRef("shakespeare", "ab" * 32, "/cache/corpora/x.txt", 100, 100)
-    tokens = TokenSet("/cache/tokens/k", "k" * 24, "ab" * 32, 65, "uint8", {"train": 90, "val": 5, "test": 5})
-    trained = TrainResult(str(run_dir), f"{run_dir}/c.pt", None, 100, 0, score, None, 1.5, 1e4, 12.0, tracking={"mode": "disabled"})
-    production = ProductionModel("/reg/m.pt", "cd" * 32, f"{run_dir}/best.pt", str(run_dir), 2.1, "shakespeare", "ab" * 32, "2026-01-01T00:00:00+0000")
-    promotion = Promotion(Decision(True, 2.1, None, "test split of k", 999, "no production model yet"), production)
+    tokens = TokenSet(
+        "/cache/tokens/k", "k" * 24, "ab" * 32, 65, "uint8", {"train": 90, "val": 5, "test": 5}
+    )
+    trained = TrainResult(
+        str(run_dir),
+        f"{run_dir}/c.pt",
+        None,
+        100,
+        0,
+        score,
+        None,
+        1.5,
+        1e4,
+        12.0,
+        tracking={"mode": "disabled"},
+    )
+    production = ProductionModel(
+        "/reg/m.pt",
+        "cd" * 32,
+        f"{run_dir}/best.pt",
+        str(run_dir),
+        2.1,
+        "shakespeare",
+        "ab" * 32,
+        "2026-01-01T00:00:00+0000",
+    )
+    promotion = Promotion(
+        Decision(True, 2.1, None, "test split of k", 999, "no production model yet"), production
+    )
     scores = Scores(f"{run_dir}/best.pt", 100, val=score)
-    return RunReport("r", str(run_dir), corpus, tokens, trained, scores, promotion, LaunchSpec(nproc_per_node=1), load_config(None, []), 3.0)
+    return RunReport(
+        "r",
+        str(run_dir),
+        corpus,
+        tokens,
+        trained,
+        scores,
+        promotion,
+        LaunchSpec(nproc_per_node=1),
+        load_config(None, []),
+        3.0,
+    )
 
 
 def _write_metrics(run_dir: Path, steps: int, log: int = 10, evaluate: int = 20) -> None:
     """A metrics.jsonl shaped as training writes it: train rows every ``log`` steps, val rows every ``evaluate``."""
     lines = []
     for step in range(log, steps + 1, log):
-        lines.append({"step": step, "train/loss_nats": 4.0 - step / 1000, "train/bpc": 5.0 - step / 1000, "lr": 1e-3})
+        lines.append(
+            {
+                "step": step,
+                "train/loss_nats": 4.0 - step / 1000,
+                "train/bpc": 5.0 - step / 1000,
+                "lr": 1e-3,
+            }
+        )
         if step % evaluate == 0:
-            lines.append({"step": step, "val/loss_nats": 4.1 - step / 1000, "val/bpc": 5.1 - step / 1000})
+            lines.append(
+                {"step": step, "val/loss_nats": 4.1 - step / 1000, "val/bpc": 5.1 - step / 1000}
+            )
     lines.append({"step": steps, "test/loss_nats": 3.0, "test/bpc": 4.3})
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"step": 9')  # a torn last line
+    (run_dir / "metrics.jsonl").write_text(
+        "".join(json.dumps(line) + "\n" for line in lines) + '{"step": 9'
+    )  # a torn last line
 
 
 def _table_rows(markdown: str) -> list[list[str]]:
@@ -58,7 +105,11 @@ def _table_rows(markdown: str) -> list[list[str]]:
 
 
 def test_report_shows_samples_with_visible_prompts(tmp_path):
-    samples = [Sample("\n", 1, 0.8, "\nROMEO: come"), Sample("\n", 2, 0.8, "\nJULIET: go"), Sample("KING\t", 1, 0.5, "KING\tsays ```")]
+    samples = [
+        Sample("\n", 1, 0.8, "\nROMEO: come"),
+        Sample("\n", 2, 0.8, "\nJULIET: go"),
+        Sample("KING\t", 1, 0.5, "KING\tsays ```"),
+    ]
     markdown = _report(tmp_path).markdown("off", samples)
 
     section = markdown.split("## Samples", 1)[1].split("\n## ", 1)[0]
@@ -73,7 +124,9 @@ def test_report_shows_samples_with_visible_prompts(tmp_path):
 def test_report_without_samples_or_metrics_says_so(tmp_path):
     markdown = _report(tmp_path / "missing").markdown("off")
     assert "No samples." in markdown and "No metrics.jsonl" in markdown
-    assert samples_markdown([]) == "No samples." and curve_markdown([]).startswith("No metrics.jsonl")
+    assert samples_markdown([]) == "No samples." and curve_markdown([]).startswith(
+        "No metrics.jsonl"
+    )
 
 
 def test_report_curve_rows_are_few_ordered_and_end_at_the_last_step(tmp_path):
@@ -84,23 +137,36 @@ def test_report_curve_rows_are_few_ordered_and_end_at_the_last_step(tmp_path):
     steps = [int(row[0].replace(",", "")) for row in rows]
     assert len(rows) == 12 and steps == sorted(steps) and len(set(steps)) == 12
     assert steps[0] == 20 and steps[-1] == 500
-    assert rows[-1] == ["500", f"{5.0 - 0.5:.4f}", f"{5.1 - 0.5:.4f}"]  # train and val bits/char at that step
-    assert "- train `█" in markdown and "4.500 bits/char" in markdown  # sparklines fall from █ towards ▁
+    assert rows[-1] == [
+        "500",
+        f"{5.0 - 0.5:.4f}",
+        f"{5.1 - 0.5:.4f}",
+    ]  # train and val bits/char at that step
+    assert (
+        "- train `█" in markdown and "4.500 bits/char" in markdown
+    )  # sparklines fall from █ towards ▁
 
 
 def test_curve_pairs_val_steps_with_the_latest_train_loss(tmp_path):
-    _write_metrics(tmp_path, steps=60, log=15, evaluate=20)  # train at 15, 30, 45, 60; val where step % 20 == 0: 60 only
+    _write_metrics(
+        tmp_path, steps=60, log=15, evaluate=20
+    )  # train at 15, 30, 45, 60; val where step % 20 == 0: 60 only
     points = read_curve(tmp_path / "metrics.jsonl")
     assert points == [CurvePoint(60, 5.0 - 0.06, 5.1 - 0.06)]
 
     lines = [json.dumps({"step": s, "train/bpc": 5.0 - s / 100}) for s in (10, 20, 30)]
-    lines += [json.dumps({"step": 25, "val/bpc": 4.9}), json.dumps({"step": 20, "train/bpc": 1.0})]  # a resumed run repeats step 20
+    lines += [
+        json.dumps({"step": 25, "val/bpc": 4.9}),
+        json.dumps({"step": 20, "train/bpc": 1.0}),
+    ]  # a resumed run repeats step 20
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines))
     assert read_curve(tmp_path / "metrics.jsonl") == [CurvePoint(25, 1.0, 4.9)]
 
 
 def test_curve_without_val_rows_shows_training(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "train/bpc": 3.0}) + "\n" for s in (5, 10)))
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "train/bpc": 3.0}) + "\n" for s in (5, 10))
+    )
     points = read_curve(tmp_path / "metrics.jsonl")
     assert points == [CurvePoint(5, 3.0, None), CurvePoint(10, 3.0, None)]
     text = curve_markdown(points)
@@ -115,7 +181,15 @@ def test_curve_picture_is_an_svg_data_uri(tmp_path):
 
 
 def test_thin_and_sparkline():
-    assert thin(list(range(100)), 12)[0] == 0 and thin(list(range(100)), 12)[-1] == 99 and len(thin(list(range(100)), 12)) == 12
+    assert (
+        thin(list(range(100)), 12)[0] == 0
+        and thin(list(range(100)), 12)[-1] == 99
+        and len(thin(list(range(100)), 12)) == 12
+    )
     assert thin([1, 2, 3], 12) == [1, 2, 3] and thin([1, 2, 3], 1) == [3]
-    assert sparkline([3.0, 2.0, 1.0]) == "█▅▁" and sparkline([2.0, 2.0]) == "▁▁" and sparkline([]) == ""
+    assert (
+        sparkline([3.0, 2.0, 1.0]) == "█▅▁"
+        and sparkline([2.0, 2.0]) == "▁▁"
+        and sparkline([]) == ""
+    )
     assert len(sparkline([float(i) for i in range(100)], width=40)) == 40

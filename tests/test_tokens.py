@@ -36,7 +36,9 @@ def test_vectorised_utf8_decoding_matches_python():
     assert utf8_codepoints(raw).tolist() == [ord(c) for c in text]
     ascii_raw = np.frombuffer(b"just ascii\n", dtype=np.uint8)
     assert utf8_codepoints(ascii_raw) is ascii_raw  # zero copy
-    vocab = Vocab.from_text("plain ascii\nÇa — 日本 🎭")  # some of the text's characters are unseen: <unk>
+    vocab = Vocab.from_text(
+        "plain ascii\nÇa — 日本 🎭"
+    )  # some of the text's characters are unseen: <unk>
     assert vocab.encode_utf8(raw, dtype=np.uint16).tolist() == vocab.encode(text).tolist()
     assert UNK_ID in vocab.encode_utf8(raw)
 
@@ -45,7 +47,9 @@ def test_unseen_characters_map_to_unk_or_raise():
     vocab = Vocab.from_text("abc")
     ids = vocab.encode("abz")
     assert ids.tolist() == [1, 2, UNK_ID]
-    with pytest.raises(CorpusError, match=r"'z' \(U\+007A\) first at line 1, column 3 \(position 2\)"):
+    with pytest.raises(
+        CorpusError, match=r"'z' \(U\+007A\) first at line 1, column 3 \(position 2\)"
+    ):
         vocab.encode("abz", unk_policy="error")
     with pytest.raises(CorpusError) as info:
         Vocab.from_text("abc\n").encode("ab\ncé\n€a😀é", unk_policy="error", source="held_out.txt")
@@ -115,12 +119,16 @@ def test_second_prepare_is_a_cache_hit(tmp_path):
 def test_too_short_for_split(tmp_path, cache_dir):
     with pytest.raises(CorpusError, match="too short for a val split"):
         _prepare(tmp_path, "abcdefghij", val_fraction=0.1)
-    assert not (cache_dir / "tokens").exists() or not [p for p in (cache_dir / "tokens").iterdir() if not p.name.endswith(".lock")]
+    assert not (cache_dir / "tokens").exists() or not [
+        p for p in (cache_dir / "tokens").iterdir() if not p.name.endswith(".lock")
+    ]
 
 
 def test_vocab_too_large_for_dtype(tmp_path, cache_dir):
     text = "".join(chr(0x4E00 + i) for i in range(300)) * 10  # 300 distinct characters
-    with pytest.raises(CorpusError, match="301 symbols .300 characters \\+ <unk>. does not fit uint8") as info:
+    with pytest.raises(
+        CorpusError, match="301 symbols .300 characters \\+ <unk>. does not fit uint8"
+    ) as info:
         _prepare(tmp_path, text, token_dtype="uint8")
     assert "token_dtype=auto" in str(info.value)
     assert not [p for p in (cache_dir / "tokens").iterdir() if not p.name.endswith(".lock")]

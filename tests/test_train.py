@@ -58,7 +58,14 @@ def test_exact_resume_matches_straight_run(small_corpus, tmp_path):
 
 
 def test_keeps_last_k_plus_best_and_every_file_loads(small_corpus, tmp_path):
-    cfg = tiny_config(small_corpus, tmp_path / "run", max_steps=40, eval_interval=10, checkpoint_interval=10, keep_last=2)
+    cfg = tiny_config(
+        small_corpus,
+        tmp_path / "run",
+        max_steps=40,
+        eval_interval=10,
+        checkpoint_interval=10,
+        keep_last=2,
+    )
     result = train(cfg, prepare(cfg)[1])
     names = [p.name for p in list_checkpoints(result.run_dir)]
     assert names == ["step-00000030.pt", "step-00000040.pt"]
@@ -94,12 +101,31 @@ def test_refuses_to_overwrite_a_run_without_resume(small_corpus, tmp_path):
 
 
 def test_stopping_rules(small_corpus, tmp_path):
-    cfg = tiny_config(small_corpus, tmp_path / "epochs", max_steps=0, epochs=0.5, eval_interval=0, checkpoint_interval=1000)
+    cfg = tiny_config(
+        small_corpus,
+        tmp_path / "epochs",
+        max_steps=0,
+        epochs=0.5,
+        eval_interval=0,
+        checkpoint_interval=1000,
+    )
     tokens = prepare(cfg)[1]
-    windows = StreamBatcher(load_split(tokens, "train"), cfg.train.batch_size, cfg.train.seq_len, segment_windows=cfg.train.segment_windows).windows_per_epoch
+    windows = StreamBatcher(
+        load_split(tokens, "train"),
+        cfg.train.batch_size,
+        cfg.train.seq_len,
+        segment_windows=cfg.train.segment_windows,
+    ).windows_per_epoch
     assert train(cfg, tokens).step == -(-windows // 2)
 
-    cfg = tiny_config(small_corpus, tmp_path / "budget", max_steps=0, time_budget_s=2.0, eval_interval=0, checkpoint_interval=10_000)
+    cfg = tiny_config(
+        small_corpus,
+        tmp_path / "budget",
+        max_steps=0,
+        time_budget_s=2.0,
+        eval_interval=0,
+        checkpoint_interval=10_000,
+    )
     result = train(cfg, tokens)
     assert result.step > 0 and 2.0 <= result.train_seconds < 10
 
@@ -109,7 +135,15 @@ def test_stopping_rules(small_corpus, tmp_path):
 
 
 def test_divergence_stops_with_a_clear_message(small_corpus, tmp_path):
-    cfg = tiny_config(small_corpus, tmp_path / "run", max_steps=30, lr=1e30, grad_clip=0.0, warmup_steps=0, eval_interval=0)
+    cfg = tiny_config(
+        small_corpus,
+        tmp_path / "run",
+        max_steps=30,
+        lr=1e30,
+        grad_clip=0.0,
+        warmup_steps=0,
+        eval_interval=0,
+    )
     with pytest.raises(DivergenceError, match="lower train.lr"):
         train(cfg, prepare(cfg)[1])
 
@@ -128,27 +162,55 @@ def test_bf16_on_a_cpu_without_bf16_kernels_is_refused_clearly(small_corpus, tmp
 def test_lr_schedule_shape(schedule):
     assert lr_factor(0, 0.0, 10, 0.1, schedule) == pytest.approx(0.1)
     assert lr_factor(9, 0.0, 10, 0.1, schedule) == pytest.approx(1.0)
-    assert lr_factor(50, 0.5, 10, 0.1, schedule) == pytest.approx(0.55)  # both pass the midpoint halfway
+    assert lr_factor(50, 0.5, 10, 0.1, schedule) == pytest.approx(
+        0.55
+    )  # both pass the midpoint halfway
     assert lr_factor(99, 1.0, 10, 0.1, schedule) == pytest.approx(0.1)
-    assert lr_factor(120, 1.3, 10, 0.1, schedule) == pytest.approx(0.1)  # past the horizon: held at the floor
+    assert lr_factor(120, 1.3, 10, 0.1, schedule) == pytest.approx(
+        0.1
+    )  # past the horizon: held at the floor
     quarter = {"linear": 0.1 + 0.9 * 0.75, "cosine": 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4))}
     assert lr_factor(30, 0.25, 10, 0.1, schedule) == pytest.approx(quarter[schedule])
 
 
 def test_unknown_lr_schedule_is_refused(small_corpus, tmp_path):
     with pytest.raises(ConfigError, match="train.lr_schedule='step' is not allowed") as err:
-        tiny_config(small_corpus, tmp_path / "run", max_steps=5, lr_schedule="step")  # refused as it is set
+        tiny_config(
+            small_corpus, tmp_path / "run", max_steps=5, lr_schedule="step"
+        )  # refused as it is set
     assert "linear, cosine" in str(err.value)
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
-def _training_in_progress(run: Path, corpus: Path, *extra: str) -> tuple[subprocess.Popen, list[str]]:
+def _training_in_progress(
+    run: Path, corpus: Path, *extra: str
+) -> tuple[subprocess.Popen, list[str]]:
     """A real ``charrnn train`` of the tiny model in a subprocess, returned once it has logged three steps."""
-    args = [sys.executable, "-m", "charrnn", "train", "--out-dir", str(run), f"data.corpus={corpus}", "hidden_size=32", "embedding_dim=16", "batch_size=8", "seq_len=32", *extra]
-    proc = subprocess.Popen(args, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [
+        sys.executable,
+        "-m",
+        "charrnn",
+        "train",
+        "--out-dir",
+        str(run),
+        f"data.corpus={corpus}",
+        "hidden_size=32",
+        "embedding_dim=16",
+        "batch_size=8",
+        "seq_len=32",
+        *extra,
+    ]
+    proc = subprocess.Popen(
+        args, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 60
-    while not (run / "metrics.jsonl").exists() or len((run / "metrics.jsonl").read_text().splitlines()) < 3:
-        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "no progress"
+    while (
+        not (run / "metrics.jsonl").exists()
+        or len((run / "metrics.jsonl").read_text().splitlines()) < 3
+    ):
+        assert time.monotonic() < deadline and proc.poll() is None, (
+            proc.stderr.read() if proc.poll() is not None else "no progress"
+        )
         time.sleep(0.1)
     return proc, args
 
@@ -156,7 +218,15 @@ def _training_in_progress(run: Path, corpus: Path, *extra: str) -> tuple[subproc
 @pytest.mark.slow
 def test_sigint_checkpoints_then_resume_finishes(small_corpus, tmp_path):
     run = tmp_path / "run"
-    proc, args = _training_in_progress(run, small_corpus, "max_steps=100000", "log_interval=1", "eval_interval=0", "checkpoint_interval=100000", "data.val_fraction=0.1")
+    proc, args = _training_in_progress(
+        run,
+        small_corpus,
+        "max_steps=100000",
+        "log_interval=1",
+        "eval_interval=0",
+        "checkpoint_interval=100000",
+        "data.val_fraction=0.1",
+    )
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -165,7 +235,20 @@ def test_sigint_checkpoints_then_resume_finishes(small_corpus, tmp_path):
     assert stopped["step"] >= 3
 
     target = stopped["step"] + 5
-    done = subprocess.run([*args[:-4], f"max_steps={target}", "log_interval=1", "eval_interval=0", "data.val_fraction=0.1", "--resume"], env=run_env(), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            *args[:-4],
+            f"max_steps={target}",
+            "log_interval=1",
+            "eval_interval=0",
+            "data.val_fraction=0.1",
+            "--resume",
+        ],
+        env=run_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert f"resumed from {run / 'checkpoints'}" in done.stderr
     assert json.loads(done.stdout)["step"] == target
@@ -175,7 +258,16 @@ def test_sigint_checkpoints_then_resume_finishes(small_corpus, tmp_path):
 def test_sigterm_checkpoints_first_without_evaluating_and_exits_143(small_corpus, tmp_path):
     """Docker gives 10 s and Kubernetes 30 s between SIGTERM and SIGKILL: the checkpoint must land first."""
     run = tmp_path / "run"
-    proc, _ = _training_in_progress(run, small_corpus, "precision=fp32", "max_steps=100000", "log_interval=1", "eval_interval=0", "checkpoint_interval=100000", "data.val_fraction=0.4")
+    proc, _ = _training_in_progress(
+        run,
+        small_corpus,
+        "precision=fp32",
+        "max_steps=100000",
+        "log_interval=1",
+        "eval_interval=0",
+        "checkpoint_interval=100000",
+        "data.val_fraction=0.4",
+    )
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     while not list_checkpoints(run):
@@ -204,7 +296,14 @@ def test_logged_loss_does_not_depend_on_evaluation_or_checkpoint_cadence(small_c
     tokens = None
     logged = {}
     for name, cadence in (("rare", 1000), ("often", 3)):
-        cfg = tiny_config(small_corpus, tmp_path / name, max_steps=20, log_interval=10, eval_interval=cadence, checkpoint_interval=cadence)
+        cfg = tiny_config(
+            small_corpus,
+            tmp_path / name,
+            max_steps=20,
+            log_interval=10,
+            eval_interval=cadence,
+            checkpoint_interval=cadence,
+        )
         tokens = tokens or prepare(cfg)[1]
         logged[name] = _losses(Path(train(cfg, tokens).run_dir))
     assert logged["often"] == logged["rare"]  # fp32, same data, same steps: bit for bit
@@ -212,7 +311,21 @@ def test_logged_loss_does_not_depend_on_evaluation_or_checkpoint_cadence(small_c
 
 def test_no_summary_keeps_stdout_empty_for_the_flow_log(small_corpus, tmp_path):
     """The Prefect task streams worker output into the run log: the summary JSON stays in train_summary.json."""
-    args = [sys.executable, "-m", "charrnn", "train", "--out-dir", str(tmp_path / "run"), f"data.corpus={small_corpus}", *tiny_overrides(max_steps=3)]
-    quiet = subprocess.run([*args, "--no-summary"], env=run_env(), capture_output=True, text=True, timeout=120)
+    args = [
+        sys.executable,
+        "-m",
+        "charrnn",
+        "train",
+        "--out-dir",
+        str(tmp_path / "run"),
+        f"data.corpus={small_corpus}",
+        *tiny_overrides(max_steps=3),
+    ]
+    quiet = subprocess.run(
+        [*args, "--no-summary"], env=run_env(), capture_output=True, text=True, timeout=120
+    )
     assert quiet.returncode == 0, quiet.stderr
-    assert quiet.stdout == "" and json.loads((tmp_path / "run" / "train_summary.json").read_text())["step"] == 3
+    assert (
+        quiet.stdout == ""
+        and json.loads((tmp_path / "run" / "train_summary.json").read_text())["step"] == 3
+    )

@@ -39,7 +39,9 @@ def test_schedule_validates_once_at_each_planned_fraction():
     fractions = [i / 100 for i in range(1, 101)]
     due = [f for f in fractions if schedule.due(0, f)]
     assert due == [0.25, 0.5, 0.75, 1.0]
-    skipping = EvalSchedule(interval=0, count=4)  # one slow step passes two fractions: one validation
+    skipping = EvalSchedule(
+        interval=0, count=4
+    )  # one slow step passes two fractions: one validation
     assert [skipping.due(0, f) for f in (0.2, 0.55, 0.6, 0.8)] == [False, True, False, True]
 
 
@@ -53,7 +55,9 @@ def test_schedule_resumes_past_the_fractions_already_done_and_intervals_win():
 
 
 def test_subsample_size_follows_training_between_validations():
-    assert val_chars_for(1_000, configured=0) == MIN_VAL_CHARS  # never too few to rank checkpoints by
+    assert (
+        val_chars_for(1_000, configured=0) == MIN_VAL_CHARS
+    )  # never too few to rank checkpoints by
     assert val_chars_for(10_000_000, configured=0) > MIN_VAL_CHARS
     assert val_chars_for(10_000_000, configured=5_000) == 5_000  # train.val_chars wins
 
@@ -65,7 +69,9 @@ def test_subsample_is_evenly_spread_fixed_slices_or_the_whole_split():
     slices = sample.reshape(10, 100)
     assert (np.diff(slices, axis=1) == 1).all()  # each slice contiguous
     assert slices[0, 0] == 0 and slices[-1, -1] == 9_999  # from the start to the end of the split
-    assert np.array_equal(val_subsample(tokens, 1_000, streams=10), sample)  # the same characters every time
+    assert np.array_equal(
+        val_subsample(tokens, 1_000, streams=10), sample
+    )  # the same characters every time
     assert np.array_equal(val_subsample(tokens, 20_000, streams=10), tokens)
 
 
@@ -94,7 +100,14 @@ def diverging_corpus(tmp_path) -> Path:
 
 
 def test_early_stopping_ends_the_run_and_scores_the_best_checkpoint(diverging_corpus, tmp_path):
-    cfg = tiny_config(diverging_corpus, tmp_path / "run", max_steps=400, eval_interval=5, patience=2, checkpoint_interval=1000)
+    cfg = tiny_config(
+        diverging_corpus,
+        tmp_path / "run",
+        max_steps=400,
+        eval_interval=5,
+        patience=2,
+        checkpoint_interval=1000,
+    )
     _, tokens = prepare(cfg)
     result = train(cfg, tokens)
     assert result.stopped_early and "2 validations without a new best" in result.stopped_early
@@ -102,31 +115,51 @@ def test_early_stopping_ends_the_run_and_scores_the_best_checkpoint(diverging_co
     records = _val_records(result.run_dir)
     assert [r["step"] for r in records] == list(range(5, result.step + 1, 5))
     assert min(records, key=lambda r: r["val/loss_nats"])["step"] == result.best_step
-    assert result.step == result.best_step + 2 * 5  # stopped after `patience` validations without a new best
+    assert (
+        result.step == result.best_step + 2 * 5
+    )  # stopped after `patience` validations without a new best
 
     best = load_checkpoint(Path(result.run_dir) / "best.pt")
     assert best["step"] == result.best_step and best["stale_evals"] == 0
     model, _, _ = load_model(Path(result.run_dir) / "best.pt")
     exact = evaluate_tokens(model, load_split(tokens, "val"), num_streams=cfg.train.eval_batch_size)
-    assert result.val["loss_nats"] == pytest.approx(exact.loss_nats, abs=1e-9)  # the final scores are best.pt's
+    assert result.val["loss_nats"] == pytest.approx(
+        exact.loss_nats, abs=1e-9
+    )  # the final scores are best.pt's
     assert result.last_val["loss_nats"] > result.val["loss_nats"]
     summary = json.loads((Path(result.run_dir) / "train_summary.json").read_text())
-    assert summary["stopped_early"] == result.stopped_early and summary["best_step"] == result.best_step
+    assert (
+        summary["stopped_early"] == result.stopped_early
+        and summary["best_step"] == result.best_step
+    )
 
 
 def test_under_a_time_budget_validations_fall_at_the_planned_fractions(small_corpus, tmp_path):
     budget, count = 4.0, 4
-    cfg = tiny_config(small_corpus, tmp_path / "run", max_steps=0, time_budget_s=budget, evals_per_run=count, eval_interval=0, patience=0, checkpoint_interval=100_000)
+    cfg = tiny_config(
+        small_corpus,
+        tmp_path / "run",
+        max_steps=0,
+        time_budget_s=budget,
+        evals_per_run=count,
+        eval_interval=0,
+        patience=0,
+        checkpoint_interval=100_000,
+    )
     result = train(cfg, prepare(cfg)[1])
     done = [r["time_s"] / budget for r in _val_records(result.run_dir)]
     assert len(done) == count and result.validations == count
-    for k, fraction in enumerate(done, start=1):  # at the first step past k/N of the budget, not before
+    for k, fraction in enumerate(
+        done, start=1
+    ):  # at the first step past k/N of the budget, not before
         assert k / count - 1e-3 <= fraction < (k + 1) / count, done
 
 
 def test_resume_keeps_the_best_score_and_the_patience_count(diverging_corpus, tmp_path):
     """A run stopped and resumed validates at the same steps, with the same best and patience, as one that ran straight."""
-    common = dict(eval_interval=4, patience=50, log_interval=4, checkpoint_interval=12, lr_decay_steps=24)
+    common = dict(
+        eval_interval=4, patience=50, log_interval=4, checkpoint_interval=12, lr_decay_steps=24
+    )
     straight = tiny_config(diverging_corpus, tmp_path / "straight", max_steps=24, **common)
     _, tokens = prepare(straight)
     a = train(straight, tokens)
@@ -138,10 +171,19 @@ def test_resume_keeps_the_best_score_and_the_patience_count(diverging_corpus, tm
     staged.train.max_steps, staged.train.resume = 24, True
     b = train(staged, tokens)
     assert b.resumed_from == 12
-    assert [(r["step"], r["val/loss_nats"]) for r in _val_records(a.run_dir)] == [(r["step"], r["val/loss_nats"]) for r in _val_records(b.run_dir)]
+    assert [(r["step"], r["val/loss_nats"]) for r in _val_records(a.run_dir)] == [
+        (r["step"], r["val/loss_nats"]) for r in _val_records(b.run_dir)
+    ]
     end_a, end_b = load_checkpoint(Path(a.checkpoint)), load_checkpoint(Path(b.checkpoint))
-    assert end_a["stale_evals"] > 0 and middle["stale_evals"] < end_a["stale_evals"]  # the count went on across the resume
-    assert (end_a["best_step"], end_a["best_val_loss"], end_a["stale_evals"], end_a["val_chars"]) == (end_b["best_step"], end_b["best_val_loss"], end_b["stale_evals"], end_b["val_chars"])
+    assert (
+        end_a["stale_evals"] > 0 and middle["stale_evals"] < end_a["stale_evals"]
+    )  # the count went on across the resume
+    assert (
+        end_a["best_step"],
+        end_a["best_val_loss"],
+        end_a["stale_evals"],
+        end_a["val_chars"],
+    ) == (end_b["best_step"], end_b["best_val_loss"], end_b["stale_evals"], end_b["val_chars"])
 
 
 def test_default_schedule_logs_a_samples_increment_per_validation(tmp_path):
@@ -150,7 +192,15 @@ def test_default_schedule_logs_a_samples_increment_per_validation(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(make_text(60_000, seed=9))
     out = tmp_path / "run"
-    extra = ["max_steps=40", "time_budget_s=0", "evals_per_run=4", "eval_interval=0", "patience=0", "track.sample_length=40", "track.sample_temperatures=[1.0]"]
+    extra = [
+        "max_steps=40",
+        "time_budget_s=0",
+        "evals_per_run=4",
+        "eval_interval=0",
+        "patience=0",
+        "track.sample_length=40",
+        "track.sample_temperatures=[1.0]",
+    ]
     done = subprocess.run(
         [sys.executable, "-m", "charrnn", "train", "--out-dir", str(out), f"data.corpus={corpus}", *tiny_overrides(), *extra],
         env=run_env(WANDB_MODE="offline", CHARRNN_CACHE=str(tmp_path / "cache")), capture_output=True, text=True, timeout=300,

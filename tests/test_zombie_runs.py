@@ -79,7 +79,13 @@ def _heartbeats(flow_run_id) -> int:
         response = client.request(
             "POST",
             "/events/filter",
-            json={"filter": {"event": {"name": ["prefect.flow-run.heartbeat"]}, "resource": {"id": [f"prefect.flow-run.{flow_run_id}"]}}, "limit": 50},
+            json={
+                "filter": {
+                    "event": {"name": ["prefect.flow-run.heartbeat"]},
+                    "resource": {"id": [f"prefect.flow-run.{flow_run_id}"]},
+                },
+                "limit": 50,
+            },
         )
     response.raise_for_status()
     return len(response.json()["events"])
@@ -94,9 +100,18 @@ def zombie_guard(prefect_server):
     name = f"charrnn test: crash {tag} runs without heartbeats"
     automation_id, done = ensure_zombie_automation(WINDOW_S, HEARTBEAT_S, tag=tag, name=name)
     assert done == "created"
-    assert ensure_zombie_automation(WINDOW_S, HEARTBEAT_S, tag=tag, name=name) == (automation_id, "unchanged")
-    assert ensure_zombie_automation(WINDOW_S + 5, HEARTBEAT_S, tag=tag, name=name) == (automation_id, "updated")
-    assert ensure_zombie_automation(WINDOW_S, HEARTBEAT_S, tag=tag, name=name) == (automation_id, "updated")
+    assert ensure_zombie_automation(WINDOW_S, HEARTBEAT_S, tag=tag, name=name) == (
+        automation_id,
+        "unchanged",
+    )
+    assert ensure_zombie_automation(WINDOW_S + 5, HEARTBEAT_S, tag=tag, name=name) == (
+        automation_id,
+        "updated",
+    )
+    assert ensure_zombie_automation(WINDOW_S, HEARTBEAT_S, tag=tag, name=name) == (
+        automation_id,
+        "updated",
+    )
     with _client() as client:
         assert len(client.read_automations_by_name(name)) == 1
     yield tag
@@ -104,7 +119,9 @@ def zombie_guard(prefect_server):
         client.delete_automation(automation_id)
 
 
-def test_a_run_killed_with_its_worker_is_marked_crashed_and_frees_the_training_slot(prefect_server, zombie_guard, monkeypatch):
+def test_a_run_killed_with_its_worker_is_marked_crashed_and_frees_the_training_slot(
+    prefect_server, zombie_guard, monkeypatch
+):
     from prefect.deployments import run_deployment
 
     from charrnn.launch import kill_group
@@ -112,11 +129,22 @@ def test_a_run_killed_with_its_worker_is_marked_crashed_and_frees_the_training_s
     from flows.zombies import HEARTBEAT_ENV, heartbeat_s
 
     monkeypatch.delenv(HEARTBEAT_ENV, raising=False)
-    assert heartbeat_s() == HEARTBEAT_S  # what start_worker gives its flow runs, as under `make serve`
+    assert (
+        heartbeat_s() == HEARTBEAT_S
+    )  # what start_worker gives its flow runs, as under `make serve`
 
-    create_work_pool(prefect_server, POOL)  # as `make serve` does: its `training` queue runs one flow at a time
+    create_work_pool(
+        prefect_server, POOL
+    )  # as `make serve` does: its `training` queue runs one flow at a time
     deployment_id = sleeper.from_source(str(TESTS), "test_zombie_runs.py:sleeper").deploy(
-        "sleeper", work_pool_name=POOL, work_queue_name=TRAINING_QUEUE, tags=[zombie_guard], build=False, push=False, print_next_steps=False, ignore_warnings=True
+        "sleeper",
+        work_pool_name=POOL,
+        work_queue_name=TRAINING_QUEUE,
+        tags=[zombie_guard],
+        build=False,
+        push=False,
+        print_next_steps=False,
+        ignore_warnings=True,
     )
     env = {"PREFECT_WORKER_QUERY_SECONDS": "1"}
     worker = start_worker(prefect_server, POOL, **env)
@@ -147,17 +175,25 @@ def test_a_run_killed_with_its_worker_is_marked_crashed_and_frees_the_training_s
             time.sleep(0.2)
         assert pid in doomed and not [p for p in doomed if alive(p)]
 
-        second_worker = start_worker(prefect_server, POOL, **env)  # the machine is back (or another worker serves the pool)
-        assert _wait_state(first.id, {"Crashed"}, WINDOW_S + 30) == "Crashed", "the dead run was never marked crashed"
+        second_worker = start_worker(
+            prefect_server, POOL, **env
+        )  # the machine is back (or another worker serves the pool)
+        assert _wait_state(first.id, {"Crashed"}, WINDOW_S + 30) == "Crashed", (
+            "the dead run was never marked crashed"
+        )
         crashed_after = time.monotonic() - killed_at
         with _client() as client:
             assert "No heartbeat" in client.read_flow_run(first.id).state.message
-        assert _wait_state(second.id, {"Completed"}, 60) == "Completed", "the freed slot was not used"
+        assert _wait_state(second.id, {"Completed"}, 60) == "Completed", (
+            "the freed slot was not used"
+        )
         # The worker may take the freed slot the moment the crash lands, so compare
         # timestamps rather than polling the second run's state after the fact.
         crashed_at = _first_state_at(first.id, {"CRASHED"})
         submitted_at = _first_state_at(second.id, {"PENDING", "RUNNING"})
-        assert submitted_at >= crashed_at, f"the second run left Scheduled at {submitted_at}, while the first held the slot (crashed {crashed_at})"
+        assert submitted_at >= crashed_at, (
+            f"the second run left Scheduled at {submitted_at}, while the first held the slot (crashed {crashed_at})"
+        )
         print(f"marked crashed {crashed_after:.0f}s after the kill (window {WINDOW_S}s)")
     finally:
         kill_group(worker.pid, grace_s=5)
@@ -172,11 +208,16 @@ def test_every_deployment_sends_heartbeats_the_automation_watches():
     deployments = yaml.safe_load((TESTS.parent / "prefect.yaml").read_text())["deployments"]
     for deployment in deployments:
         assert TAG in deployment["tags"], deployment["name"]
-        heartbeat = int(deployment["work_pool"]["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"])
+        heartbeat = int(
+            deployment["work_pool"]["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]
+        )
         check_window(DEFAULT_AFTER_S, heartbeat)
         assert 3 * heartbeat <= DEFAULT_AFTER_S  # a live run must miss several heartbeats in a row
     automation = zombie_automation(DEFAULT_AFTER_S, 30)
-    assert automation.name == AUTOMATION_NAME and automation.trigger.within.total_seconds() == DEFAULT_AFTER_S
+    assert (
+        automation.name == AUTOMATION_NAME
+        and automation.trigger.within.total_seconds() == DEFAULT_AFTER_S
+    )
     with pytest.raises(ValueError, match="must exceed the heartbeat"):
         zombie_automation(30, 30)
     with pytest.raises(ValueError, match="minimum"):
