@@ -13,7 +13,7 @@ its layers is still about half of that 20 %. On the generalisation benchmark
 * poems (234 k characters), 120 s (~20 epochs): none 1.786, 0.2 1.743, 0.3 1.732.
 
 These were measured before ``train.weight_decay=0.1`` became the default
-(session 9), which regularises long runs on its own; the two were not tuned
+(2026-11-30, 32a1f75), which regularises long runs on its own; the two were not tuned
 together. So: no dropout up to ``RAMP_EPOCHS[0]`` epochs, the full rate from
 ``RAMP_EPOCHS[1]``, linear between (no cliff for a run near the boundary). A
 step- or epoch-limited run knows its epochs up front; a run on a clock learns

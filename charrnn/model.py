@@ -99,8 +99,8 @@ class UniformDropout(nn.Dropout):
     ``F.dropout`` draws its CPU mask with ``bernoulli_(1 - p)``, which costs about
     three times ``uniform_``: on a 64 x 16 x 256 batch (the default model's head
     input), forward and backward took 2.6-3.2 ms against 0.95 ms this way, ~7 % of
-    a bf16 training step at dropout 0.3 (2-core EPYC, bench/RESULTS.md, session
-    11). Other devices keep ``F.dropout``'s fused kernel.
+    a bf16 training step at dropout 0.3 (2-core EPYC, bench/RESULTS.md,
+    dropout's head mask). Other devices keep ``F.dropout``'s fused kernel.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -227,7 +227,7 @@ def _operand(weight: Tensor, dtype: torch.dtype) -> Tensor:
     """``weight`` [out, in] as the contiguous [in, out] right operand of ``x @ W.T`` in ``dtype``.
 
     A transposed view works too, but at 64 streams oneDNN's bf16 product reads the
-    contiguous one up to ~15 % faster (bench/RESULTS.md, session 10).
+    contiguous one up to ~15 % faster (bench/RESULTS.md, generation).
     """
     return weight.t().to(dtype, memory_format=torch.contiguous_format, copy=True)
 
@@ -255,7 +255,7 @@ def uses_packed_weights(device: torch.device, dtype: torch.dtype, batch: int) ->
     batch; with oneDNN held to AVX2 (``ONEDNN_MAX_CPU_ISA``) fp32 gains
     1.15-2.7x. Whole fp32 generation with 16 or 64 streams: 1.1-1.5x. One
     fp32 row is slower (0.7x at 256 -> 1024: the call's fixed cost), so it
-    keeps addmm (bench/RESULTS.md, session 11). bf16 is packed where the CPU
+    keeps addmm (bench/RESULTS.md, generation). bf16 is packed where the CPU
     has native bf16 (:func:`charrnn.precision.cpu_has_native_bf16`, training's
     rule). Not where oneDNN is missing or switched off
     (``torch.backends.mkldnn.flags``) when the :class:`Stepper` is built.

@@ -75,7 +75,7 @@ def cpu_has_native_bf16() -> bool:
     oneDNN's own check (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) also says
     yes on AVX-512 CPUs without them (Skylake to Ice Lake servers), where it
     emulates bf16: with oneDNN held to ``AVX512_CORE_VNNI`` on a 2-core EPYC,
-    bf16 training ran at 0.55x of fp32 (bench/RESULTS.md, session 11). On Arm,
+    bf16 training ran at 0.55x of fp32 (bench/RESULTS.md, precision=auto). On Arm,
     oneDNN's check is the BF16 instruction check.
     """
     try:

@@ -36,7 +36,7 @@ class SampleSettings:
 # One stream's step is bound by reading the weights, where bf16 products ran slower than fp32 on a
 # bf16 CPU (1 stream 4.9 k vs 7.2 k chars/s); from 16 streams they are faster (53 k vs 46 k; 64
 # streams 109 k vs 76 k). bench/generation.py, 2-core EPYC with avx512_bf16 (bench/RESULTS.md). With
-# packed weights (session 11) the crossover moved to ~8 streams, where bf16 gains 2 %: 16 stays.
+# packed weights (2026-11-30, 167fcd3) the crossover moved to ~8 streams, where bf16 gains 2 %: 16 stays.
 BF16_FROM_STREAMS = 16
 
 

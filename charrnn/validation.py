@@ -29,14 +29,14 @@ from .config import TrainConfig
 EVAL_SHARE = 0.05
 # Validation characters scored per second, per training character per second. Scoring is
 # a forward pass only, but in fp32: on a 2-core AVX512-BF16 EPYC it ran ~48k chars/s
-# against 27-36k for bf16 training (session 6), and issue 13 reports bf16 training at
+# against 27-36k for bf16 training (2026-11-29), and issue 13 reports bf16 training at
 # ~60k on another such machine. 0.8 is below both ratios, so the subsample errs on the
 # cheap side.
 EVAL_SPEED_RATIO = 0.8
 # Fewer characters than this make the scores too noisy to pick a best checkpoint by. A short
 # run sits on this floor (120 s: ~7 s between validations), where 16,384 cost 5.0 % of
 # `make run` with the W&B sample rows; 12,288 ranked its last three checkpoints as the full
-# val split did, with the same gaps to within 0.005 nats/char (bench/RESULTS.md, session 9).
+# val split did, with the same gaps to within 0.005 nats/char (bench/RESULTS.md, validation floor).
 MIN_VAL_CHARS = 12_288
 
 
