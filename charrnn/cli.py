@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import Config, check_batch_split, dump_config, load_config
+from .config import Config, check_batch_split, dump_config, explain_config, load_config
 from .errors import CharRNNError
 
 log = logging.getLogger("charrnn")
@@ -333,7 +333,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    print(dump_config(_config(args)), end="")
+    cfg = _config(args)
+    print(explain_config(cfg) if args.explain else dump_config(cfg), end="")
     return 0
 
 
@@ -511,6 +512,11 @@ def _add_launch(sub) -> None:
 def _add_config(sub) -> None:
     p = sub.add_parser("config", help="print the effective configuration as YAML")
     _add_config_args(p)
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="print every key with its value, what it does and what it accepts",
+    )
     p.set_defaults(func=cmd_config)
 
 

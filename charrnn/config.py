@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import difflib
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -110,17 +111,32 @@ class _Section(_Checked):
 
 class DataConfig(_Section):
     corpus: str = Field(
-        "shakespeare", min_length=1
-    )  # URI: named corpus, path, file://, http(s)://, fsspec, hf://datasets/NAME
-    val_fraction: Fraction = 0.05
-    test_fraction: Fraction = 0.05  # val_fraction + test_fraction < 1
-    token_dtype: Literal["auto", "uint8", "uint16", "uint32"] = "auto"
-    unk_policy: Literal["unk", "error"] = (
-        "unk"  # characters outside the vocabulary in text encoded for a run (charrnn evaluate --split PATH): map to <unk>, or stop
+        "shakespeare",
+        min_length=1,
+        description="the text to train on: a named corpus (shakespeare), a path, file://, "
+        "http(s)://, any fsspec URL, or hf://datasets/NAME",
     )
-    cache_dir: str = ""  # "" -> $CHARRNN_CACHE or ~/.cache/charrnn
-    http_timeout_s: Float = Field(30.0, gt=0)
-    http_retries: Int = Field(3, ge=0)
+    val_fraction: Fraction = Field(0.05, description="share of the corpus held out for validation")
+    test_fraction: Fraction = Field(
+        0.05, description="share held out for the final test score; with val_fraction, below 1"
+    )
+    token_dtype: Literal["auto", "uint8", "uint16", "uint32"] = Field(
+        "auto",
+        description="integer type of the token files; auto: the smallest that fits the vocab",
+    )
+    unk_policy: Literal["unk", "error"] = Field(
+        "unk",
+        description="characters outside the vocabulary in text encoded for a run "
+        "(charrnn evaluate --split PATH): map them to <unk>, or stop with an error",
+    )
+    cache_dir: str = Field(
+        "",
+        description="where downloads and token files are kept; empty: $CHARRNN_CACHE or ~/.cache/charrnn",
+    )
+    http_timeout_s: Float = Field(
+        30.0, gt=0, description="seconds before one download attempt gives up"
+    )
+    http_retries: Int = Field(3, ge=0, description="further attempts after a failed download")
 
     @model_validator(mode="after")
     def _fractions_leave_a_training_split(self) -> DataConfig:
@@ -134,79 +150,114 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    embedding_dim: Int = Field(64, ge=1)
-    hidden_size: Int = Field(256, ge=1)
-    num_layers: Int = Field(2, ge=1)
-    # Between the LSTM layers and before the head. auto: none while the run sees its corpus a few
-    # times, 0.3 once it repeats it many times (charrnn/dropout.py has the rule and its measurements).
-    dropout: RateOrAuto = Field("auto", description="auto, or a number in [0, 1)")
+    embedding_dim: Int = Field(64, ge=1, description="size of each character's embedding vector")
+    hidden_size: Int = Field(256, ge=1, description="LSTM state size of every layer")
+    num_layers: Int = Field(2, ge=1, description="number of stacked LSTM layers")
+    # auto, because the right rate depends on how often a run repeats its corpus: none for a few
+    # passes, 0.3 for many (charrnn/dropout.py has the rule and the runs behind it).
+    dropout: RateOrAuto = Field(
+        "auto",
+        description="dropout between the LSTM layers and before the head; auto: chosen from the "
+        "epochs the run will see",
+    )
 
 
 class TrainConfig(_Section):
-    out_dir: str = Field("runs/default", min_length=1)
+    out_dir: str = Field(
+        "runs/default", min_length=1, description="run directory: checkpoints, samples, report"
+    )
     batch_size: Int = Field(
-        64, ge=1
-    )  # global number of parallel streams, split across ranks (a multiple of the process count)
+        64,
+        ge=1,
+        description="parallel streams per step, in total over all processes (a multiple of "
+        "the process count)",
+    )
     seq_len: Int = Field(
-        16, ge=1
-    )  # truncated-BPTT window; the state is still carried across windows
+        16, ge=1, description="truncated-BPTT window; the state is carried across windows"
+    )
     segment_windows: Int = Field(
-        32, ge=0
-    )  # streams hop to a new random segment every this many windows; 0: classic contiguous streams
-    lr: Float = Field(7e-3, gt=0)
-    lr_schedule: Literal["linear", "cosine"] = (
-        "linear"  # after warm-up: linear | cosine, to lr * min_lr_ratio at the run's end
+        32,
+        ge=0,
+        description="a stream hops to a new random place every this many windows; 0: "
+        "contiguous streams",
     )
-    min_lr_ratio: Float = Field(
-        0.0, ge=0, le=1
-    )  # with beta1 0.7 and lr 7e-3: -0.019 nats/char at 1,400 steps vs cosine to 0.1 (bench/RESULTS.md)
-    warmup_steps: Int = Field(20, ge=0)
+    lr: Float = Field(7e-3, gt=0, description="peak learning rate (AdamW), reached after warm-up")
+    lr_schedule: Literal["linear", "cosine"] = Field(
+        "linear", description="decay after warm-up, to lr * min_lr_ratio at the run's end"
+    )
+    min_lr_ratio: Float = Field(0.0, ge=0, le=1, description="final learning rate as a share of lr")
+    warmup_steps: Int = Field(20, ge=0, description="steps of linear warm-up from 0 to lr")
     weight_decay: Float = Field(
-        0.1, ge=0
-    )  # AdamW, matrices only; shakespeare 600 s: 1.509 -> 1.405 nats/char, 120 s: 1.530 -> 1.510 (bench/RESULTS.md)
-    beta1: Float = Field(
-        0.7, gt=0, lt=1
-    )  # a short gradient memory pays on a short budget (0.9 -> 0.8 -> 0.7, bench/RESULTS.md)
-    beta2: Float = Field(0.99, gt=0, lt=1)
-    grad_clip: Float = Field(1.0, ge=0)  # max global grad norm; 0 disables
-    max_steps: Int = Field(
-        0, ge=0
-    )  # 0 -> unlimited; training stops at the first of max_steps, epochs, time_budget_s
-    epochs: Float = Field(0.0, ge=0)  # 0 -> unlimited
-    time_budget_s: Float = Field(
-        120.0, ge=0
-    )  # wall-clock budget for the training loop; 0 -> unlimited
-    lr_decay_steps: Int = Field(
-        0, ge=0
-    )  # decay horizon in steps; 0 -> the run's own end (steps, epochs or time)
-    eval_interval: Int = Field(
-        0, ge=0
-    )  # steps between validations; 0 -> evals_per_run of them, spread over the run
-    evals_per_run: Int = Field(
-        16, ge=0
-    )  # validations at 1/N, 2/N, ... of the run (steps, epochs or clock); 0 -> only at the end
-    val_chars: Int = Field(
-        0, ge=0
-    )  # characters of the val split each validation scores (a fixed subsample); 0 -> auto, ~5% of training time
-    patience: Int = Field(
-        4, ge=0
-    )  # stop after this many validations without a new best (best.pt is kept); 0 -> never stop early
-    eval_batch_size: Int = Field(
-        32, ge=1
-    )  # parallel streams for evaluation (fewer: each starts with more context)
-    log_interval: Int = Field(100, ge=1)
-    checkpoint_interval: Int = Field(
-        500, ge=1
-    )  # steps; also saved at the end and on SIGINT/SIGTERM
-    keep_last: Int = Field(3, ge=1)
-    seed: Int = Field(1337, ge=0)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16: autocast with fp32 master weights
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    compile: bool = False
-    grad_compression: Literal["none", "bf16"] = (
-        "none"  # DDP: all-reduce gradients in bf16 (half the bytes; not bit-exact across layouts)
+        0.1, ge=0, description="AdamW weight decay, on weight matrices only (biases spared)"
     )
-    resume: bool = False
+    # A short gradient memory pays on the short budgets runs usually have (bench/RESULTS.md).
+    beta1: Float = Field(0.7, gt=0, lt=1, description="AdamW's first-moment decay")
+    beta2: Float = Field(0.99, gt=0, lt=1, description="AdamW's second-moment decay")
+    grad_clip: Float = Field(1.0, ge=0, description="largest global gradient norm; 0: no clipping")
+    max_steps: Int = Field(
+        0,
+        ge=0,
+        description="step limit; 0: none. Training stops at the first of max_steps, epochs "
+        "and time_budget_s",
+    )
+    epochs: Float = Field(0.0, ge=0, description="passes over the training split; 0: no limit")
+    time_budget_s: Float = Field(
+        120.0, ge=0, description="wall-clock seconds for the training loop; 0: no limit"
+    )
+    lr_decay_steps: Int = Field(
+        0, ge=0, description="decay horizon in steps; 0: the run's own end (steps, epochs or time)"
+    )
+    eval_interval: Int = Field(
+        0, ge=0, description="steps between validations; 0: evals_per_run, spread over the run"
+    )
+    evals_per_run: Int = Field(
+        16,
+        ge=0,
+        description="validations at 1/N, 2/N, ... of the run (steps, epochs or clock); 0: "
+        "only at the end",
+    )
+    val_chars: Int = Field(
+        0,
+        ge=0,
+        description="characters of the val split each validation scores (a fixed subsample); "
+        "0: auto, about 5 % of the training time",
+    )
+    patience: Int = Field(
+        4,
+        ge=0,
+        description="stop after this many validations without a new best (best.pt is kept); "
+        "0: never stop early",
+    )
+    eval_batch_size: Int = Field(
+        32,
+        ge=1,
+        description="parallel streams when scoring a split (fewer: each starts with more context)",
+    )
+    log_interval: Int = Field(100, ge=1, description="steps between training log lines")
+    checkpoint_interval: Int = Field(
+        500,
+        ge=1,
+        description="steps between checkpoints; also saved at the end and on SIGINT/SIGTERM",
+    )
+    keep_last: Int = Field(3, ge=1, description="step checkpoints kept (best.pt is kept besides)")
+    seed: Int = Field(1337, ge=0, description="seed of initialisation, batching and dropout")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="bf16: autocast with fp32 master weights; auto: bf16 where the GPU or CPU "
+        "has native bf16, else fp32",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when a GPU is visible, else CPU"
+    )
+    compile: bool = Field(False, description="run the model through torch.compile")
+    grad_compression: Literal["none", "bf16"] = Field(
+        "none",
+        description="DDP: all-reduce gradients in bf16 (half the bytes; not bit-exact across "
+        "layouts)",
+    )
+    resume: bool = Field(
+        False, description="continue the run in out_dir from its latest checkpoint"
+    )
 
 
 Tag = Annotated[str, Field(min_length=1, max_length=64)]  # W&B's limits for a tag
@@ -214,34 +265,38 @@ Temperature = Annotated[float, BeforeValidator(_number), Field(gt=0)]
 
 
 class TrackConfig(_Section):
-    mode: Literal["auto", "online", "offline", "disabled"] = (
-        "auto"  # auto: online if W&B credentials exist, else offline
+    mode: Literal["auto", "online", "offline", "disabled"] = Field(
+        "auto", description="W&B mode; auto: online if W&B credentials exist, else offline"
     )
-    project: str = "charrnn"
-    entity: str = ""
-    group: str = ""
-    tags: list[Tag] = Field(
-        default_factory=list, description="a list of tags, e.g. [a, b] (or the old form a,b)"
+    project: str = Field("charrnn", description="W&B project")
+    entity: str = Field("", description="W&B entity (team or user); empty: W&B's default")
+    group: str = Field("", description="W&B group the run joins; empty: none")
+    tags: list[Tag] = Field(default_factory=list, description="W&B tags of the run")
+    name: str = Field("", description="W&B display name; empty: W&B's default")
+    run_id: str = Field(
+        "",
+        description="W&B run id; empty: derived from the run directory, so a resume continues "
+        "the same W&B run",
     )
-    name: str = ""  # display name; "" -> W&B's default
-    run_id: str = ""  # "" -> derived from the run directory, so a resume continues the same W&B run
-    dir: str = ""  # where W&B writes its files; "" -> the run directory
+    dir: str = Field("", description="where W&B writes its files; empty: the run directory")
     init_timeout_s: Float = Field(
-        60.0, gt=0
-    )  # a W&B that cannot start within this is skipped with a warning
+        60.0, gt=0, description="a W&B that cannot start within this is skipped with a warning"
+    )
     sample_prompts: list[str] = Field(
         default_factory=lambda: ["ROMEO:\n", "JULIET:\n"],
-        description='a list of prompts, e.g. ["ROMEO:\\n", "JULIET:\\n"] (or the old form ROMEO:\\n|JULIET:\\n)',
-    )  # prompts for the samples table
+        description="prompts of the W&B samples table",
+    )
     sample_temperatures: list[Temperature] = Field(
         default_factory=lambda: [0.5, 0.8, 1.0],
-        description="a list of temperatures > 0, e.g. [0.5, 0.8] (or the old form 0.5,0.8)",
+        description="temperatures of the W&B samples table, one row each",
     )
-    sample_length: Int = Field(200, ge=1)
-    log_checkpoints: bool = True  # upload checkpoints as `model` artefacts
+    sample_length: Int = Field(200, ge=1, description="characters generated per sample")
+    log_checkpoints: bool = Field(True, description="upload checkpoints as W&B model artefacts")
     dataset_max_mb: Float = Field(
-        64.0, ge=0
-    )  # token files above this are logged by reference, not uploaded
+        64.0,
+        ge=0,
+        description="token files above this many MB are logged by reference, not uploaded",
+    )
 
     @field_validator("tags", mode="before")
     @classmethod
@@ -352,15 +407,26 @@ def resolve_key(key: str) -> str:
 # --------------------------------------------------------------------------- errors
 
 
+# What a field accepts where its type alone cannot say it (error messages and --explain).
+_ACCEPTS = {
+    "model.dropout": "auto, or a number in [0, 1)",
+    "track.tags": "a list of tags, e.g. [a, b] (or the old form a,b)",
+    "track.sample_prompts": 'a list of prompts, e.g. ["ROMEO:\\n", "JULIET:\\n"] (or the old form '
+    "ROMEO:\\n|JULIET:\\n)",
+    "track.sample_temperatures": "a list of temperatures > 0, e.g. [0.5, 0.8] (or the old form 0.5,0.8)",
+}
+
+
 def _allowed(key: str) -> str | None:
-    """What ``section.name`` accepts, in words: its choices, its type and range, or its description."""
+    """What ``section.name`` accepts, in words: its choices, or its type and range."""
     section, _, name = key.partition(".")
     cls = SECTIONS.get(section)
     info = cls.model_fields.get(name.split(".")[0]) if cls else None
     if info is None:
         return None
-    if info.description:
-        return info.description
+    field = f"{section}.{name.split('.')[0]}"
+    if field in _ACCEPTS:
+        return _ACCEPTS[field]
     annotation = info.annotation
     if get_origin(annotation) is Literal:
         return "one of: " + ", ".join(str(v) for v in get_args(annotation))
@@ -579,3 +645,24 @@ _Dumper.add_representer(
 
 def dump_config(cfg: Config) -> str:
     return yaml.dump(cfg.to_dict(), Dumper=_Dumper, sort_keys=False)
+
+
+def explain_config(cfg: Config) -> str:
+    """Every key with its value, what it does and what it accepts: the reference users read."""
+    lines = []
+    for section, cls in SECTIONS.items():
+        lines.append(f"[{section}]")
+        values = getattr(cfg, section)
+        for name, info in cls.model_fields.items():
+            lines.append(f"  {section}.{name} = {_show(getattr(values, name))}")
+            lines.append(f"      {info.description}")
+            lines.append(f"      accepts: {_allowed(f'{section}.{name}')}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    """A value on one line, as it would be written on the command line (escapes for newlines)."""
+    if isinstance(value, str) and value and value.isprintable():
+        return value
+    return json.dumps(value, ensure_ascii=False)

@@ -9,6 +9,7 @@ import yaml
 from helpers import make_text, tiny_config
 
 from charrnn import cli
+from charrnn.config import SECTIONS
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -38,6 +39,34 @@ def test_config_lists_every_key_with_overrides_after_options(capsys, tmp_path):
         shown["track"]["tags"],
         shown["track"]["sample_temperatures"],
     ) == (32, 0.003, ["a", "b"], [0.5, 1.0])
+
+
+def test_config_explain_describes_every_key_with_its_value(capsys):
+    code, out, _ = _run(capsys, "config", "--explain", "lr=3e-3")
+    assert code == 0
+    blocks = {}
+    lines = out.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("  ") and " = " in line and not line.startswith("      "):
+            key, _, value = line.strip().partition(" = ")
+            blocks[key] = (value, lines[i + 1].strip(), lines[i + 2].strip())
+    every = {f"{s}.{k}" for s, cls in SECTIONS.items() for k in cls.model_fields}
+    assert set(blocks) == every
+    for key, (_, description, accepts) in blocks.items():
+        assert description and description != "None", key
+        assert accepts.startswith("accepts: ") and accepts != "accepts: None", key
+    assert blocks["train.lr"][0] == "0.003"
+    assert blocks["train.precision"][2] == "accepts: one of: auto, fp32, bf16"
+
+
+def test_every_config_field_has_a_description():
+    missing = [
+        f"{s}.{k}"
+        for s, cls in SECTIONS.items()
+        for k, info in cls.model_fields.items()
+        if not (info.description or "").strip()
+    ]
+    assert missing == []
 
 
 def test_bad_values_stop_with_one_clear_message(capsys):
