@@ -235,7 +235,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = train(cfg, tokens)
     model, vocab, payload = load_model(result.best_checkpoint or result.checkpoint)
     scores, _ = final_scores(
-        model, tokens, step=payload["step"], num_streams=cfg.train.eval_batch_size, trained=result
+        model,
+        tokens,
+        num_streams=cfg.train.eval_batch_size,
+        known=result.scores_at(payload["step"]),
     )
     sample = generate(
         model,

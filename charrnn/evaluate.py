@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,9 +19,6 @@ import torch.nn.functional as F
 from .data import IGNORE_INDEX, eval_windows
 from .distributed import DistEnv, all_reduce_sum
 from .model import CharLSTM
-
-if TYPE_CHECKING:
-    from .train import TrainResult
 
 LN2 = math.log(2.0)
 
@@ -88,17 +84,16 @@ def final_scores(
     model: CharLSTM,
     tokens,
     *,
-    step: int,
     num_streams: int,
-    trained: TrainResult | None = None,
+    known: dict[str, dict] | None = None,
     device: torch.device | str = "cpu",
 ) -> tuple[dict[str, dict], set[str]]:
-    """Exact scores of ``model`` (at ``step``) on the whole val and test splits of ``tokens``.
+    """Exact scores of ``model`` on the whole val and test splits of ``tokens``.
 
     Training scores its final model on both splits at the end (in DDP, on all
-    ranks); when ``trained`` (its ``TrainResult``) is that run at the same
-    step, those exact scores are reused instead of computed twice. Returns
-    (split -> score, the splits that were reused).
+    ranks); ``known`` holds such scores of this model (``TrainResult.scores_at``),
+    reused instead of computed twice. Returns (split -> score, the splits that
+    were reused).
     """
     from .tokens import load_split
 
@@ -106,11 +101,8 @@ def final_scores(
     for split in ("val", "test"):
         if tokens.num_tokens[split] <= 1:
             continue
-        known = (
-            getattr(trained, split) if trained is not None and trained.scored_step == step else None
-        )
-        if known:
-            scores[split] = known
+        if (known or {}).get(split):
+            scores[split] = known[split]
             reused.add(split)
         else:
             scores[split] = evaluate_tokens(

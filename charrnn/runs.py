@@ -49,7 +49,11 @@ def score_checkpoint(
     )  # the GPU training used, if any
     model, _, payload = load_model(path, device)
     splits, reused = final_scores(
-        model, tokens, step=payload["step"], num_streams=num_streams, trained=trained, device=device
+        model,
+        tokens,
+        num_streams=num_streams,
+        known=trained.scores_at(payload["step"]) if trained else None,
+        device=device,
     )
     scores = Scores(checkpoint=str(path.resolve()), step=payload["step"], **splits)
     atomic_write_json(Path(run_dir) / "eval.json", scores.to_dict())

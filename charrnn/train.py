@@ -87,6 +87,12 @@ class TrainResult:
         """The step of the model that ``val`` and ``test`` score."""
         return self.step if self.best_step is None else self.best_step
 
+    def scores_at(self, step: int) -> dict[str, dict]:
+        """The exact split scores this run already has for its model at ``step`` (none for another step)."""
+        if step != self.scored_step:
+            return {}
+        return {split: score for split, score in (("val", self.val), ("test", self.test)) if score}
+
     def to_dict(self) -> dict:
         return asdict(self)
 
