@@ -162,6 +162,11 @@ class ModelConfig(_Section):
     )
 
 
+# Parallel streams when scoring a split: train.eval_batch_size's default, and that of the
+# scoring functions called without a config (registry, flows).
+EVAL_STREAMS = 32
+
+
 class TrainConfig(_Section):
     out_dir: str = Field(
         "runs/default", min_length=1, description="run directory: checkpoints, samples, report"
@@ -229,7 +234,7 @@ class TrainConfig(_Section):
         "0: never stop early",
     )
     eval_batch_size: Int = Field(
-        32,
+        EVAL_STREAMS,
         ge=1,
         description="parallel streams when scoring a split (fewer: each starts with more context)",
     )

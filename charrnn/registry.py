@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import load_model, resolve_checkpoint, verify_checkpoint, write_with_checksum
+from .config import EVAL_STREAMS
 from .corpus import NAMED_CORPORA, CorpusRef
 from .distributed import DistEnv, pick_device
 from .errors import CheckpointError, ConfigError
@@ -165,7 +166,7 @@ def held_out_text(tokens: TokenSet) -> tuple[str, str]:
 
 
 def score_on_text(
-    checkpoint: str | os.PathLike[str], text: str, *, num_streams: int = 32
+    checkpoint: str | os.PathLike[str], text: str, *, num_streams: int = EVAL_STREAMS
 ) -> EvalResult:
     """Bits/char of a checkpoint on raw text, encoded with the checkpoint's own vocabulary (on the GPU if there is one)."""
     device = pick_device("auto", DistEnv())
@@ -181,7 +182,7 @@ def challenge(
     tokens: TokenSet,
     *,
     model_name: str,
-    num_streams: int = 32,
+    num_streams: int = EVAL_STREAMS,
     challenger_bpc: float | None = None,
 ) -> Decision:
     """Score the challenger and the production model of its line ``model_name`` on the challenger's held-out text.
@@ -269,7 +270,7 @@ def challenge_and_promote(
     challenger_bpc: float,
     model_name: str,
     wandb_run_id: str | None = None,
-    num_streams: int = 32,
+    num_streams: int = EVAL_STREAMS,
 ) -> Promotion:
     """:func:`challenge` within the line ``model_name`` (``challenger_bpc``: the checkpoint's known held-out score), then :func:`promote` it if it won."""
     decision = challenge(

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from .checkpoint import load_model, resolve_checkpoint, verify_checkpoint
-from .config import Config
+from .config import EVAL_STREAMS, Config
 from .distributed import DistEnv, pick_device
 from .errors import CheckpointError
 from .evaluate import final_scores
@@ -39,7 +39,7 @@ def score_checkpoint(
     tokens: TokenSet,
     run_dir: str | os.PathLike[str],
     *,
-    num_streams: int = 32,
+    num_streams: int = EVAL_STREAMS,
     trained: TrainResult | None = None,
 ) -> tuple[Scores, set[str]]:
     """Exact val/test scores of the checkpoint, written to ``eval.json``; (scores, the splits training had scored)."""

@@ -340,7 +340,7 @@ class Trainer:
                 if finished or interrupted or is_best or s.step % t.checkpoint_interval == 0:
                     last_path = self.checkpoint(val, is_best=is_best) or last_path
         # -- the exact full-split scores: the last model's val, then best.pt's val and test
-        scores = self.final_scores() if finished and not interrupted else {}
+        scores = self.score_kept_models() if finished and not interrupted else {}
         return self.summarise(
             last_path,
             scores,
@@ -650,7 +650,7 @@ class Trainer:
         self.off_the_clock(started)
         return path
 
-    def final_scores(self) -> dict[str, EvalResult]:
+    def score_kept_models(self) -> dict[str, EvalResult]:
         """Exact full-split scores: ``last_val`` of the final model, ``val`` and ``test`` of best.pt (or the final model)."""
         s, scores, started = self.state, {}, time.perf_counter()
         best_step = s.early_stopping.best_step

@@ -20,7 +20,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 
-from charrnn.config import Config, dump_config
+from charrnn.config import EVAL_STREAMS, Config, dump_config
 from charrnn.corpus import CorpusRef, cache_root, source_validator
 from charrnn.fsutil import atomic_write_json, sha256_bytes
 from charrnn.launch import LaunchSpec
@@ -114,7 +114,8 @@ class TrainingFailed(RuntimeError):
     """torchrun exited with an error; the task's retries resume from the newest checkpoint."""
 
 
-@task(name="train_model", tags=["charrnn-train"], retries=2, retry_delay_seconds=[10, 30])
+# Retries are the flow's train_retries and retry_delay_s (train_pipeline sets them per run).
+@task(name="train_model", tags=["charrnn-train"])
 def train_model(cfg: Config, tokens: TokenSet, launch: LaunchSpec) -> TrainResult:
     """``torchrun ... -m charrnn train --resume``: DDP training in its own process group, into ``cfg.train.out_dir``.
 
@@ -189,7 +190,7 @@ def train_model(cfg: Config, tokens: TokenSet, launch: LaunchSpec) -> TrainResul
 
 
 @task(name="score_model")
-def score_model(trained: TrainResult, tokens: TokenSet, num_streams: int = 32) -> Scores:
+def score_model(trained: TrainResult, tokens: TokenSet, num_streams: int = EVAL_STREAMS) -> Scores:
     """Exact bits/char of the best checkpoint on the whole val and test splits (training's own scores when it is the final model)."""
     from charrnn.evaluate import format_score
     from charrnn.runs import score_checkpoint
@@ -233,7 +234,7 @@ def promote_model(
     corpus: CorpusRef,
     trained: TrainResult,
     model_name: str,
-    num_streams: int = 32,
+    num_streams: int = EVAL_STREAMS,
 ) -> Promotion:
     """Champion/challenger within the line ``model_name`` on the same held-out text; promote the challenger only if it wins (its score from ``score_model``)."""
     from charrnn.registry import challenge_and_promote, validate_model_name
