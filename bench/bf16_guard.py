@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from bench.common import REPO, Report, Target, charrnn_cmd, quiet_env, run_measured
-from charrnn.distributed import DistEnv, pick_device
+from charrnn.distributed.group import DistEnv, pick_device
 from charrnn.errors import ConfigError
-from charrnn.precision import autocast_dtype
+from charrnn.model.precision import autocast_dtype
 
 
 def run(*, steps: int = 600, log: Callable[[str], None] = print) -> Report:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from charrnn.launch import child_env
-from charrnn.machine import available_cores
+from charrnn.distributed.launch import child_env
+from charrnn.distributed.machine import available_cores
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -51,7 +51,7 @@ def cache_dir() -> Path:
 
 
 def _shakespeare() -> tuple[str, str]:
-    from charrnn.shakespeare import shakespeare_text
+    from charrnn.data.shakespeare import shakespeare_text
 
     return shakespeare_text(), "charrnn's named offline corpus `shakespeare` (charrnn.shakespeare)"
 

@@ -32,9 +32,9 @@ import torch
 
 from bench.common import machine_summary
 from charrnn.config import load_config
+from charrnn.distributed.machine import available_cores
 from charrnn.errors import ConfigError
-from charrnn.machine import available_cores
-from charrnn.precision import autocast_dtype
+from charrnn.model.precision import autocast_dtype
 
 
 def train_args(out: Path, tokens: str, steps: int, overrides: list[str]) -> list[str]:

@@ -58,12 +58,12 @@ import torch.nn.functional as F
 from bench.baselines import TransformerTrainer, issue13_plain_trainer
 from bench.common import REPO, charrnn_cmd, cpu_flags, cpu_model, quiet_env, run_measured
 from bench.corpora import BUILDERS, Corpus, file_corpus, get_corpus
-from charrnn.checkpoint import load_model, resolve_checkpoint
 from charrnn.config import Config
+from charrnn.data.tokens import TokenSet, load_split, open_token_set
+from charrnn.distributed.machine import available_cores
 from charrnn.errors import CharRNNError
-from charrnn.evaluate import evaluate_tokens
-from charrnn.machine import available_cores
-from charrnn.tokens import TokenSet, load_split, open_token_set
+from charrnn.evaluation.evaluate import evaluate_tokens
+from charrnn.io.checkpoint import load_model, resolve_checkpoint
 
 JSONL = REPO / "bench" / "generalisation.jsonl"
 CONTENDERS = ("charrnn", "plain", "transformer")

@@ -35,10 +35,10 @@ import torch
 
 from bench.common import Report, Target
 from charrnn.config import Config
-from charrnn.corpus import fetch_corpus
-from charrnn.model import CharLSTM, ModelShape
-from charrnn.sample import SampleSettings, generate, matmul_dtype
-from charrnn.vocab import Vocab
+from charrnn.data.corpus import fetch_corpus
+from charrnn.data.vocab import Vocab
+from charrnn.evaluation.sample import SampleSettings, generate, matmul_dtype
+from charrnn.model.lstm import CharLSTM, ModelShape
 
 PRIME = "ROMEO:\n"
 

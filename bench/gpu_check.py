@@ -253,8 +253,8 @@ def check_pytest(spec: Spec, out: Checklist, env: dict[str, str]) -> None:
 def check_lstm_dtype(spec: Spec, out: Checklist) -> None:
     import torch
 
-    from charrnn.model import CharLSTM, ModelShape
-    from charrnn.precision import autocast_dtype, cudnn_bf16_rnn_supported, lstm_compute_dtype
+    from charrnn.model.lstm import CharLSTM, ModelShape
+    from charrnn.model.precision import autocast_dtype, cudnn_bf16_rnn_supported, lstm_compute_dtype
 
     device = torch.device(spec.device)
     amp = autocast_dtype("auto", device)
@@ -321,7 +321,7 @@ def check_precisions(
     """fp32 vs bf16 on the 3x1024 model; returns the runs that finished (for the evaluate and sample checks)."""
     import torch
 
-    from charrnn.precision import autocast_dtype, lstm_compute_dtype
+    from charrnn.model.precision import autocast_dtype, lstm_compute_dtype
 
     device = torch.device(spec.device)
     if autocast_dtype("auto", device) is None:

@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 import torch
 
-from charrnn.machine import available_cores
+from charrnn.distributed.machine import available_cores
 
 # Kinds of work, by the profiler's op names; the first pattern that matches an op wins.
 KINDS = {
@@ -70,11 +70,11 @@ def worker(args: argparse.Namespace) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from charrnn.config import load_config
-    from charrnn.distributed import DistEnv
-    from charrnn.storage import RunDir
-    from charrnn.tokens import open_token_set
+    from charrnn.data.tokens import open_token_set
+    from charrnn.distributed.group import DistEnv
+    from charrnn.io.storage import RunDir
     from charrnn.tracking import NullTracker
-    from charrnn.train import Trainer
+    from charrnn.train.trainer import Trainer
 
     env = DistEnv.from_env()
     overrides = [

@@ -28,10 +28,10 @@ import torch
 
 from bench.baselines import PlainTrainer
 from bench.common import REPO, Report, Target, charrnn_cmd, quiet_env, run_measured
-from charrnn.checkpoint import list_checkpoints, load_model
 from charrnn.config import Config
-from charrnn.evaluate import evaluate_tokens
-from charrnn.tokens import load_split, open_token_set
+from charrnn.data.tokens import load_split, open_token_set
+from charrnn.evaluation.evaluate import evaluate_tokens
+from charrnn.io.checkpoint import list_checkpoints, load_model
 
 TARGET_2, TARGET_7 = 1.60, 1.55
 

@@ -34,13 +34,13 @@ import torch
 from bench.baselines import PlainTrainer, SeedCellTrainer
 from bench.common import PEAK_SHAPES, Report, Target, machine_summary, measured_peak_flops
 from charrnn.config import Config, load_config
-from charrnn.distributed import DistEnv
+from charrnn.data.prepare import prepare
+from charrnn.data.tokens import TokenSet
+from charrnn.distributed.group import DistEnv
 from charrnn.errors import ConfigError
-from charrnn.prepare import prepare
-from charrnn.storage import RunDir
-from charrnn.tokens import TokenSet
+from charrnn.io.storage import RunDir
 from charrnn.tracking import NullTracker
-from charrnn.train import Trainer, train_step
+from charrnn.train.trainer import Trainer, train_step
 
 VOCAB = 74  # the shakespeare corpus
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import REPO, Peak, Report, Target, charrnn_cmd, quiet_env, run_measured
-from charrnn.corpus import fetch_corpus
+from charrnn.data.corpus import fetch_corpus
 
 MB = 1_000_000
 

@@ -15,8 +15,8 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import Config, check_batch_split, dump_config, explain_config, load_config
-from .errors import CharRNNError
+from charrnn.config import Config, check_batch_split, dump_config, explain_config, load_config
+from charrnn.errors import CharRNNError
 
 log = logging.getLogger("charrnn")
 
@@ -60,7 +60,7 @@ def _train_extra(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from .prepare import prepare
+    from charrnn.data.prepare import prepare
 
     corpus, tokens = prepare(_config(args))
     print(json.dumps({"corpus": corpus.to_dict(), "tokens": tokens.to_dict()}, indent=2))
@@ -68,8 +68,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _tokens_for_training(args: argparse.Namespace, cfg: Config):
-    from .prepare import prepare
-    from .tokens import open_token_set
+    from charrnn.data.prepare import prepare
+    from charrnn.data.tokens import open_token_set
 
     if args.tokens:
         return open_token_set(args.tokens)
@@ -77,11 +77,11 @@ def _tokens_for_training(args: argparse.Namespace, cfg: Config):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .launch import supervise_worker
+    from charrnn.distributed.launch import supervise_worker
 
     supervise_worker()  # first: a worker whose torchrun agent is killed must not train on unsupervised
-    from .distributed import DistEnv, destroy_process_group
-    from .train import train
+    from charrnn.distributed.group import DistEnv, destroy_process_group
+    from charrnn.train.trainer import train
 
     cfg = _config(args, _train_extra(args))
     env = DistEnv.from_env()
@@ -106,9 +106,9 @@ def _split_tokens(
     """Token ids for ``--split val|test|PATH`` of a checkpoint; a PATH's unseen characters follow ``unk_policy``."""
     import numpy as np
 
-    from .corpus import cache_root, normalise_and_validate
-    from .errors import CorpusError
-    from .tokens import load_split, open_token_set
+    from charrnn.data.corpus import cache_root, normalise_and_validate
+    from charrnn.data.tokens import load_split, open_token_set
+    from charrnn.errors import CorpusError
 
     if split in ("train", "val", "test"):
         folder = tokens_dir or str(
@@ -143,12 +143,17 @@ def _unk_policy(cfg: Config, payload: dict) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .launch import supervise_worker
+    from charrnn.distributed.launch import supervise_worker
 
     supervise_worker()  # first: a worker whose torchrun agent is killed must not run on unsupervised
-    from .checkpoint import load_model, resolve_checkpoint
-    from .distributed import DistEnv, destroy_process_group, init_process_group, pick_device
-    from .evaluate import evaluate_tokens, format_score
+    from charrnn.distributed.group import (
+        DistEnv,
+        destroy_process_group,
+        init_process_group,
+        pick_device,
+    )
+    from charrnn.evaluation.evaluate import evaluate_tokens, format_score
+    from charrnn.io.checkpoint import load_model, resolve_checkpoint
 
     cfg = _config(args, [f"train.device={args.device}"] if args.device else [])
     env = DistEnv.from_env()
@@ -181,9 +186,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
-    from .distributed import DistEnv, pick_device
-    from .sample import SampleSettings, generate
+    from charrnn.distributed.group import DistEnv, pick_device
+    from charrnn.evaluation.sample import SampleSettings, generate
+    from charrnn.io.checkpoint import load_model
 
     device = pick_device(args.device, DistEnv())
     model, vocab, _ = load_model(args.checkpoint, device)
@@ -222,13 +227,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The whole job in one process: prepare -> train -> evaluate (val, test) -> sample."""
-    from .checkpoint import load_model
-    from .evaluate import final_scores
-    from .fsutil import atomic_write_text
-    from .prepare import prepare
-    from .report import end_of_run, wandb_where
-    from .sample import SampleSettings, generate
-    from .train import train
+    from charrnn.data.prepare import prepare
+    from charrnn.evaluation.evaluate import final_scores
+    from charrnn.evaluation.sample import SampleSettings, generate
+    from charrnn.fsutil import atomic_write_text
+    from charrnn.io.checkpoint import load_model
+    from charrnn.registry.report import end_of_run, wandb_where
+    from charrnn.train.trainer import train
 
     cfg = _config(args, [f"train.out_dir={args.out_dir}"] if args.out_dir else [])
     _, tokens = prepare(cfg)
@@ -272,7 +277,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _auto_nproc(train_args: list[str], *, read_config: bool) -> int:
     """``--nproc-per-node auto``: the machine's fastest layout for this run's precision; says which and why."""
-    from .machine import auto_nproc
+    from charrnn.distributed.machine import auto_nproc
 
     precision = "auto"
     if read_config:
@@ -309,7 +314,7 @@ def _check_launch_config(
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from .launch import LaunchSpec, run_torchrun, torchrun_command
+    from charrnn.distributed.launch import LaunchSpec, run_torchrun, torchrun_command
 
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
     nproc = args.nproc_per_node

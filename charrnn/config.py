@@ -33,7 +33,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from .errors import ConfigError
+from charrnn.errors import ConfigError
 
 
 def _number(value: Any) -> Any:
@@ -154,7 +154,7 @@ class ModelConfig(_Section):
     hidden_size: Int = Field(256, ge=1, description="LSTM state size of every layer")
     num_layers: Int = Field(2, ge=1, description="number of stacked LSTM layers")
     # auto, because the right rate depends on how often a run repeats its corpus: none for a few
-    # passes, 0.3 for many (charrnn/dropout.py has the rule and the runs behind it).
+    # passes, 0.3 for many (charrnn/train/dropout.py has the rule and the runs behind it).
     dropout: RateOrAuto = Field(
         "auto",
         description="dropout between the LSTM layers and before the head; auto: chosen from the "

@@ -51,8 +51,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from .config import TrackConfig
-from .fsutil import sha256_bytes
+from charrnn.config import TrackConfig
+from charrnn.fsutil import sha256_bytes
 
 log = logging.getLogger("charrnn")
 SAMPLE_COLUMNS = ["step", "temperature", "prompt", "sample"]

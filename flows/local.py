@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from charrnn.launch import child_env, kill_group
+from charrnn.distributed.launch import child_env, kill_group
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 WORK_POOL = "charrnn-local"

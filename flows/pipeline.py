@@ -18,14 +18,14 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from charrnn.config import Config, load_config
-from charrnn.corpus import CorpusRef
-from charrnn.launch import LaunchSpec
-from charrnn.machine import auto_nproc
-from charrnn.registry import model_line, pointer_path
-from charrnn.report import RunReport, RunResult
-from charrnn.runs import find_trained, record_result, training_key
-from charrnn.sample import SampleSettings
-from charrnn.tokens import TokenSet
+from charrnn.data.corpus import CorpusRef
+from charrnn.data.tokens import TokenSet
+from charrnn.distributed.launch import LaunchSpec
+from charrnn.distributed.machine import auto_nproc
+from charrnn.evaluation.sample import SampleSettings
+from charrnn.registry.lines import model_line, pointer_path
+from charrnn.registry.report import RunReport, RunResult
+from charrnn.registry.runs import find_trained, record_result, training_key
 from flows.report import report_run
 from flows.tasks import download, promote_model, score_model, tokenise, train_model, write_samples
 

@@ -16,7 +16,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from charrnn.fsutil import atomic_write_text
-from charrnn.report import RunReport, Sample, wandb_line
+from charrnn.registry.report import RunReport, Sample, wandb_line
 
 REPORT_KEY, SAMPLES_KEY, WANDB_KEY = "charrnn-report", "charrnn-samples", "charrnn-wandb"
 

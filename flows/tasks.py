@@ -21,14 +21,14 @@ from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 
 from charrnn.config import EVAL_STREAMS, Config, dump_config
-from charrnn.corpus import CorpusRef, cache_root, source_validator
+from charrnn.data.corpus import CorpusRef, cache_root, source_validator
+from charrnn.data.tokens import TokenSet
+from charrnn.distributed.launch import LaunchSpec
+from charrnn.evaluation.sample import SampleSettings
 from charrnn.fsutil import atomic_write_json, sha256_bytes
-from charrnn.launch import LaunchSpec
-from charrnn.registry import Promotion
-from charrnn.report import Sample, Scores
-from charrnn.sample import SampleSettings
-from charrnn.tokens import TokenSet
-from charrnn.train import TrainResult
+from charrnn.registry.lines import Promotion
+from charrnn.registry.report import Sample, Scores
+from charrnn.train.trainer import TrainResult
 
 CACHE_VERSION = (
     "v2"  # bump to invalidate every persisted task result (v2: download returns a CorpusRef)
@@ -54,7 +54,7 @@ def download_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> s
 )
 def download(cfg: Config) -> CorpusRef:
     """Download (or read) and validate ``data.corpus`` into the cache; a corpus too small to train on is refused before it is cached."""
-    from charrnn.prepare import fetch
+    from charrnn.data.prepare import fetch
 
     corpus = fetch(cfg)
     get_run_logger().info(
@@ -70,7 +70,7 @@ def download(cfg: Config) -> CorpusRef:
 @task(name="tokenise")
 def tokenise(corpus: CorpusRef, cfg: Config) -> TokenSet:
     """Character vocabulary and train/val/test token files (HF ``datasets``), from the cache when they are there."""
-    from charrnn.prepare import tokenise as tokenise_corpus
+    from charrnn.data.prepare import tokenise as tokenise_corpus
 
     tokens = tokenise_corpus(corpus, cfg)
     get_run_logger().info(
@@ -124,8 +124,8 @@ def train_model(cfg: Config, tokens: TokenSet, launch: LaunchSpec) -> TrainResul
     torchrun process group. Every attempt passes ``--resume``, so a retry
     continues from the newest valid checkpoint instead of starting over.
     """
-    from charrnn.launch import run_torchrun
-    from charrnn.runs import load_train_summary
+    from charrnn.distributed.launch import run_torchrun
+    from charrnn.registry.runs import load_train_summary
 
     logger = get_run_logger()
     run_dir = cfg.train.out_dir
@@ -192,8 +192,8 @@ def train_model(cfg: Config, tokens: TokenSet, launch: LaunchSpec) -> TrainResul
 @task(name="score_model")
 def score_model(trained: TrainResult, tokens: TokenSet, num_streams: int = EVAL_STREAMS) -> Scores:
     """Exact bits/char of the best checkpoint on the whole val and test splits (training's own scores when it is the final model)."""
-    from charrnn.evaluate import format_score
-    from charrnn.runs import score_checkpoint
+    from charrnn.evaluation.evaluate import format_score
+    from charrnn.registry.runs import score_checkpoint
 
     logger = get_run_logger()
     scores, reused = score_checkpoint(
@@ -219,7 +219,7 @@ def write_samples(
     scores: Scores, run_dir: str, prompts: list[str], settings: SampleSettings
 ) -> list[Sample]:
     """``settings.num_samples`` samples per prompt, batched, seeded; written to samples.json and samples.txt."""
-    from charrnn.runs import write_samples as write
+    from charrnn.registry.runs import write_samples as write
 
     rows = write(scores.checkpoint, run_dir, prompts, settings)
     get_run_logger().info("%d samples in %s", len(rows), Path(run_dir) / "samples.txt")
@@ -237,7 +237,7 @@ def promote_model(
     num_streams: int = EVAL_STREAMS,
 ) -> Promotion:
     """Champion/challenger within the line ``model_name`` on the same held-out text; promote the challenger only if it wins (its score from ``score_model``)."""
-    from charrnn.registry import challenge_and_promote, validate_model_name
+    from charrnn.registry.lines import challenge_and_promote, validate_model_name
 
     return challenge_and_promote(
         registry_dir,

@@ -22,9 +22,9 @@ from prefect import flow, get_run_logger, task
 from prefect.events import emit_event
 from prefect.variables import Variable
 
-from charrnn.corpus import fetch_corpus, source_validator
+from charrnn.data.corpus import fetch_corpus, source_validator
 from charrnn.errors import ConfigError
-from charrnn.registry import validate_model_name
+from charrnn.registry.lines import validate_model_name
 
 EVENT = "charrnn.corpus.updated"
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-import charrnn.checkpoint as checkpoint_module
-import charrnn.train as train_module
+import charrnn.io.checkpoint as checkpoint_module
+import charrnn.train.trainer as train_module
 from charrnn.config import load_config
-from charrnn.distributed import DistEnv, destroy_process_group
-from charrnn.tokens import open_token_set
+from charrnn.data.tokens import open_token_set
+from charrnn.distributed.group import DistEnv, destroy_process_group
 
 TRAINERS: list[train_module.Trainer] = []
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from charrnn.config import SECTIONS, Config
-from charrnn.launch import child_env
-from charrnn.precision import cpu_has_native_bf16
+from charrnn.distributed.launch import child_env
+from charrnn.model.precision import cpu_has_native_bf16
 
 # precision=auto trains in bf16 only on CPUs with native bf16 (AVX512-BF16 or AMX; oneDNN
 # would emulate it on other AVX-512 CPUs). Tests that compare numbers pin fp32 so they hold on every

@@ -16,12 +16,12 @@ import pytest
 import torch
 from helpers import requires_cpu_bf16, tiny_config
 
-from charrnn.checkpoint import load_model
-from charrnn.evaluate import evaluate_tokens
-from charrnn.precision import autocast_dtype
-from charrnn.prepare import prepare
-from charrnn.tokens import load_split
-from charrnn.train import train
+from charrnn.data.prepare import prepare
+from charrnn.data.tokens import load_split
+from charrnn.evaluation.evaluate import evaluate_tokens
+from charrnn.io.checkpoint import load_model
+from charrnn.model.precision import autocast_dtype
+from charrnn.train.trainer import train
 
 pytestmark = requires_cpu_bf16
 

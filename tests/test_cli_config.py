@@ -83,7 +83,7 @@ def test_bad_values_stop_with_one_clear_message(capsys):
 def no_torchrun(monkeypatch):
     calls = []
     monkeypatch.setattr(
-        "charrnn.launch.run_torchrun",
+        "charrnn.distributed.launch.run_torchrun",
         lambda spec, train_args: calls.append((spec, train_args)) or 0,
     )
     return calls
@@ -160,8 +160,8 @@ def test_launch_refuses_a_batch_that_does_not_split_before_torchrun_starts(
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A two-step run trained with data.unk_policy=error (prepare and train do not read it; evaluate does)."""
-    from charrnn.prepare import prepare
-    from charrnn.train import train
+    from charrnn.data.prepare import prepare
+    from charrnn.train.trainer import train
 
     root = tmp_path_factory.mktemp("unk")
     corpus = root / "corpus.txt"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import cache_listing
 
-from charrnn.corpus import fetch_corpus
+from charrnn.data.corpus import fetch_corpus
 from charrnn.errors import CorpusError
 from charrnn.fsutil import sha256_bytes
 

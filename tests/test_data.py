@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn.data import IGNORE_INDEX, StreamBatcher, eval_windows, rank_slice
+from charrnn.data.batches import IGNORE_INDEX, StreamBatcher, eval_windows, rank_slice
 from charrnn.errors import ConfigError
 
 TOKENS = np.arange(10_000, dtype=np.int64) % 251  # position-revealing data

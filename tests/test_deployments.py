@@ -23,7 +23,7 @@ TRAIN, WATCH = "train-pipeline/train", "corpus-watch/corpus-watch"
 @pytest.fixture(scope="module")
 def deployed(prefect_server, tmp_path_factory):
     """`prefect deploy` of train (tiny model, W&B off, temp dirs) and corpus-watch, plus a process worker."""
-    from charrnn.launch import kill_group
+    from charrnn.distributed.launch import kill_group
     from flows.local import create_work_pool, deploy, start_worker
 
     root = tmp_path_factory.mktemp("deployed")

@@ -15,8 +15,8 @@ import pytest
 import torch
 from helpers import make_text, requires_cpu_bf16, run_env, tiny_overrides
 
-from charrnn.checkpoint import list_checkpoints, load_checkpoint, load_model
-from charrnn.launch import LaunchSpec, torchrun_command
+from charrnn.distributed.launch import LaunchSpec, torchrun_command
+from charrnn.io.checkpoint import list_checkpoints, load_checkpoint, load_model
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

@@ -7,10 +7,13 @@ from pathlib import Path
 import pytest
 from helpers import tiny_config
 
-from charrnn.checkpoint import list_checkpoints, load_checkpoint
 from charrnn.config import load_config
-from charrnn.data import StreamBatcher
-from charrnn.dropout import (
+from charrnn.data.batches import StreamBatcher
+from charrnn.data.prepare import prepare
+from charrnn.data.tokens import load_split
+from charrnn.errors import ConfigError
+from charrnn.io.checkpoint import list_checkpoints, load_checkpoint
+from charrnn.train.dropout import (
     FULL_RATE,
     PACE_FROM_STEP,
     PACE_STEPS,
@@ -18,11 +21,8 @@ from charrnn.dropout import (
     DropoutPlan,
     auto_rate,
 )
-from charrnn.errors import ConfigError
-from charrnn.prepare import prepare
-from charrnn.schedule import AgreedClock, Budget
-from charrnn.tokens import load_split
-from charrnn.train import train
+from charrnn.train.schedule import AgreedClock, Budget
+from charrnn.train.trainer import train
 
 
 def test_auto_rate_ramps_from_none_to_the_full_rate():

@@ -18,7 +18,9 @@ import pytest
 import torch
 from helpers import alive, cache_listing, make_text, process_tree, run_env, tiny_config
 
-from charrnn.checkpoint import (
+from charrnn.data.prepare import prepare
+from charrnn.errors import CheckpointError, CorpusError
+from charrnn.io.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     load_latest_valid,
@@ -26,8 +28,6 @@ from charrnn.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
-from charrnn.errors import CheckpointError, CorpusError
-from charrnn.prepare import prepare
 
 # --------------------------------------------------------------------------- (A) disk full
 
@@ -369,7 +369,7 @@ def test_killing_the_torchrun_agent_stops_its_workers_and_the_launcher(small_cor
 
 
 def test_launcher_stops_waiting_when_an_exited_agent_left_its_output_open():
-    from charrnn.launch import _stream_output
+    from charrnn.distributed.launch import _stream_output
 
     # `sh` prints, leaves a child that holds the pipe open, and exits 3: as a killed agent with a stuck worker.
     proc = subprocess.Popen(

@@ -9,10 +9,10 @@ import pytest
 import torch
 from helpers import tiny_config
 
-from charrnn.model import CharLSTM, ModelShape
-from charrnn.precision import autocast_dtype, cudnn_bf16_rnn_supported, lstm_compute_dtype
-from charrnn.prepare import prepare
-from charrnn.train import train
+from charrnn.data.prepare import prepare
+from charrnn.model.lstm import CharLSTM, ModelShape
+from charrnn.model.precision import autocast_dtype, cudnn_bf16_rnn_supported, lstm_compute_dtype
+from charrnn.train.trainer import train
 
 pytestmark = [
     pytest.mark.gpu,

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from charrnn.config import Config, dump_config, load_config
-from charrnn.launch import LaunchSpec, torchrun_command
+from charrnn.distributed.launch import LaunchSpec, torchrun_command
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"

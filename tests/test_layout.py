@@ -11,8 +11,8 @@ import pytest
 import torch
 from helpers import CPU_BF16, run_env
 
-import charrnn.machine as machine
-import charrnn.precision as precision
+import charrnn.distributed.machine as machine
+import charrnn.model.precision as precision
 from charrnn.cli import nproc_arg
 
 

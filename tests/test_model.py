@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-import charrnn.model
-from charrnn.model import CharLSTM, ModelShape, Stepper, UniformDropout, uses_packed_weights
-from charrnn.precision import cpu_has_native_bf16
+import charrnn.model.lstm
+from charrnn.model.lstm import CharLSTM, ModelShape, Stepper, UniformDropout, uses_packed_weights
+from charrnn.model.precision import cpu_has_native_bf16
 
 
 def _model(num_layers=3) -> CharLSTM:
@@ -123,7 +123,7 @@ def test_packed_stepper_is_the_addmm_stepper(monkeypatch, dtype, num_layers, str
     logits = []
     for packs in (True, False):
         if not packs:
-            monkeypatch.setattr(charrnn.model, "uses_packed_weights", lambda *_: False)
+            monkeypatch.setattr(charrnn.model.lstm, "uses_packed_weights", lambda *_: False)
         with torch.no_grad():
             stepper = Stepper(model, model.initial_state(streams), matmul_dtype=dtype)
             assert stepper.packed == packs

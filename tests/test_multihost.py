@@ -26,7 +26,7 @@ import pytest
 from helpers import run_env, tiny_config
 
 from charrnn.config import dump_config
-from charrnn.prepare import prepare
+from charrnn.data.prepare import prepare
 
 pytestmark = [
     pytest.mark.slow,
@@ -150,7 +150,7 @@ def test_losing_a_host_fails_the_survivor_cleanly(two_hosts, small_corpus, tmp_p
     assert "lost contact with another training process" in out, out[-3000:]
     assert "--resume" in out  # and says how to continue
 
-    from charrnn.checkpoint import load_latest_valid
+    from charrnn.io.checkpoint import load_latest_valid
 
     payload, path = load_latest_valid(run_dir)  # what it leaves behind is resumable
     assert payload["step"] >= 10 and path.exists()

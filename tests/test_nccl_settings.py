@@ -13,8 +13,8 @@ import os
 import pytest
 import torch
 
-from charrnn import distributed
-from charrnn.distributed import (
+from charrnn.distributed import group as distributed
+from charrnn.distributed.group import (
     DEFAULT_NCCL_TIMEOUT_S,
     NCCL_ENV_DEFAULTS,
     DistEnv,

@@ -21,8 +21,8 @@ import pytest
 from helpers import run_env, tiny_config
 
 from charrnn.config import dump_config
-from charrnn.prepare import prepare
-from charrnn.storage import staging_dir
+from charrnn.data.prepare import prepare
+from charrnn.io.storage import staging_dir
 
 pytestmark = [pytest.mark.slow]
 

@@ -9,9 +9,9 @@ import torch
 
 from charrnn.config import Config
 from charrnn.errors import CheckpointError
-from charrnn.model import CharLSTM, ModelShape
-from charrnn.state import regroup_optimizer_state
-from charrnn.train import make_optimizer
+from charrnn.model.lstm import CharLSTM, ModelShape
+from charrnn.train.state import regroup_optimizer_state
+from charrnn.train.trainer import make_optimizer
 
 
 def _model(seed: int = 0) -> CharLSTM:

@@ -54,7 +54,7 @@ def run_pipeline(tmp_path: Path, corpus: str, **params):
 
 def token_entries() -> dict[str, int]:
     """The library's token cache: entry -> mtime of its meta.json (a rebuilt or new entry changes it)."""
-    from charrnn.corpus import cache_root
+    from charrnn.data.corpus import cache_root
 
     return {str(p): p.stat().st_mtime_ns for p in (cache_root(None) / "tokens").glob("*/meta.json")}
 

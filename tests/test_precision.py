@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import charrnn.model as model_module
-import charrnn.precision as precision
+import charrnn.model.lstm as model_module
+import charrnn.model.precision as precision
 from charrnn.errors import ConfigError
-from charrnn.model import CharLSTM, ModelShape, run_lstm
-from charrnn.precision import (
+from charrnn.model.lstm import CharLSTM, ModelShape, run_lstm
+from charrnn.model.precision import (
     autocast_dtype,
     cpu_has_native_bf16,
     cudnn_bf16_rnn_supported,

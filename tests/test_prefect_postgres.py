@@ -84,7 +84,7 @@ def test_train_deployment_on_a_postgresql_backed_server(postgres, http_server, t
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from charrnn.launch import kill_group
+    from charrnn.distributed.launch import kill_group
     from flows.local import (
         create_work_pool,
         deploy,

@@ -11,12 +11,12 @@ pytestmark = [pytest.mark.prefect]
 
 def _records():
     from charrnn.config import load_config
-    from charrnn.corpus import CorpusRef
-    from charrnn.launch import LaunchSpec
-    from charrnn.registry import Decision, ProductionModel, Promotion
-    from charrnn.report import RunReport, RunResult, Sample, Scores
-    from charrnn.tokens import TokenSet
-    from charrnn.train import TrainResult
+    from charrnn.data.corpus import CorpusRef
+    from charrnn.data.tokens import TokenSet
+    from charrnn.distributed.launch import LaunchSpec
+    from charrnn.registry.lines import Decision, ProductionModel, Promotion
+    from charrnn.registry.report import RunReport, RunResult, Sample, Scores
+    from charrnn.train.trainer import TrainResult
 
     score = {"loss_nats": 1.5, "bpc": 2.16, "perplexity": 4.48, "chars": 1000}
     corpus = CorpusRef("shakespeare", "ab" * 32, "/cache/corpora/x.txt", 100, 100)

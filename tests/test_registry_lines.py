@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 from helpers import make_text, tiny_config
 
+from charrnn.data.prepare import prepare
 from charrnn.errors import ConfigError
-from charrnn.prepare import prepare
-from charrnn.registry import (
+from charrnn.registry.lines import (
     challenge_and_promote,
     default_model_name,
     model_line,
     pointer_path,
     read_production,
 )
-from charrnn.train import train
+from charrnn.train.trainer import train
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from charrnn.report import (
+from charrnn.registry.report import (
     CurvePoint,
     RunReport,
     Sample,
@@ -21,12 +21,12 @@ from charrnn.report import (
 
 def _report(run_dir: Path) -> RunReport:
     from charrnn.config import load_config
-    from charrnn.corpus import CorpusRef
-    from charrnn.launch import LaunchSpec
-    from charrnn.registry import Decision, ProductionModel, Promotion
-    from charrnn.report import Scores
-    from charrnn.tokens import TokenSet
-    from charrnn.train import TrainResult
+    from charrnn.data.corpus import CorpusRef
+    from charrnn.data.tokens import TokenSet
+    from charrnn.distributed.launch import LaunchSpec
+    from charrnn.registry.lines import Decision, ProductionModel, Promotion
+    from charrnn.registry.report import Scores
+    from charrnn.train.trainer import TrainResult
 
     score = {"loss_nats": 1.5, "bpc": 2.16, "perplexity": 4.48, "chars": 1000}
     corpus = CorpusRef("shakespeare", "ab" * 32, "/cache/corpora/x.txt", 100, 100)

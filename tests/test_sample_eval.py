@@ -10,11 +10,11 @@ import pytest
 import torch
 from helpers import CPU_BF16, requires_cpu_bf16, run_env, tiny_config
 
-from charrnn.checkpoint import load_model
-from charrnn.evaluate import evaluate_tokens
-from charrnn.model import CharLSTM, ModelShape, Stepper
-from charrnn.prepare import prepare
-from charrnn.sample import (
+from charrnn.data.prepare import prepare
+from charrnn.data.tokens import load_split
+from charrnn.data.vocab import Vocab
+from charrnn.evaluation.evaluate import evaluate_tokens
+from charrnn.evaluation.sample import (
     SampleSettings,
     filter_logits,
     generate,
@@ -22,9 +22,9 @@ from charrnn.sample import (
     sample_tokens,
     uniforms,
 )
-from charrnn.tokens import load_split
-from charrnn.train import train
-from charrnn.vocab import Vocab
+from charrnn.io.checkpoint import load_model
+from charrnn.model.lstm import CharLSTM, ModelShape, Stepper
+from charrnn.train.trainer import train
 
 
 @pytest.fixture(scope="module")

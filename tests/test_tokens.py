@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from helpers import make_text
 
-from charrnn.corpus import fetch_corpus
+from charrnn.data.corpus import fetch_corpus
+from charrnn.data.tokens import load_split, prepare_tokens
+from charrnn.data.vocab import UNK_ID, Vocab, token_dtype_for, utf8_codepoints
 from charrnn.errors import CorpusError
-from charrnn.tokens import load_split, prepare_tokens
-from charrnn.vocab import UNK_ID, Vocab, token_dtype_for, utf8_codepoints
 
 
 def _prepare(tmp_path, text: str, **kwargs):
@@ -81,7 +81,7 @@ def test_token_files_reassemble_the_corpus_with_newlines(tmp_path):
 @pytest.mark.parametrize("document_mode", [True, False], ids=["one-row", "row-per-line"])
 def test_blocks_cut_only_at_character_boundaries(tmp_path, monkeypatch, document_mode):
     """Tiny blocks force cuts inside multi-byte characters and across rows; the files must not notice."""
-    from charrnn import tokens as tokens_mod
+    from charrnn.data import tokens as tokens_mod
 
     monkeypatch.setattr(tokens_mod, "BLOCK_BYTES", 7)
     monkeypatch.setattr(tokens_mod, "DOCUMENT_MODE_MAX_BYTES", 1 << 30 if document_mode else 0)

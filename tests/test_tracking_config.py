@@ -7,7 +7,7 @@ import types
 
 from charrnn import tracking
 from charrnn.config import TrackConfig, load_config
-from charrnn.sample import sample_rows
+from charrnn.evaluation.sample import sample_rows
 
 
 def test_tags_reach_wandb_as_a_list(monkeypatch, tmp_path):
@@ -38,7 +38,7 @@ def test_tags_reach_wandb_as_a_list(monkeypatch, tmp_path):
 
 def test_sample_rows_use_every_prompt_at_every_temperature(monkeypatch):
     monkeypatch.setattr(
-        "charrnn.sample.generate",
+        "charrnn.evaluation.sample.generate",
         lambda model, vocab, prompt, settings, device: [f"<{t}>" for t in settings.temperature],
     )
     model = types.SimpleNamespace(train=lambda: None)

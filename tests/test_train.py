@@ -14,18 +14,18 @@ import pytest
 import torch
 from helpers import CPU_BF16, run_env, tiny_config, tiny_overrides
 
-from charrnn.checkpoint import (
+from charrnn.data.batches import StreamBatcher
+from charrnn.data.prepare import prepare
+from charrnn.data.tokens import load_split
+from charrnn.errors import CheckpointError, ConfigError, DivergenceError
+from charrnn.io.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     load_latest_valid,
     verify_checkpoint,
 )
-from charrnn.data import StreamBatcher
-from charrnn.errors import CheckpointError, ConfigError, DivergenceError
-from charrnn.prepare import prepare
-from charrnn.schedule import lr_factor
-from charrnn.tokens import load_split
-from charrnn.train import train
+from charrnn.train.schedule import lr_factor
+from charrnn.train.trainer import train
 
 
 def _losses(run_dir: Path) -> dict[int, float]:

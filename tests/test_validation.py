@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from helpers import make_text, run_env, tiny_config, tiny_overrides
 
-from charrnn.checkpoint import load_checkpoint, load_model
-from charrnn.evaluate import evaluate_tokens
-from charrnn.prepare import prepare
-from charrnn.tokens import load_split
-from charrnn.train import train
-from charrnn.validation import (
+from charrnn.data.prepare import prepare
+from charrnn.data.tokens import load_split
+from charrnn.evaluation.evaluate import evaluate_tokens
+from charrnn.io.checkpoint import load_checkpoint, load_model
+from charrnn.train.trainer import train
+from charrnn.train.validation import (
     MIN_VAL_CHARS,
     EarlyStopping,
     EvalSchedule,

@@ -124,7 +124,7 @@ def test_a_run_killed_with_its_worker_is_marked_crashed_and_frees_the_training_s
 ):
     from prefect.deployments import run_deployment
 
-    from charrnn.launch import kill_group
+    from charrnn.distributed.launch import kill_group
     from flows.local import TRAINING_QUEUE, create_work_pool, start_worker
     from flows.zombies import HEARTBEAT_ENV, heartbeat_s
 

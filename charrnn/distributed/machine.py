@@ -27,7 +27,7 @@ def auto_nproc(precision: str = "auto") -> tuple[int, str]:
     """
     import torch
 
-    from .precision import autocast_dtype
+    from charrnn.model.precision import autocast_dtype
 
     if torch.cuda.is_available():
         gpus = torch.cuda.device_count()

@@ -30,8 +30,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .errors import ConfigError, PeerLostError
-from .machine import available_cores
+from charrnn.distributed.machine import available_cores
+from charrnn.errors import ConfigError, PeerLostError
 
 
 @dataclass

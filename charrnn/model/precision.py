@@ -5,7 +5,7 @@ dtype=torch.bfloat16)`` does not run a cuDNN LSTM in bf16: PyTorch's autocast
 kernel for ``_cudnn_rnn`` (``aten/src/ATen/cudnn/AutocastRNN.cpp``,
 ``_cudnn_rnn_cast_reflatten``) casts the input, the states and the flattened
 weights to ``at::kHalf`` whatever the autocast dtype is. A "bf16" run would
-train its LSTM in fp16 without loss scaling. So :class:`charrnn.model.CharLSTM`
+train its LSTM in fp16 without loss scaling. So :class:`charrnn.model.lstm.CharLSTM`
 runs its LSTM outside CUDA autocast, in the dtype :func:`lstm_compute_dtype`
 names: bf16 where cuDNN has bf16 RNN kernels, else fp32 (TF32 tensor cores
 when ``torch.backends.cudnn.allow_tf32``, PyTorch's default).
@@ -29,7 +29,7 @@ import platform
 
 import torch
 
-from .errors import ConfigError
+from charrnn.errors import ConfigError
 
 CUDNN_BF16_RNN_MIN_VERSION = (
     91300  # cuDNN 9.13.0, as cuDNN encodes it (major * 10000 + minor * 100 + patch)
@@ -115,7 +115,7 @@ def cudnn_bf16_rnn_supported(device: torch.device | str) -> bool:
 
 
 def lstm_compute_dtype(device: torch.device | str, amp_dtype: torch.dtype | None) -> torch.dtype:
-    """The dtype :class:`charrnn.model.CharLSTM`'s LSTM runs in under autocast to ``amp_dtype`` (None: no autocast).
+    """The dtype :class:`charrnn.model.lstm.CharLSTM`'s LSTM runs in under autocast to ``amp_dtype`` (None: no autocast).
 
     fp32 on CUDA means cuDNN's fp32 RNN, which uses TF32 tensor cores when
     ``torch.backends.cudnn.allow_tf32`` is on (PyTorch's default).

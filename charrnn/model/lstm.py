@@ -12,7 +12,7 @@ Two views of the same weights (see the seed lecture on ``nn.LSTM`` vs
   give the same logits.
 
 Precision: on CUDA under bf16 autocast the LSTM runs outside autocast in the
-dtype :func:`charrnn.precision.lstm_compute_dtype` names (bf16 where cuDNN has
+dtype :func:`charrnn.model.precision.lstm_compute_dtype` names (bf16 where cuDNN has
 bf16 RNNs, else fp32), because PyTorch's CUDA autocast runs cuDNN RNNs in fp16
 whatever the autocast dtype (see :mod:`charrnn.precision`). CPU autocast is
 left as it is: oneDNN runs the LSTM in bf16.
@@ -27,8 +27,8 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from .config import ModelConfig
-from .precision import cpu_has_native_bf16, explicit_lstm_dtype
+from charrnn.config import ModelConfig
+from charrnn.model.precision import cpu_has_native_bf16, explicit_lstm_dtype
 
 State = tuple[Tensor, Tensor]  # (h, c), each [num_layers, batch, hidden]
 
@@ -83,7 +83,7 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, vocab_size: int) -> ModelShape:
-        # auto: training decides the rate early in the run (charrnn/dropout.py); until then, none
+        # auto: training decides the rate early in the run (charrnn/train/dropout.py); until then, none
         return cls(
             vocab_size,
             cfg.embedding_dim,

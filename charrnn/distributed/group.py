@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .machine import available_cores
+from charrnn.distributed.machine import available_cores
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def pick_device(requested: str, env: DistEnv) -> torch.device:
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda":
         if not torch.cuda.is_available():
-            from .errors import ConfigError
+            from charrnn.errors import ConfigError
 
             raise ConfigError(
                 "train.device=cuda but no CUDA device is visible",
@@ -163,7 +163,7 @@ def nccl_collective_timeout_s(environ: MutableMapping[str, str] | None = None) -
     except ValueError:
         value = -1.0
     if value <= 0:
-        from .errors import ConfigError
+        from charrnn.errors import ConfigError
 
         raise ConfigError(
             f"{NCCL_TIMEOUT_ENV}={raw!r} is not a positive number of seconds",

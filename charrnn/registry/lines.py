@@ -34,14 +34,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import load_model, resolve_checkpoint, verify_checkpoint, write_with_checksum
-from .config import EVAL_STREAMS
-from .corpus import NAMED_CORPORA, CorpusRef
-from .distributed import DistEnv, pick_device
-from .errors import CheckpointError, ConfigError
-from .evaluate import EvalResult, evaluate_tokens
-from .fsutil import atomic_write_json, file_lock, sha256_file
-from .tokens import TokenSet, load_split
+from charrnn.config import EVAL_STREAMS
+from charrnn.data.corpus import NAMED_CORPORA, CorpusRef
+from charrnn.data.tokens import TokenSet, load_split
+from charrnn.distributed.group import DistEnv, pick_device
+from charrnn.errors import CheckpointError, ConfigError
+from charrnn.evaluation.evaluate import EvalResult, evaluate_tokens
+from charrnn.fsutil import atomic_write_json, file_lock, sha256_file
+from charrnn.io.checkpoint import (
+    load_model,
+    resolve_checkpoint,
+    verify_checkpoint,
+    write_with_checksum,
+)
 
 log = logging.getLogger("charrnn")
 POINTER = "production.json"

@@ -28,10 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .corpus import CorpusRef, cache_root
-from .errors import CorpusError
-from .fsutil import atomic_write_json, file_lock, fsync_dir, sha256_bytes
-from .vocab import (
+from charrnn.data.corpus import CorpusRef, cache_root
+from charrnn.data.vocab import (
     MAX_CODEPOINT,
     Vocab,
     is_char_start,
@@ -39,6 +37,8 @@ from .vocab import (
     token_dtype_for,
     utf8_codepoints,
 )
+from charrnn.errors import CorpusError
+from charrnn.fsutil import atomic_write_json, file_lock, fsync_dir, sha256_bytes
 
 TOKENS_FORMAT = 1
 SPLITS = ("train", "val", "test")
@@ -97,7 +97,7 @@ def split_sizes(n: int, val_fraction: float, test_fraction: float, source: str) 
 
 
 def check_trainable(num_train: int, batch_size: int, seq_len: int, source: str) -> None:
-    """Training needs at least one (seq_len + 1)-character window per stream: :class:`~charrnn.data.StreamBatcher`'s layout.
+    """Training needs at least one (seq_len + 1)-character window per stream: :class:`~charrnn.data.batches.StreamBatcher`'s layout.
 
     The rule lives here, not in ``data`` (which imports torch), so ``prepare`` and the flow can
     refuse a corpus before caching it or starting torchrun.

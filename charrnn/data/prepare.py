@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import Config
-from .corpus import CorpusRef, cache_root, fetch_corpus
-from .tokens import (
+from charrnn.config import Config
+from charrnn.data.corpus import CorpusRef, cache_root, fetch_corpus
+from charrnn.data.tokens import (
     TokenSet,
     check_trainable,
     open_token_set,

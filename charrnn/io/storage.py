@@ -21,9 +21,9 @@ import logging
 import os
 from pathlib import Path
 
-from .checkpoint import STEP_FILE, list_checkpoints, verify_checkpoint
-from .errors import CheckpointError, ConfigError
-from .fsutil import atomic_path, file_lock, sha256_bytes, url_scheme
+from charrnn.errors import CheckpointError, ConfigError
+from charrnn.fsutil import atomic_path, file_lock, sha256_bytes, url_scheme
+from charrnn.io.checkpoint import STEP_FILE, list_checkpoints, verify_checkpoint
 
 log = logging.getLogger("charrnn")
 SMALL_FILES = ("config.yaml", "vocab.json", "metrics.jsonl", "train_summary.json")
@@ -35,7 +35,7 @@ def is_remote(location: str | os.PathLike[str]) -> bool:
 
 def staging_dir(url: str) -> Path:
     """The local working copy of a remote run directory: stable per URL (restarts find it again)."""
-    from .corpus import cache_root
+    from charrnn.data.corpus import cache_root
 
     name = url.rstrip("/").rsplit("/", 1)[-1] or "run"
     return cache_root(None) / "runs" / f"{name}-{sha256_bytes(url.encode())[:12]}"

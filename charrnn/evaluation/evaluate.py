@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import IGNORE_INDEX, eval_windows
-from .distributed import DistEnv, all_reduce_sum
-from .model import CharLSTM
+from charrnn.data.batches import IGNORE_INDEX, eval_windows
+from charrnn.distributed.group import DistEnv, all_reduce_sum
+from charrnn.model.lstm import CharLSTM
 
 LN2 = math.log(2.0)
 
@@ -95,7 +95,7 @@ def final_scores(
     reused instead of computed twice. Returns (split -> score, the splits that
     were reused).
     """
-    from .tokens import load_split
+    from charrnn.data.tokens import load_split
 
     scores, reused = {}, set()
     for split in ("val", "test"):

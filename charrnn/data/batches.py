@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import ConfigError
-from .tokens import check_trainable
+from charrnn.data.tokens import check_trainable
+from charrnn.errors import ConfigError
 
 IGNORE_INDEX = -100
 

@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
-from .fsutil import atomic_path, sha256_bytes, sha256_file
+from charrnn.errors import CheckpointError
+from charrnn.fsutil import atomic_path, sha256_bytes, sha256_file
 
 log = logging.getLogger("charrnn")
 STEP_FILE = re.compile(r"^step-(\d{8})\.pt$")
@@ -279,8 +279,8 @@ def resolve_checkpoint(target: str | os.PathLike[str]) -> Path:
 
 def load_model(target: str | os.PathLike[str], device: str | torch.device = "cpu"):
     """(model in eval mode, vocab, payload) from a checkpoint file or run directory."""
-    from .model import CharLSTM, ModelShape
-    from .vocab import Vocab
+    from charrnn.data.vocab import Vocab
+    from charrnn.model.lstm import CharLSTM, ModelShape
 
     path = resolve_checkpoint(target)
     payload = load_checkpoint(path, map_location=device)

@@ -17,13 +17,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .config import Config, dump_config
-from .corpus import CorpusRef
-from .evaluate import format_score
-from .launch import LaunchSpec
-from .registry import Promotion
-from .tokens import TokenSet
-from .train import TrainResult
+from charrnn.config import Config, dump_config
+from charrnn.data.corpus import CorpusRef
+from charrnn.data.tokens import TokenSet
+from charrnn.distributed.launch import LaunchSpec
+from charrnn.evaluation.evaluate import format_score
+from charrnn.registry.lines import Promotion
+from charrnn.train.trainer import TrainResult
 
 
 @dataclass(frozen=True)

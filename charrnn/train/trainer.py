@@ -23,8 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from . import distributed as dist_utils
-from .checkpoint import (
+from charrnn.config import Config, TrainConfig, dump_config
+from charrnn.data.batches import StreamBatcher
+from charrnn.data.tokens import TokenSet, load_split
+from charrnn.distributed import group as dist_utils
+from charrnn.distributed.group import DistEnv
+from charrnn.errors import CheckpointError, ConfigError, DivergenceError, PeerLostError
+from charrnn.evaluation.evaluate import LN2, EvalResult, evaluate_tokens, format_score
+from charrnn.evaluation.sample import sample_rows
+from charrnn.fsutil import atomic_write_json, atomic_write_text
+from charrnn.io.checkpoint import (
     checkpoint_dir,
     list_checkpoints,
     load_checkpoint,
@@ -32,24 +40,16 @@ from .checkpoint import (
     remove_stale_files,
     save_checkpoint,
 )
-from .config import Config, TrainConfig, dump_config
-from .data import StreamBatcher
-from .distributed import DistEnv
-from .dropout import FULL_RATE, RAMP_EPOCHS, DropoutPlan
-from .errors import CheckpointError, ConfigError, DivergenceError, PeerLostError
-from .evaluate import LN2, EvalResult, evaluate_tokens, format_score
-from .fsutil import atomic_write_json, atomic_write_text
-from .metrics import MetricsSink, memory_metrics, score_record
-from .model import CharLSTM, ModelShape
-from .precision import autocast_dtype
-from .progress import format_duration, format_rate
-from .sample import sample_rows
-from .schedule import AgreedClock, Budget, lr_factor
-from .state import TrainState, seed_everything
-from .storage import RunDir
-from .tokens import TokenSet, load_split
-from .tracking import Tracker, dataset_artifact_name, make_tracker
-from .validation import EarlyStopping, EvalSchedule, val_chars_for, val_subsample
+from charrnn.io.storage import RunDir
+from charrnn.model.lstm import CharLSTM, ModelShape
+from charrnn.model.precision import autocast_dtype
+from charrnn.progress import format_duration, format_rate
+from charrnn.tracking import Tracker, dataset_artifact_name, make_tracker
+from charrnn.train.dropout import FULL_RATE, RAMP_EPOCHS, DropoutPlan
+from charrnn.train.metrics import MetricsSink, memory_metrics, score_record
+from charrnn.train.schedule import AgreedClock, Budget, lr_factor
+from charrnn.train.state import TrainState, seed_everything
+from charrnn.train.validation import EarlyStopping, EvalSchedule, val_chars_for, val_subsample
 
 log = logging.getLogger("charrnn")
 

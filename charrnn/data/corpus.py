@@ -28,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import CorpusError
-from .fsutil import atomic_path, atomic_write_json, file_lock, sha256_bytes, url_scheme
+from charrnn.errors import CorpusError
+from charrnn.fsutil import atomic_path, atomic_write_json, file_lock, sha256_bytes, url_scheme
 
 NAMED_HINT = "or use a named corpus: shakespeare (offline), tinyshakespeare"
 TINY_SHAKESPEARE_URL = (
@@ -214,7 +214,7 @@ def _read_fsspec(uri: str) -> bytes:
 
 
 def _shakespeare_bytes() -> bytes:
-    from .shakespeare import shakespeare_text
+    from charrnn.data.shakespeare import shakespeare_text
 
     return shakespeare_text().encode("utf-8")
 

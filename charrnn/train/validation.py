@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import TrainConfig
+from charrnn.config import TrainConfig
 
 # Validating should cost about this share of the training time.
 EVAL_SHARE = 0.05

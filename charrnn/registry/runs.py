@@ -14,16 +14,16 @@ import json
 import os
 from pathlib import Path
 
-from .checkpoint import load_model, resolve_checkpoint, verify_checkpoint
-from .config import EVAL_STREAMS, Config
-from .distributed import DistEnv, pick_device
-from .errors import CheckpointError
-from .evaluate import final_scores
-from .fsutil import atomic_write_json, atomic_write_text, sha256_bytes
-from .report import RunResult, Sample, Scores
-from .sample import SampleSettings, generate
-from .tokens import TokenSet
-from .train import TrainResult
+from charrnn.config import EVAL_STREAMS, Config
+from charrnn.data.tokens import TokenSet
+from charrnn.distributed.group import DistEnv, pick_device
+from charrnn.errors import CheckpointError
+from charrnn.evaluation.evaluate import final_scores
+from charrnn.evaluation.sample import SampleSettings, generate
+from charrnn.fsutil import atomic_write_json, atomic_write_text, sha256_bytes
+from charrnn.io.checkpoint import load_model, resolve_checkpoint, verify_checkpoint
+from charrnn.registry.report import RunResult, Sample, Scores
+from charrnn.train.trainer import TrainResult
 
 RESULT_FILE = "pipeline_result.json"
 INDEX_DIR = "index"

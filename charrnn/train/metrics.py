@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from .evaluate import EvalResult
-from .fsutil import atomic_write_text
-from .tracking import NullTracker, Tracker
+from charrnn.evaluation.evaluate import EvalResult
+from charrnn.fsutil import atomic_write_text
+from charrnn.tracking import NullTracker, Tracker
 
 log = logging.getLogger("charrnn")
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import TrackConfig
-from .errors import ConfigError
-from .model import CharLSTM, Stepper
-from .precision import autocast_dtype
-from .vocab import Vocab
+from charrnn.config import TrackConfig
+from charrnn.data.vocab import Vocab
+from charrnn.errors import ConfigError
+from charrnn.model.lstm import CharLSTM, Stepper
+from charrnn.model.precision import autocast_dtype
 
 
 @dataclass(frozen=True)

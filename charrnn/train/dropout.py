@@ -3,7 +3,7 @@
 Dropout pays only once a run would otherwise memorise its corpus, and it costs
 twice: a noisier gradient and, on CPU, time for the masks. bench/profile_ddp.py
 put the two masks at ~20 % of a step; the head's now comes from uniform draws
-(:class:`charrnn.model.UniformDropout`, ~3x cheaper), the LSTM's own between
+(:class:`charrnn.model.lstm.UniformDropout`, ~3x cheaper), the LSTM's own between
 its layers is still about half of that 20 %. On the generalisation benchmark
 (bench/RESULTS.md, BF16 EPYC, 2 cores, default model):
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .schedule import AgreedClock, Budget
+from charrnn.train.schedule import AgreedClock, Budget
 
 FULL_RATE = 0.3
 RAMP_EPOCHS = (6.0, 12.0)

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .data import rank_slice
-from .distributed import DistEnv
-from .errors import CheckpointError
-from .evaluate import EvalResult
-from .model import CharLSTM
-from .validation import EarlyStopping
+from charrnn.data.batches import rank_slice
+from charrnn.distributed.group import DistEnv
+from charrnn.errors import CheckpointError
+from charrnn.evaluation.evaluate import EvalResult
+from charrnn.model.lstm import CharLSTM
+from charrnn.train.validation import EarlyStopping
 
 Hidden = tuple[torch.Tensor, torch.Tensor]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CorpusError
-from .fsutil import atomic_write_json
+from charrnn.errors import CorpusError
+from charrnn.fsutil import atomic_write_json
 
 UNK_TOKEN = "<unk>"
 UNK_ID = 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 
-from .errors import CorpusError
+from charrnn.errors import CorpusError
 
 _SPEAKER = re.compile(r"^\*\*(?P<name>[^*]+)\*\*\s*$")
 _MARKUP = re.compile(r"[_*\\]")

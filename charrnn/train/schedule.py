@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import TrainConfig
-from .errors import ConfigError
+from charrnn.config import TrainConfig
+from charrnn.errors import ConfigError
 
 
 def lr_factor(

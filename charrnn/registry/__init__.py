@@ -1,0 +1,1 @@
+"""After training: champion/challenger per model line, the run's report, and the index of finished runs."""
