@@ -13,43 +13,38 @@ import logging
 import math
 import os
 import signal
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from charrnn.config import Config, TrainConfig, dump_config
+from charrnn.config import Config, OptimiserConfig, dump_config
 from charrnn.data.batches import StreamBatcher
 from charrnn.data.tokens import TokenSet, load_split
 from charrnn.distributed import group as dist_utils
 from charrnn.distributed.group import DistEnv
-from charrnn.errors import CheckpointError, ConfigError, DivergenceError, PeerLostError
-from charrnn.evaluation.evaluate import LN2, EvalResult, evaluate_tokens, format_score
-from charrnn.evaluation.sample import sample_rows
+from charrnn.errors import DivergenceError, PeerLostError
+from charrnn.evaluation.evaluate import LN2, EvalResult
 from charrnn.fsutil import atomic_write_json, atomic_write_text
 from charrnn.io.checkpoint import (
-    checkpoint_dir,
     list_checkpoints,
-    load_checkpoint,
-    load_latest_valid,
-    remove_stale_files,
-    save_checkpoint,
 )
 from charrnn.io.storage import RunDir
 from charrnn.model.lstm import CharLSTM, ModelShape
 from charrnn.model.precision import autocast_dtype
 from charrnn.progress import format_duration, format_rate
 from charrnn.tracking import Tracker, dataset_artifact_name, make_tracker
+from charrnn.train.checkpointer import Checkpointer
 from charrnn.train.dropout import FULL_RATE, RAMP_EPOCHS, DropoutPlan
-from charrnn.train.metrics import MetricsSink, memory_metrics, score_record
+from charrnn.train.meter import ThroughputMeter
+from charrnn.train.metrics import MetricsSink, memory_metrics
 from charrnn.train.schedule import AgreedClock, Budget, lr_factor
 from charrnn.train.state import TrainState, seed_everything
-from charrnn.train.validation import EarlyStopping, EvalSchedule, val_chars_for, val_subsample
+from charrnn.train.validation import EarlyStopping
+from charrnn.train.validator import Validator
 
 log = logging.getLogger("charrnn")
 
@@ -97,7 +92,7 @@ class TrainResult:
         return asdict(self)
 
 
-def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, t: OptimiserConfig) -> torch.optim.Optimizer:
     """AdamW; the fused (single-kernel) implementation where PyTorch has one for the device.
 
     Weight decay applies to the matrices (embedding, LSTM and head weights) only:
@@ -223,9 +218,17 @@ def _first_line(exc: BaseException) -> str:
 
 
 class Trainer:
-    """One rank's share of a run. Each part owns its state: the :class:`TrainState` (what a
-    checkpoint holds), the :class:`Budget` (how far along the run is), the :class:`MetricsSink`
-    (where records go) and the :class:`RunDir` (where files go). :meth:`fit` runs them in order."""
+    """One rank's share of a run, made of parts that each own their state.
+
+    * :class:`TrainState`: what a checkpoint holds (model, optimiser, streams, step, best);
+    * :class:`Budget`: how far along the run is; :class:`AgreedClock`: the time every rank reads;
+    * :class:`ThroughputMeter`: training time and the logged loss and chars/s;
+    * :class:`Validator`: when to validate, on which text, early stopping, the final scores;
+    * :class:`Checkpointer`: when to save, where to resume from;
+    * :class:`MetricsSink` and :class:`RunDir`: where records and files go.
+
+    :meth:`fit` runs them in one loop, a heading per stage.
+    """
 
     def __init__(
         self,
@@ -237,78 +240,66 @@ class Trainer:
         run_dir: RunDir,
     ):
         t = self.t = cfg.train
-        self.cfg, self.tokens, self.env, self.device, self.tracker, self.run_dir = (
-            cfg,
-            tokens,
-            env,
-            device,
-            tracker,
-            run_dir,
-        )
+        self.cfg, self.tokens, self.env, self.device = cfg, tokens, env, device
+        self.tracker, self.run_dir = tracker, run_dir
         self.threads = dist_utils.configure_threads(env) if device.type == "cpu" else None
         dist_utils.init_process_group(env, device)
         self.amp_dtype = autocast_dtype(t.precision, device)
         self.batcher = StreamBatcher(
-            load_split(tokens, "train"), t.batch_size, t.seq_len, rank=env.rank, world_size=env.world_size,
-            segment_windows=t.segment_windows, seed=t.seed, source=f"{tokens.dir} (train split)",
-        )  # fmt: skip
-        self.val_tokens = load_split(tokens, "val")
+            load_split(tokens, "train"),
+            t.batch_size,
+            t.seq_len,
+            rank=env.rank,
+            world_size=env.world_size,
+            segment_windows=t.segment_windows,
+            seed=t.seed,
+            source=f"{tokens.dir} (train split)",
+        )
         self.budget = Budget.from_config(t, self.batcher.windows_per_epoch)
 
         seed_everything(t.seed + env.rank)
         model = CharLSTM(ModelShape.from_config(cfg.model, tokens.vocab.size)).to(device)
         self.dropout = DropoutPlan.from_config(cfg.model.dropout)
         if self.dropout.decide_up_front(self.budget, self.batcher.windows_per_epoch):
-            model.set_dropout(
-                self.dropout.rate
-            )  # a Trainer used step by step (bench/profile_ddp.py) trains as fit() would
+            # so that a Trainer used step by step (bench/profile_ddp.py) trains as fit() would
+            model.set_dropout(self.dropout.rate)
         initial = model.initial_state(self.batcher.local_batch_size, device)
         self.state = TrainState(
             model, make_optimizer(model, t), initial, early_stopping=EarlyStopping(t.patience)
         )
-        self.schedule = EvalSchedule.from_config(t)
-        self.val_sample: np.ndarray | None = None  # the fixed subsample every validation scores
-        self.validations, self.eval_seconds, self.stopped_early, self.session_train_start = (
-            0,
-            0.0,
-            None,
-            0.0,
-        )
         self.train_model: torch.nn.Module = model  # DDP- and compile-wrapped by fit()
         self.resumed_from = 0
-        self.sink = (
-            MetricsSink(run_dir.path / "metrics.jsonl", tracker)
-            if env.is_main
-            else MetricsSink.disabled()
-        )
+        if env.is_main:
+            self.sink = MetricsSink(run_dir.path / "metrics.jsonl", tracker)
+        else:
+            self.sink = MetricsSink.disabled()
+        chars_per_step = self.batcher.chars_per_step
+        self.meter = ThroughputMeter(chars_per_step, device)
+        self.validator = Validator(cfg, tokens, env, device, self.sink, tracker, chars_per_step)
+        self.checkpointer = Checkpointer(cfg, tokens, env, tracker, run_dir)
         # Every rank must take the same stop decision at the same step, or the next
         # collective hangs: the step horizon is deterministic, but the wall clock and
         # signals are per process, so those are agreed through an all-reduce. On CPU
         # that is cheap enough every step; on GPU it is a host sync, so every 10 steps
         # (at most): a signal still stops the run within seconds.
         self.agree_every = 1 if device.type == "cpu" else min(t.log_interval, 10)
-        self.session_start = time.perf_counter()
         self.clock = AgreedClock(0, 0.0)
-        self.loss_sum = torch.zeros((), device=device)
         self.grad_norm = torch.zeros((), device=device)
         self.lr = 0.0
-        self.restart_window()
 
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> TrainResult:
         """Resume, then step / log / validate / checkpoint until the budget, early stopping or a signal ends the run."""
         t, s = self.t, self.state
+        # -- set up: resume, dropout, DDP and compile, the run's files, the clocks
         self.resume()
         self.apply_dropout()
         self.wrap_model()
         self.write_run_info()
-        self.session_start = time.perf_counter() - s.train_seconds
-        self.session_train_start = s.train_seconds
+        self.meter.start_session(s.train_seconds)
         self.clock = AgreedClock(s.step, s.train_seconds)
-        self.schedule.resume_at(self.budget.fraction(s.step, s.train_seconds))
-        loop_start = time.perf_counter()
-        last_path: Path | None = None
+        self.validator.start_session(s.step, self.budget.fraction(s.step, s.train_seconds))
         finished, interrupted = self.agree_stop(False)
         with _StopRequest() as stop:
             while not (finished or interrupted):
@@ -318,66 +309,47 @@ class Trainer:
                 if s.step % self.agree_every == 0 or self.budget.steps_done(s.step):
                     finished, interrupted = self.agree_stop(stop.requested)
                 # -- model.dropout=auto on a clock: decided from the agreed pace, early in the run
-                if self.dropout.observe(
-                    s.step, self.clock, self.budget, self.batcher.windows_per_epoch
-                ):
+                windows = self.batcher.windows_per_epoch
+                if self.dropout.observe(s.step, self.clock, self.budget, windows):
                     self.apply_dropout()
                 # -- log
                 if s.step % t.log_interval == 0 or finished or interrupted:
                     self.log()
-                # -- validate on schedule and at the end (not on a signal: the checkpoint must land within the grace period)
+                # -- validate on schedule and at the end (not on a signal: the checkpoint
+                #    must land within the grace period)
                 val = None
-                if not interrupted and (
-                    finished
-                    or self.schedule.due(
-                        s.step, self.budget.fraction(s.step, self.clock.at(s.step))
-                    )
-                ):
-                    val = self.validate()
-                    finished = finished or self.early_stop()
+                fraction = self.budget.fraction(s.step, self.clock.at(s.step))
+                if not interrupted and (finished or self.validator.due(s.step, fraction)):
+                    with self.meter.off_the_clock():
+                        val = self.validator.validate(s)
+                    finished = finished or self.validator.early_stop(s)
                 # -- checkpoint: periodically, at the end, and whenever validation finds a new best
                 is_best = val is not None and s.early_stopping.best_step == s.step
-                if finished or interrupted or is_best or s.step % t.checkpoint_interval == 0:
-                    last_path = self.checkpoint(val, is_best=is_best) or last_path
+                due = self.checkpointer.due(
+                    s.step, finished=finished, interrupted=interrupted, is_best=is_best
+                )
+                if due:
+                    with self.meter.off_the_clock():
+                        self.checkpointer.save(s, val, is_best=is_best, identity=self.identity())
         # -- the exact full-split scores: the last model's val, then best.pt's val and test
-        scores = self.score_kept_models() if finished and not interrupted else {}
-        return self.summarise(
-            last_path,
-            scores,
-            stop.signal if interrupted else None,
-            loop_start,
-            interrupted=interrupted,
-        )
+        scores = {}
+        if finished and not interrupted:
+            with self.meter.off_the_clock():
+                scores = self.validator.score_kept_models(s, self.load_best)
+        return self.summarise(scores, stop.signal if interrupted else None, interrupted=interrupted)
 
     # ------------------------------------------------------------------ stages
 
     def resume(self) -> None:
-        """Continue from the newest valid checkpoint (``--resume``, or a torchrun restart); never overwrite a run."""
-        t, env = self.t, self.env
-        restarted = (
-            int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-        )  # torchrun restarted the group
-        if env.is_main:  # what killed saves left (temp files, lone checksums): never newer than the newest valid checkpoint
-            remove_stale_files(self.run_dir.path)
-        if not (t.resume or restarted):
-            existing = self.run_dir.existing_checkpoints()
-            if existing:  # every rank sees the run directory, so every rank stops here
-                raise ConfigError(
-                    f"run directory already holds {len(existing)} checkpoint(s)",
-                    where=self.run_dir.where,
-                    fix="pass --resume (train.resume=true) to continue it, or choose another train.out_dir",
-                )
-            return
-        self.run_dir.pull_for_resume()
-        found = self.agreed_checkpoint()
+        """Continue from the checkpoint every rank agreed on, if the run resumes (or torchrun restarted it)."""
+        env = self.env
+        # torchrun restarted the worker group: continue, whatever train.resume says
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        found = self.checkpointer.find_resume(restarted=restarted)
         if found is None:
-            if env.is_main:
-                log.info(
-                    "--resume: no valid checkpoint in %s, starting from scratch", self.run_dir.path
-                )
             return
         payload, path = found
-        self.state.load_payload(payload, env, batch_size=t.batch_size, seed=t.seed)
+        self.state.load_payload(payload, env, batch_size=self.t.batch_size, seed=self.t.seed)
         self.dropout.load_payload(payload.get("dropout"), payload["model_shape"]["dropout"])
         self.resumed_from = self.state.step
         if env.is_main:
@@ -393,27 +365,6 @@ class Trainer:
                 *divmod(self.state.step, self.batcher.windows_per_epoch),
             )
 
-    def agreed_checkpoint(self) -> tuple[dict[str, Any], Path] | None:
-        """Rank 0 picks the newest valid checkpoint; every other rank loads that same file and verifies it.
-
-        Ranks that chose for themselves could resume at different steps (node-local or stale
-        storage) and hang at the first collective. Loaded on the CPU: the RNG states in it
-        must stay CPU tensors, and the model and optimiser copy their tensors to the device.
-        """
-        found = load_latest_valid(self.run_dir.path) if self.env.is_main else None
-        name = dist_utils.broadcast_object(found[1].name if found else None)
-        if name is None or found is not None:
-            return found
-        path = checkpoint_dir(self.run_dir.path) / name
-        try:
-            return load_checkpoint(path), path
-        except CheckpointError as exc:
-            raise CheckpointError(
-                f"rank 0 resumes from {name}, which rank {self.env.rank} cannot read ({exc.what})",
-                where=str(path),
-                fix="every machine must see the same run directory: a shared volume, or train.out_dir=s3://... (object storage)",
-            ) from None
-
     def apply_dropout(self) -> None:
         """Set the model's dropout to the plan's rate (none while an auto plan is undecided), and say why."""
         plan = self.dropout
@@ -422,7 +373,10 @@ class Trainer:
             return
         why = "set in the config"
         if plan.planned_epochs is not None:
-            why = f"auto: ~{plan.planned_epochs:.1f} epochs planned; none up to {RAMP_EPOCHS[0]:g}, {FULL_RATE:g} from {RAMP_EPOCHS[1]:g}"
+            why = (
+                f"auto: ~{plan.planned_epochs:.1f} epochs planned; "
+                f"none up to {RAMP_EPOCHS[0]:g}, {FULL_RATE:g} from {RAMP_EPOCHS[1]:g}"
+            )
         log.info("dropout %g (%s)", plan.rate, why)
         self.tracker.update_config(
             {"dropout_rate": plan.rate, "dropout_planned_epochs": plan.planned_epochs}
@@ -434,9 +388,8 @@ class Trainer:
             ddp = DistributedDataParallel(
                 self.state.model, find_unused_parameters=False, gradient_as_bucket_view=True
             )
-            if (
-                self.t.grad_compression == "bf16"
-            ):  # the average is taken in bf16, then cast back into the fp32 gradients
+            if self.t.grad_compression == "bf16":
+                # the average is taken in bf16, then cast back into the fp32 gradients
                 ddp.register_comm_hook(None, dist_utils.bf16_allreduce_hook)
             self.train_model = ddp
         if self.t.compile:
@@ -495,13 +448,8 @@ class Trainer:
         ):  # each stream starts a new segment: its carried state no longer applies
             s.hidden = s.model.initial_state(self.batcher.local_batch_size, self.device)
         # The agreed clock, not this rank's own: every rank must use the same lr at the same step.
-        self.lr = t.lr * lr_factor(
-            s.step,
-            self.budget.lr_progress(s.step, self.clock.at(s.step)),
-            t.warmup_steps,
-            t.min_lr_ratio,
-            t.lr_schedule,
-        )
+        progress = self.budget.lr_progress(s.step, self.clock.at(s.step))
+        self.lr = t.lr * lr_factor(s.step, progress, t.warmup_steps, t.min_lr_ratio, t.lr_schedule)
         for group in s.optimizer.param_groups:
             group["lr"] = self.lr
         x, y = batch.to(self.device)
@@ -514,14 +462,15 @@ class Trainer:
             amp_dtype=self.amp_dtype,
             grad_clip=t.grad_clip,
         )
-        self.loss_sum += loss
+        self.meter.count(loss)
         s.step += 1
-        self.window_steps += 1
-        s.train_seconds = self.elapsed()  # before any evaluation: checkpoints record training time
+        s.train_seconds = (
+            self.meter.elapsed()
+        )  # before any evaluation: checkpoints record training time
 
     def agree_stop(self, requested: bool) -> tuple[bool, bool]:
         """(finished, interrupted), identical on every rank; also sets the agreed clock."""
-        elapsed = self.elapsed()
+        elapsed = self.meter.elapsed()
         if self.env.distributed:  # the slowest rank's clock, and whether any rank got a signal
             flags = dist_utils.all_reduce_max(
                 torch.tensor([elapsed, float(requested)], dtype=torch.float64, device=self.device)
@@ -533,198 +482,86 @@ class Trainer:
 
     def log(self) -> None:
         """Mean loss and grad norm over ranks since the last log line; a diverged run stops here."""
-        s, vocab_size = self.state, self.tokens.vocab.size
-        stats = (
-            dist_utils.all_reduce_sum(torch.stack([self.loss_sum, self.grad_norm.float()]))
-            / self.env.world_size
-        )
-        mean_loss, norm = stats[0].item() / self.window_steps, stats[1].item()
-        # Uniform guessing scores ln(vocab); ten times worse than that is divergence.
-        if not (math.isfinite(mean_loss) and math.isfinite(norm)) or mean_loss > 10 * math.log(
-            vocab_size
-        ):
-            raise DivergenceError(
-                f"training diverged: loss {mean_loss:.4g} nats/char (grad norm {norm:.4g}) by step {s.step}",
-                where=str(self.run_dir.path),
-                fix=f"lower train.lr (now {self.t.lr:g}) or train.grad_clip, then resume from the last checkpoint with --resume",
-            )
-        seconds = time.perf_counter() - self.window_start
-        chars_per_s = self.window_steps * self.batcher.chars_per_step / seconds
+        s, meter = self.state, self.meter
+        stats = dist_utils.all_reduce_sum(torch.stack([meter.loss_sum, self.grad_norm.float()]))
+        stats = stats / self.env.world_size
+        mean_loss, norm = stats[0].item() / meter.window_steps, stats[1].item()
+        self.check_divergence(mean_loss, norm)
+        seconds = meter.window_seconds()
+        chars_per_s = meter.window_steps * self.batcher.chars_per_step / seconds
         values = {
-            "train/loss_nats": mean_loss, "train/bpc": mean_loss / LN2, "lr": self.lr, "grad_norm": norm,
-            "perf/chars_per_s": chars_per_s, "perf/step_time_s": seconds / self.window_steps, "time_s": s.train_seconds,
-        }  # fmt: skip
+            "train/loss_nats": mean_loss,
+            "train/bpc": mean_loss / LN2,
+            "lr": self.lr,
+            "grad_norm": norm,
+            "perf/chars_per_s": chars_per_s,
+            "perf/step_time_s": seconds / meter.window_steps,
+            "time_s": s.train_seconds,
+        }
+        eta = self.budget.eta_s(s.step, s.train_seconds)
         line = (
-            f"{self.budget.describe(s.step, s.train_seconds)} | loss {mean_loss:.4f} nats {mean_loss / LN2:.3f} bpc | lr {self.lr:.2e} | |g| {norm:.2f} | "
-            f"{format_rate(chars_per_s)} chars/s | elapsed {format_duration(s.train_seconds)} | ETA {format_duration(self.budget.eta_s(s.step, s.train_seconds))}"
+            f"{self.budget.describe(s.step, s.train_seconds)} | loss {mean_loss:.4f} nats "
+            f"{mean_loss / LN2:.3f} bpc | lr {self.lr:.2e} | |g| {norm:.2f} | "
+            f"{format_rate(chars_per_s)} chars/s | elapsed {format_duration(s.train_seconds)} "
+            f"| ETA {format_duration(eta)}"
         )
         self.sink.record(s.step, values, line, wandb_extra=memory_metrics(self.device))
-        self.loss_sum.zero_()
-        self.restart_window()
+        meter.restart_window()
 
-    def validate(self) -> EvalResult | None:
-        """Score the fixed validation subsample (every rank takes part); rank 0 logs it with a row of samples."""
-        if len(self.val_tokens) < 2:
-            return None
-        s, early, started = self.state, self.state.early_stopping, time.perf_counter()
-        val = self.score(self.validation_text())
-        best = early.observe(val.loss_nats, s.step)
-        self.sink.record(
-            s.step, score_record("val", val) | {"val/chars": val.chars, "time_s": s.train_seconds},
-            f"step {s.step} | val {val.loss_nats:.4f} nats/char | {val.bpc:.4f} bits/char | ppl {val.perplexity:.3f} | "
-            + ("new best" if best else f"best {early.best_loss:.4f} at step {early.best_step} ({early.stale}/{early.patience or 'no'} patience)"),
-        )  # fmt: skip
-        if self.env.is_main and self.tracker.run_id is not None:
-            self.tracker.log_samples(
-                s.step,
-                sample_rows(
-                    s.model, self.tokens.vocab, self.cfg.track, self.device, seed=self.t.seed
-                ),
-            )
-        self.validations += 1
-        self.eval_seconds += time.perf_counter() - started
-        self.off_the_clock(started)
-        return val
-
-    def validation_text(self) -> np.ndarray:
-        """The subsample every validation scores, sized at the run's first validation and kept in checkpoints."""
-        s = self.state
-        if not s.val_chars:  # the training between two validations sets its size
-            s.val_chars = val_chars_for(
-                self.schedule.chars_between(
-                    s.step - self.resumed_from, self.batcher.chars_per_step
-                ),
-                self.t.val_chars,
-            )
-        if self.val_sample is None:
-            self.val_sample = val_subsample(self.val_tokens, s.val_chars, self.t.eval_batch_size)
-            if self.env.is_main:
-                log.info(
-                    "validation: %s of the %s val characters, the same ones each time",
-                    f"{len(self.val_sample):,}",
-                    f"{len(self.val_tokens):,}",
-                )
-        return self.val_sample
-
-    def early_stop(self) -> bool:
-        """Whether patience has run out; the reason goes to the log, W&B and the summary."""
-        early = self.state.early_stopping
-        if not early.exhausted:
-            return False
-        self.stopped_early = early.reason()
-        if self.env.is_main:
-            log.warning("%s: stopping; best.pt is step %s", self.stopped_early, early.best_step)
-        self.tracker.set_summary({"stopped_early": self.stopped_early})
-        return True
-
-    def checkpoint(self, val: EvalResult | None, *, is_best: bool) -> Path | None:
-        """Every rank gathers its share; rank 0 saves (best.pt too when ``is_best``) and publishes."""
-        s, env, started = self.state, self.env, time.perf_counter()
-        payload = s.to_payload(
-            env, batch_size=self.t.batch_size, val=val, identity=self.identity()
-        )  # collective when distributed
-        path = None
-        if env.is_main:
-            path = save_checkpoint(
-                self.run_dir.path, payload, step=s.step, is_best=is_best, keep_last=self.t.keep_last
-            )
-            self.run_dir.publish_checkpoint(path, is_best=is_best)
-            if self.cfg.track.log_checkpoints:
-                scores = (
-                    {"val_bpc": val.bpc, "val_loss_nats": val.loss_nats, "val_chars": val.chars}
-                    if val
-                    else {"val": "not measured at this step"}
-                )
-                metadata = {
-                    **scores,
-                    "corpus_sha256": self.tokens.corpus_sha256,
-                    "config": self.cfg.to_dict(),
-                }
-                self.tracker.log_model(
-                    path,
-                    step=s.step,
-                    aliases=["latest", "best"] if is_best else ["latest"],
-                    metadata=metadata,
-                )
-        dist_utils.barrier()
-        self.off_the_clock(started)
-        return path
-
-    def score_kept_models(self) -> dict[str, EvalResult]:
-        """Exact full-split scores: ``last_val`` of the final model, ``val`` and ``test`` of best.pt (or the final model)."""
-        s, scores, started = self.state, {}, time.perf_counter()
-        best_step = s.early_stopping.best_step
-        if len(self.val_tokens) >= 2:
-            scores["last_val"] = scores["val"] = self.score(self.val_tokens)
-            self.sink.record(
-                s.step,
-                score_record("val_full", scores["val"]),
-                f"step {s.step} | full val {format_score(scores['val'].to_dict())} (last model)",
-            )
-        if best_step is not None and best_step != s.step:
-            self.load_best()
-            scores["val"] = self.score(self.val_tokens)
-        test_tokens = load_split(self.tokens, "test")
-        if len(test_tokens) >= 2:
-            scores["test"] = self.score(test_tokens)
-        record = (
-            {f"best/{key}": value for key, value in score_record("val", scores["val"]).items()}
-            if "val" in scores
-            else {}
+    def check_divergence(self, mean_loss: float, norm: float) -> None:
+        """Uniform guessing scores ln(vocab); ten times worse than that, or a NaN, is divergence."""
+        limit = 10 * math.log(self.tokens.vocab.size)
+        if math.isfinite(mean_loss) and math.isfinite(norm) and mean_loss <= limit:
+            return
+        raise DivergenceError(
+            f"training diverged: loss {mean_loss:.4g} nats/char (grad norm {norm:.4g}) "
+            f"by step {self.state.step}",
+            where=str(self.run_dir.path),
+            fix=f"lower train.lr (now {self.t.lr:g}) or train.grad_clip, "
+            "then resume from the last checkpoint with --resume",
         )
-        record |= score_record("test", scores["test"]) if "test" in scores else {}
-        which = "the last model" if best_step in (None, s.step) else f"best.pt, step {best_step}"
-        line = " | ".join(
-            f"{split} {format_score(scores[split].to_dict())}"
-            for split in ("val", "test")
-            if split in scores
-        )
-        self.sink.record(
-            s.step,
-            record | {"best_step": s.step if best_step is None else best_step},
-            f"final scores of {which}: {line}",
-        )
-        self.off_the_clock(started)
-        return scores
 
     def load_best(self) -> None:
-        """Every rank takes best.pt's weights: rank 0 reads the file it wrote and sends them to the others."""
-        weights = (
-            load_checkpoint(self.run_dir.path / "best.pt")["model"] if self.env.is_main else None
-        )
-        self.state.model.load_state_dict(dist_utils.broadcast_object(weights))
+        """Every rank takes best.pt's weights (for its final scores)."""
+        self.checkpointer.load_best(self.state)
 
     def summarise(
-        self,
-        last_path: Path | None,
-        scores: dict[str, EvalResult],
-        stopped_by: str | None,
-        loop_start: float,
-        *,
-        interrupted: bool,
+        self, scores: dict[str, EvalResult], stopped_by: str | None, *, interrupted: bool
     ) -> TrainResult:
         """The run's result; rank 0 writes it as ``train_summary.json``."""
-        s, early = self.state, self.state.early_stopping
-        if last_path is None and self.env.is_main:  # resumed at or past the end: nothing to do
-            last_path = next(reversed(list_checkpoints(self.run_dir.path)), None)
-        best = self.run_dir.path / "best.pt"
+        s, early, validator = self.state, self.state.early_stopping, self.validator
+        last_path, best = self.checkpointer.newest(), self.run_dir.path / "best.pt"
         score = {split: result.to_dict() for split, result in scores.items()}
         result = TrainResult(
-            run_dir=str(self.run_dir.path), checkpoint=str(last_path) if last_path else "", best_checkpoint=str(best) if best.exists() else None,
-            step=s.step, resumed_from=self.resumed_from, val=score.get("val"), test=score.get("test"),
+            run_dir=str(self.run_dir.path),
+            checkpoint=str(last_path) if last_path else "",
+            best_checkpoint=str(best) if best.exists() else None,
+            step=s.step,
+            resumed_from=self.resumed_from,
+            val=score.get("val"),
+            test=score.get("test"),
             best_val_loss=early.best_loss if math.isfinite(early.best_loss) else None,
-            chars_per_s=self.average_rate(loop_start), train_seconds=s.train_seconds, interrupted=interrupted,
-            stopped_by=stopped_by, tracking=self.tracker.summary(), remote_dir=self.run_dir.url,
-            best_step=early.best_step if best.exists() else None, last_val=score.get("last_val"), stopped_early=self.stopped_early,
-            validations=self.validations, eval_seconds=self.eval_seconds,
-        )  # fmt: skip
+            chars_per_s=self.meter.average_rate(
+                s.step - self.resumed_from, s.step, s.train_seconds
+            ),
+            train_seconds=s.train_seconds,
+            interrupted=interrupted,
+            stopped_by=stopped_by,
+            tracking=self.tracker.summary(),
+            remote_dir=self.run_dir.url,
+            best_step=early.best_step if best.exists() else None,
+            last_val=score.get("last_val"),
+            stopped_early=validator.stopped_early,
+            validations=validator.validations,
+            eval_seconds=validator.seconds,
+        )
         if self.env.is_main:
-            if self.validations:
-                share = self.eval_seconds / max(s.train_seconds - self.session_train_start, 1e-9)
+            if validator.validations:
+                share = validator.seconds / max(self.meter.session_seconds(s.train_seconds), 1e-9)
                 log.info(
                     "validation: %d passes took %s, %.1f%% of the training time",
-                    self.validations,
-                    format_duration(self.eval_seconds),
+                    validator.validations,
+                    format_duration(validator.seconds),
                     100 * share,
                 )
             atomic_write_json(self.run_dir.path / "train_summary.json", result.to_dict())
@@ -732,16 +569,6 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------ helpers
-
-    def score(self, tokens) -> EvalResult:
-        """Exact scores in fp32 whatever the training precision, so they match ``charrnn evaluate``."""
-        return evaluate_tokens(
-            self.state.model,
-            tokens,
-            num_streams=self.t.eval_batch_size,
-            device=self.device,
-            env=self.env,
-        )
 
     def identity(self) -> dict[str, Any]:
         """What a checkpoint records about the run beside its state."""
@@ -753,23 +580,3 @@ class Trainer:
             "vocab": list(self.tokens.vocab.chars),
             "tokens": {"key": self.tokens.key, "corpus_sha256": self.tokens.corpus_sha256},
         }
-
-    def average_rate(self, loop_start: float) -> float:
-        """chars/s of this session (evaluation included); for a run resumed at its end, of the whole run's training."""
-        s, steps = self.state, self.state.step - self.resumed_from
-        if steps:
-            return steps * self.batcher.chars_per_step / max(time.perf_counter() - loop_start, 1e-9)
-        return (
-            s.step * self.batcher.chars_per_step / s.train_seconds if s.train_seconds > 0 else 0.0
-        )
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.session_start
-
-    def off_the_clock(self, started: float) -> None:
-        """Leave the time since ``started`` (an evaluation, a checkpoint) out of the throughput window."""
-        self.window_start += time.perf_counter() - started
-
-    def restart_window(self) -> None:
-        """Start a new window of logged loss and throughput (after each log line)."""
-        self.window_start, self.window_steps = time.perf_counter(), 0
