@@ -28,7 +28,6 @@ from pydantic import (
     Field,
     PlainValidator,
     ValidationError,
-    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -67,15 +66,6 @@ RateOrAuto = Annotated[float | Literal["auto"], PlainValidator(_rate_or_auto)]
 
 
 _LOADING = contextvars.ContextVar("charrnn_config_loading", default=False)
-
-
-def _split(value: Any, sep: str) -> Any:
-    """The old single-string form of a list field: ``"a,b"`` -> ``["a", "b"]``; a scalar -> a one-item list."""
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(sep) if part.strip()]
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return [value]
-    return value
 
 
 class _Checked(BaseModel):
@@ -167,10 +157,31 @@ class ModelConfig(_Section):
 EVAL_STREAMS = 32
 
 
-class TrainConfig(_Section):
+# TrainConfig is one section of keys (train.lr, train.patience, ...) made of the parts
+# below, so a reader holds one concern at a time and a component can take only the
+# part it reads (make_optimizer an OptimiserConfig, EvalSchedule a ValidationConfig).
+
+
+class RunFilesConfig(_Section):
+    """Where the run lives and what it keeps."""
+
     out_dir: str = Field(
         "runs/default", min_length=1, description="run directory: checkpoints, samples, report"
     )
+    resume: bool = Field(
+        False, description="continue the run in out_dir from its latest checkpoint"
+    )
+    checkpoint_interval: Int = Field(
+        500,
+        ge=1,
+        description="steps between checkpoints; also saved at the end and on SIGINT/SIGTERM",
+    )
+    keep_last: Int = Field(3, ge=1, description="step checkpoints kept (best.pt is kept besides)")
+
+
+class BatchConfig(_Section):
+    """What one step reads."""
+
     batch_size: Int = Field(
         64,
         ge=1,
@@ -186,12 +197,20 @@ class TrainConfig(_Section):
         description="a stream hops to a new random place every this many windows; 0: "
         "contiguous streams",
     )
+
+
+class OptimiserConfig(_Section):
+    """AdamW and its learning-rate schedule."""
+
     lr: Float = Field(7e-3, gt=0, description="peak learning rate (AdamW), reached after warm-up")
     lr_schedule: Literal["linear", "cosine"] = Field(
         "linear", description="decay after warm-up, to lr * min_lr_ratio at the run's end"
     )
     min_lr_ratio: Float = Field(0.0, ge=0, le=1, description="final learning rate as a share of lr")
     warmup_steps: Int = Field(20, ge=0, description="steps of linear warm-up from 0 to lr")
+    lr_decay_steps: Int = Field(
+        0, ge=0, description="decay horizon in steps; 0: the run's own end (steps, epochs or time)"
+    )
     weight_decay: Float = Field(
         0.1, ge=0, description="AdamW weight decay, on weight matrices only (biases spared)"
     )
@@ -199,6 +218,11 @@ class TrainConfig(_Section):
     beta1: Float = Field(0.7, gt=0, lt=1, description="AdamW's first-moment decay")
     beta2: Float = Field(0.99, gt=0, lt=1, description="AdamW's second-moment decay")
     grad_clip: Float = Field(1.0, ge=0, description="largest global gradient norm; 0: no clipping")
+
+
+class HorizonConfig(_Section):
+    """When training stops: the first of steps, epochs and the clock."""
+
     max_steps: Int = Field(
         0,
         ge=0,
@@ -209,9 +233,11 @@ class TrainConfig(_Section):
     time_budget_s: Float = Field(
         120.0, ge=0, description="wall-clock seconds for the training loop; 0: no limit"
     )
-    lr_decay_steps: Int = Field(
-        0, ge=0, description="decay horizon in steps; 0: the run's own end (steps, epochs or time)"
-    )
+
+
+class ValidationConfig(_Section):
+    """Validation during training, early stopping, and scoring."""
+
     eval_interval: Int = Field(
         0, ge=0, description="steps between validations; 0: evals_per_run, spread over the run"
     )
@@ -238,21 +264,18 @@ class TrainConfig(_Section):
         ge=1,
         description="parallel streams when scoring a split (fewer: each starts with more context)",
     )
-    log_interval: Int = Field(100, ge=1, description="steps between training log lines")
-    checkpoint_interval: Int = Field(
-        500,
-        ge=1,
-        description="steps between checkpoints; also saved at the end and on SIGINT/SIGTERM",
+
+
+class RuntimeConfig(_Section):
+    """How the processes run: device, precision, seed, logging."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when a GPU is visible, else CPU"
     )
-    keep_last: Int = Field(3, ge=1, description="step checkpoints kept (best.pt is kept besides)")
-    seed: Int = Field(1337, ge=0, description="seed of initialisation, batching and dropout")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="bf16: autocast with fp32 master weights; auto: bf16 where the GPU or CPU "
         "has native bf16, else fp32",
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="auto: CUDA when a GPU is visible, else CPU"
     )
     compile: bool = Field(False, description="run the model through torch.compile")
     grad_compression: Literal["none", "bf16"] = Field(
@@ -260,9 +283,21 @@ class TrainConfig(_Section):
         description="DDP: all-reduce gradients in bf16 (half the bytes; not bit-exact across "
         "layouts)",
     )
-    resume: bool = Field(
-        False, description="continue the run in out_dir from its latest checkpoint"
-    )
+    seed: Int = Field(1337, ge=0, description="seed of initialisation, batching and dropout")
+    log_interval: Int = Field(100, ge=1, description="steps between training log lines")
+
+
+# Pydantic orders inherited fields from the last base to the first: listed bottom-up, the
+# keys come out in the order of the parts above.
+class TrainConfig(
+    RuntimeConfig, ValidationConfig, HorizonConfig, OptimiserConfig, BatchConfig, RunFilesConfig
+):
+    """The [train] section: its keys are those of its parts."""
+
+    @classmethod
+    def parts(cls) -> list[type[_Section]]:
+        """The parts in reading order, each with its docstring as a heading."""
+        return list(reversed(cls.__bases__))
 
 
 Tag = Annotated[str, Field(min_length=1, max_length=64)]  # W&B's limits for a tag
@@ -302,31 +337,6 @@ class TrackConfig(_Section):
         ge=0,
         description="token files above this many MB are logged by reference, not uploaded",
     )
-
-    @field_validator("tags", mode="before")
-    @classmethod
-    def _tags_from_string(cls, value: Any) -> Any:
-        return _split(value, ",")
-
-    @field_validator("sample_temperatures", mode="before")
-    @classmethod
-    def _temperatures_from_string(cls, value: Any) -> Any:
-        return _split(value, ",")
-
-    @field_validator("sample_prompts", mode="before")
-    @classmethod
-    def _prompts_from_string(cls, value: Any) -> Any:
-        """The old form: ``|``-separated, with backslash escapes (``ROMEO:\\n|JULIET:\\n``)."""
-        if not isinstance(value, str):
-            return value
-        return [_unescape(p) for p in value.split("|") if p]
-
-
-def _unescape(text: str) -> str:
-    if "\\" not in text:
-        return text
-    # unicode_escape decodes latin-1 bytes: turn other characters into \uXXXX escapes first so they survive.
-    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
 
 
 SECTIONS: dict[str, type[_Section]] = {
@@ -415,10 +425,9 @@ def resolve_key(key: str) -> str:
 # What a field accepts where its type alone cannot say it (error messages and --explain).
 _ACCEPTS = {
     "model.dropout": "auto, or a number in [0, 1)",
-    "track.tags": "a list of tags, e.g. [a, b] (or the old form a,b)",
-    "track.sample_prompts": 'a list of prompts, e.g. ["ROMEO:\\n", "JULIET:\\n"] (or the old form '
-    "ROMEO:\\n|JULIET:\\n)",
-    "track.sample_temperatures": "a list of temperatures > 0, e.g. [0.5, 0.8] (or the old form 0.5,0.8)",
+    "track.tags": "a list of tags, e.g. [a, b]",
+    "track.sample_prompts": 'a list of prompts, e.g. ["ROMEO:\\n", "JULIET:\\n"]',
+    "track.sample_temperatures": "a list of temperatures > 0, e.g. [0.5, 0.8]",
 }
 
 
@@ -529,6 +538,8 @@ def _default(field: str) -> str | None:
         return None
     info = cls.model_fields[name]
     value = info.get_default(call_default_factory=True)
+    if isinstance(value, list):  # one line, escapes kept (YAML folds a "\n" over lines)
+        return json.dumps(value, ensure_ascii=False)
     return (
         yaml.safe_dump(value, default_flow_style=True, width=1000)
         .strip()
@@ -658,10 +669,14 @@ def explain_config(cfg: Config) -> str:
     for section, cls in SECTIONS.items():
         lines.append(f"[{section}]")
         values = getattr(cfg, section)
-        for name, info in cls.model_fields.items():
-            lines.append(f"  {section}.{name} = {_show(getattr(values, name))}")
-            lines.append(f"      {info.description}")
-            lines.append(f"      accepts: {_allowed(f'{section}.{name}')}")
+        parts = cls.parts() if cls is TrainConfig else [cls]
+        for part in parts:
+            if len(parts) > 1:
+                lines.append(f"  # {part.__doc__}")
+            for name, info in part.model_fields.items():
+                lines.append(f"  {section}.{name} = {_show(getattr(values, name))}")
+                lines.append(f"      {info.description}")
+                lines.append(f"      accepts: {_allowed(f'{section}.{name}')}")
         lines.append("")
     return "\n".join(lines)
 

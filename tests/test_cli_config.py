@@ -28,7 +28,7 @@ def test_config_lists_every_key_with_overrides_after_options(capsys, tmp_path):
         "--config",
         str(path),
         "track.tags=[a, b]",
-        "track.sample_temperatures=0.5,1",
+        "track.sample_temperatures=[0.5, 1]",
     )
     assert code == 0
     shown = yaml.safe_load(out)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 SECRET = "charrnn0test0secret0" + "a1b2c3d4e5f60718293a"  # 40 characters, shaped like a W&B key
 TINY = ["hidden_size=32", "embedding_dim=16", "seq_len=16", "batch_size=8", "time_budget_s=0", "log_interval=10",
-        "eval_interval=10", "checkpoint_interval=10", "track.sample_length=30", "track.sample_temperatures=0.5,1.0"]  # fmt: skip
+        "eval_interval=10", "checkpoint_interval=10", "track.sample_length=30", "track.sample_temperatures=[0.5, 1.0]"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,6 @@ def test_tags_reach_wandb_as_a_list(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "wandb", fake)
     for overrides, expected in (
         (["track.tags=[a, b]"], ["a", "b"]),
-        (["track.tags=a, b"], ["a", "b"]),
         ([], None),
     ):
         cfg = load_config(None, overrides).track
