@@ -55,6 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     api_url = _use_local_prefect(args.state_dir)
     from prefect import tags
 
+    from flows.params import LaunchParams, SamplingParams, StorageParams, TrackingParams
     from flows.pipeline import train_pipeline
     from flows.zombies import TAG
 
@@ -65,17 +66,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             corpus=args.corpus,
             config_file=args.config,
             overrides=args.overrides,
-            nproc_per_node=args.nproc_per_node,
             time_budget_s=args.time_budget_s,
             max_steps=args.max_steps,
-            wandb_mode=args.wandb_mode,
-            runs_dir=args.runs_dir,
-            registry_dir=args.registry_dir or str(Path(args.runs_dir) / "registry"),
             model_name=args.model_name,
             skip_if_trained=args.skip_if_trained,
-            sample_prompts=[args.prime],
-            num_samples=1,
-            sample_length=args.length,
+            launch=LaunchParams(nproc_per_node=args.nproc_per_node),
+            sampling=SamplingParams(prompts=[args.prime], num_samples=1, length=args.length),
+            storage=StorageParams(
+                runs_dir=args.runs_dir,
+                registry_dir=args.registry_dir or str(Path(args.runs_dir) / "registry"),
+            ),
+            tracking=TrackingParams(wandb_mode=args.wandb_mode),
         )
     where = (
         api_url.removesuffix("/api")

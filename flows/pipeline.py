@@ -1,7 +1,7 @@
 """``train_pipeline``: download -> tokenise -> train_model (torchrun, DDP) -> score_model -> write_samples -> promote_model -> report_run.
 
 Orchestration only: every step is a call into ``charrnn``, and typed records
-(``charrnn.report``) cross the task boundaries; everything heavy lives in the
+(``charrnn.registry.report``) cross the task boundaries; everything heavy lives in the
 content-addressed cache or in the run directory ``RUNS_DIR/<date>-<flow run name>/``.
 """
 
@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -26,12 +26,9 @@ from charrnn.evaluation.sample import SampleSettings
 from charrnn.registry.lines import model_line, pointer_path
 from charrnn.registry.report import RunReport, RunResult
 from charrnn.registry.runs import find_trained, record_result, training_key
+from flows.params import LaunchParams, NotNegative, SamplingParams, StorageParams, TrackingParams
 from flows.report import report_run
 from flows.tasks import download, promote_model, score_model, tokenise, train_model, write_samples
-
-Positive = Annotated[int, Field(ge=1)]
-NotNegative = Annotated[int, Field(ge=0)]
-WandbMode = Literal["auto", "online", "offline", "disabled"]
 
 
 def build_config(
@@ -40,8 +37,7 @@ def build_config(
     overrides: list[str],
     time_budget_s: float | None,
     max_steps: int | None,
-    wandb_mode: str,
-    wandb_project: str,
+    tracking: TrackingParams,
 ) -> Config:
     """Defaults < config file < overrides < the flow's explicit parameters."""
     cfg = load_config(config_file, overrides)
@@ -50,8 +46,8 @@ def build_config(
         cfg.train.time_budget_s = time_budget_s
     if max_steps is not None:
         cfg.train.max_steps = max_steps
-    cfg.track.mode = wandb_mode
-    cfg.track.project = wandb_project
+    cfg.track.mode = tracking.wandb_mode
+    cfg.track.project = tracking.wandb_project
     return cfg
 
 
@@ -63,184 +59,144 @@ def new_run(cfg: Config, runs_dir: str) -> tuple[str, Path]:
     return run_name, run_dir
 
 
+def launch_spec(launch: LaunchParams, cfg: Config) -> LaunchSpec:
+    """The torchrun layout; ``auto`` picks the fastest for this machine (and says why)."""
+    nproc = launch.nproc_per_node
+    if nproc == "auto":
+        nproc, why = auto_nproc(cfg.train.precision)
+        get_run_logger().info("layout: %d training process(es) per machine (auto: %s)", nproc, why)
+    return LaunchSpec(
+        nproc_per_node=nproc,
+        nnodes=launch.nnodes,
+        rdzv_endpoint=launch.rdzv_endpoint,
+        max_restarts=launch.max_restarts,
+        local_addr=launch.local_addr,
+        socket_ifname=launch.socket_ifname,
+    )
+
+
 @flow(
     name="train-pipeline",
     log_prints=True,
-    description="Fetch a corpus, tokenise it, train a stacked-LSTM char model with torchrun DDP, evaluate, sample, and publish.",
+    description="Fetch a corpus, tokenise it, train a stacked-LSTM char model with torchrun "
+    "DDP, evaluate, sample, and publish.",
 )
 def train_pipeline(
     corpus: str = "shakespeare",
+    model_name: str | None = None,
     config_file: str | None = None,
     overrides: list[str] | None = None,
-    nproc_per_node: Positive | Literal["auto"] = "auto",
-    nnodes: Positive = 1,
-    rdzv_endpoint: str | None = None,
-    local_addr: str | None = None,
-    socket_ifname: str | None = None,
-    max_restarts: NotNegative = 0,
     time_budget_s: Annotated[float, Field(ge=0)] | None = None,
     max_steps: NotNegative | None = None,
-    wandb_mode: WandbMode = "auto",
-    wandb_project: str = "charrnn",
-    runs_dir: str = "runs",
-    registry_dir: str = "runs/registry",
-    model_name: str | None = None,
     skip_if_trained: bool = False,
-    sample_prompts: list[str] | None = None,
-    num_samples: Positive = 2,
-    sample_length: Positive = 300,
-    sample_temperature: Annotated[float, Field(gt=0)] = 0.8,
-    train_retries: NotNegative = 2,
-    retry_delay_s: Annotated[float, Field(ge=0)] = 10.0,
+    launch: LaunchParams = LaunchParams(),
+    sampling: SamplingParams = SamplingParams(),
+    storage: StorageParams = StorageParams(),
+    tracking: TrackingParams = TrackingParams(),
 ) -> RunResult:
     """Train a character-level language model end to end; the result is also the run's pipeline_result.json.
 
     Args:
-        corpus: corpus URI: shakespeare (offline), tinyshakespeare, a path, file://, http(s)://, hf://datasets/NAME, fsspec URL.
-        config_file: YAML with data/model/train/track sections (paths relative to the worker's directory).
+        corpus: corpus URI: shakespeare (offline), tinyshakespeare, a path, file://,
+            http(s)://, hf://datasets/NAME, fsspec URL.
+        model_name: the model line this run competes in (letters, digits, - _ .); default:
+            the corpus's name ("shakespeare", or the file stem of a path or URL). A challenger
+            only ever replaces its own line's production model.
+        config_file: YAML with data/model/train/track sections (paths relative to the
+            worker's directory).
         overrides: key=value config overrides, e.g. ["train.lr=3e-3", "hidden_size=512"].
-        nproc_per_node: training processes per machine, or "auto": one per GPU; one process with all cores on an AVX-512 CPU, two on an AVX2 CPU (bench/RESULTS.md).
-        nnodes: machines in the job; > 1 needs rdzv_endpoint (c10d rendezvous; the rendezvous id is this flow run's id).
-        rdzv_endpoint: HOST:PORT of the c10d rendezvous for multi-node training.
-        local_addr: this node's address for the rendezvous (multi-homed hosts).
-        socket_ifname: network interface for gloo/NCCL traffic (GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME).
-        max_restarts: torchrun restarts of the worker group inside one attempt (each resumes from a checkpoint).
         time_budget_s: wall-clock training budget (overrides train.time_budget_s).
         max_steps: step budget (overrides train.max_steps).
-        wandb_mode: auto (online with credentials, else offline), online, offline or disabled.
-        wandb_project: W&B project.
-        runs_dir: where run directories are created.
-        registry_dir: champion/challenger registry (a production.json per model line, and the promoted checkpoints).
-        model_name: the model line this run competes in (letters, digits, - _ .); default: the corpus's name
-            ("shakespeare", or the file stem of a path or URL). A challenger only ever replaces its own line's production model.
-        skip_if_trained: report an earlier completed run of the same tokens and settings instead of training again.
-        sample_prompts: prompts for the samples (default: a newline).
-        num_samples: samples per prompt, generated as one batch.
-        sample_length: characters per sample.
-        sample_temperature: sampling temperature.
-        train_retries: retries of the train_model task (each resumes from the newest checkpoint).
-        retry_delay_s: first retry delay; it doubles for each further retry.
+        skip_if_trained: report an earlier completed run of the same tokens and settings
+            instead of training again.
+        launch: processes, machines, torchrun restarts and task retries.
+        sampling: the samples written after training.
+        storage: where runs and the champion/challenger registry live.
+        tracking: W&B mode and project.
     """
     started = time.time()
-    line = model_line(
-        model_name, corpus
-    )  # before any work: a bad name fails in a second, not after training
-    cfg = build_config(
-        corpus,
-        config_file,
-        list(overrides or []),
-        time_budget_s,
-        max_steps,
-        wandb_mode,
-        wandb_project,
-    )
+    line = model_line(model_name, corpus)  # before any work: a bad name fails in a second
+    overrides = list(overrides or [])
+    cfg = build_config(corpus, config_file, overrides, time_budget_s, max_steps, tracking)
     corpus_ref = download(cfg)
     tokens = tokenise(corpus_ref, cfg)
-    if nproc_per_node == "auto":
-        nproc_per_node, why = auto_nproc(cfg.train.precision)
-        get_run_logger().info(
-            "layout: %d training process(es) per machine (auto: %s)", nproc_per_node, why
-        )
-    launch = LaunchSpec(
-        nproc_per_node=nproc_per_node,
-        nnodes=nnodes,
-        rdzv_endpoint=rdzv_endpoint,
-        max_restarts=max_restarts,
-        local_addr=local_addr,
-        socket_ifname=socket_ifname,
-    )
-    key = training_key(tokens, cfg, nproc_per_node * nnodes, line)
-    previous = find_trained(runs_dir, key) if skip_if_trained else None
+    spec = launch_spec(launch, cfg)
+    key = training_key(tokens, cfg, spec.nproc_per_node * spec.nnodes, line)
+    previous = find_trained(storage.runs_dir, key) if skip_if_trained else None
     if previous is not None:
         get_run_logger().info(
             "skip_if_trained: %s already trained this corpus with these settings; reporting it",
             previous.run_dir,
         )
         return previous
-    sampling = SampleSettings(
-        length=sample_length,
-        temperature=sample_temperature,
-        num_samples=num_samples,
-        seed=cfg.train.seed,
-    )
-    retries = Retries(train_retries, [retry_delay_s * 2**i for i in range(max(train_retries, 1))])
-    registry = Registry(registry_dir, line)
     result = train_and_report(
         cfg,
-        corpus_ref,
-        tokens,
-        launch,
-        runs_dir,
-        registry,
-        sample_prompts or ["\n"],
-        sampling,
-        retries,
-        started,
+        Prepared(corpus_ref, tokens, line, started),
+        spec,
+        launch=launch,
+        sampling=sampling,
+        storage=storage,
     )
-    record_result(runs_dir, key, result)
+    record_result(storage.runs_dir, key, result)
     return result
 
 
 @dataclass(frozen=True)
-class Registry:
-    """Where the run's champion/challenger happens: the registry directory and the model line."""
+class Prepared:
+    """What the flow has before training: the corpus, its tokens, the model line, the start time."""
 
-    dir: str
+    corpus: CorpusRef
+    tokens: TokenSet
     model_name: str
-
-
-@dataclass(frozen=True)
-class Retries:
-    count: int
-    delays_s: list[float]
+    started: float
 
 
 def train_and_report(
     cfg: Config,
-    corpus: CorpusRef,
-    tokens: TokenSet,
-    launch: LaunchSpec,
-    runs_dir: str,
-    registry: Registry,
-    prompts: list[str],
-    sampling: SampleSettings,
-    retries: Retries,
-    started: float,
+    prepared: Prepared,
+    spec: LaunchSpec,
+    *,
+    launch: LaunchParams,
+    sampling: SamplingParams,
+    storage: StorageParams,
 ) -> RunResult:
     """A new run directory: train, score, sample, champion/challenger, report; the run's result."""
-    run_name, run_dir = new_run(cfg, runs_dir)
-    launch.rdzv_id = str(flow_run.get_id() or run_name)
+    tokens, line = prepared.tokens, prepared.model_name
+    run_name, run_dir = new_run(cfg, storage.runs_dir)
+    spec.rdzv_id = str(flow_run.get_id() or run_name)
     get_run_logger().info(
         "run directory %s; training with %d process(es)",
         run_dir,
-        launch.nproc_per_node * launch.nnodes,
+        spec.nproc_per_node * spec.nnodes,
     )
-    trained = train_model.with_options(retries=retries.count, retry_delay_seconds=retries.delays_s)(
-        cfg, tokens, launch
+    train = train_model.with_options(
+        retries=launch.retries, retry_delay_seconds=launch.retry_delays_s()
     )
-    scores = score_model(trained, tokens, cfg.train.eval_batch_size)
-    samples = write_samples(scores, str(run_dir), prompts, sampling)
+    trained = train(cfg, tokens, spec)
+    streams = cfg.train.eval_batch_size
+    scores = score_model(trained, tokens, streams)
+    settings = SampleSettings(
+        length=sampling.length,
+        temperature=sampling.temperature,
+        num_samples=sampling.num_samples,
+        seed=cfg.train.seed,
+    )
+    samples = write_samples(scores, str(run_dir), list(sampling.prompts), settings)
     promotion = promote_model(
-        registry.dir,
-        scores,
-        tokens,
-        corpus,
-        trained,
-        registry.model_name,
-        cfg.train.eval_batch_size,
+        storage.registry_dir, scores, tokens, prepared.corpus, trained, line, streams
     )
     run = RunReport(
         run_name,
         str(run_dir.resolve()),
-        corpus,
+        prepared.corpus,
         tokens,
         trained,
         scores,
         promotion,
-        launch,
+        spec,
         cfg,
-        time.time() - started,
-        registry.model_name,
+        time.time() - prepared.started,
+        line,
     )
     report, tracking, wandb = report_run(run, samples)
     return RunResult(
@@ -255,8 +211,8 @@ def train_and_report(
         wandb=wandb,
         tracking=tracking,
         promoted=promotion.promoted,
-        production=str(pointer_path(registry.dir, registry.model_name).resolve()),
-        model_name=registry.model_name,
+        production=str(pointer_path(storage.registry_dir, line).resolve()),
+        model_name=line,
         chars_per_s=trained.chars_per_s,
         train_seconds=trained.train_seconds,
     )

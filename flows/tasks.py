@@ -70,9 +70,9 @@ def download(cfg: Config) -> CorpusRef:
 @task(name="tokenise")
 def tokenise(corpus: CorpusRef, cfg: Config) -> TokenSet:
     """Character vocabulary and train/val/test token files (HF ``datasets``), from the cache when they are there."""
-    from charrnn.data.prepare import tokenise as tokenise_corpus
+    from charrnn.data.prepare import corpus_tokens
 
-    tokens = tokenise_corpus(corpus, cfg)
+    tokens = corpus_tokens(corpus, cfg)
     get_run_logger().info(
         "tokens %s: vocab %d, train/val/test %s (%s)",
         tokens.dir,
@@ -114,7 +114,7 @@ class TrainingFailed(RuntimeError):
     """torchrun exited with an error; the task's retries resume from the newest checkpoint."""
 
 
-# Retries are the flow's train_retries and retry_delay_s (train_pipeline sets them per run).
+# Retries are launch.retries and launch.retry_delay_s (train_pipeline sets them per run).
 @task(name="train_model", tags=["charrnn-train"])
 def train_model(cfg: Config, tokens: TokenSet, launch: LaunchSpec) -> TrainResult:
     """``torchrun ... -m charrnn train --resume``: DDP training in its own process group, into ``cfg.train.out_dir``.
@@ -219,9 +219,9 @@ def write_samples(
     scores: Scores, run_dir: str, prompts: list[str], settings: SampleSettings
 ) -> list[Sample]:
     """``settings.num_samples`` samples per prompt, batched, seeded; written to samples.json and samples.txt."""
-    from charrnn.registry.runs import write_samples as write
+    from charrnn.registry.runs import save_samples
 
-    rows = write(scores.checkpoint, run_dir, prompts, settings)
+    rows = save_samples(scores.checkpoint, run_dir, prompts, settings)
     get_run_logger().info("%d samples in %s", len(rows), Path(run_dir) / "samples.txt")
     return rows
 

@@ -142,8 +142,8 @@ def test_cancelling_a_training_run_leaves_no_process_behind(deployed, http_serve
         corpus=http_server.url("long.txt"),
         max_steps=0,
         time_budget_s=600.0,
-        nproc_per_node=2,
-        runs_dir=str(runs_dir),
+        launch={"nproc_per_node": 2},
+        storage={"runs_dir": str(runs_dir)},
     )
 
     deadline, pids = time.monotonic() + 180, set()

@@ -24,6 +24,8 @@ from helpers import (
     wandb_records,
 )
 
+from flows.params import LaunchParams, SamplingParams, StorageParams, TrackingParams
+
 pytestmark = [pytest.mark.prefect, pytest.mark.slow, pytest.mark.distributed]
 
 
@@ -39,13 +41,13 @@ def run_pipeline(tmp_path: Path, corpus: str, **params):
 
     defaults = dict(
         overrides=TINY_OVERRIDES,
-        nproc_per_node=1,
         max_steps=20,
-        wandb_mode="disabled",
-        runs_dir=str(tmp_path / "runs"),
-        registry_dir=str(tmp_path / "registry"),
-        train_retries=0,
-        sample_length=50,
+        launch=LaunchParams(nproc_per_node=1, retries=0),
+        sampling=SamplingParams(length=50),
+        storage=StorageParams(
+            runs_dir=str(tmp_path / "runs"), registry_dir=str(tmp_path / "registry")
+        ),
+        tracking=TrackingParams(wandb_mode="disabled"),
     )
     state = train_pipeline(corpus=corpus, **{**defaults, **params}, return_state=True)
     assert state.is_completed(), state
@@ -109,10 +111,8 @@ def test_train_task_retries_and_resumes_after_a_killed_worker(prefect_server, se
     result, flow_run_id = run_pipeline(
         tmp_path,
         served.url("corpus.txt"),
-        nproc_per_node=2,
         max_steps=3000,
-        train_retries=1,
-        retry_delay_s=1,
+        launch=LaunchParams(nproc_per_node=2, retries=1, retry_delay_s=1),
     )
     killer.join(timeout=5)
     assert killed, "the test never found a worker to kill"
@@ -150,9 +150,8 @@ def test_report_run_creates_report_samples_and_wandb_artifacts(
         tmp_path,
         served.url("corpus.txt"),
         overrides=overrides,
-        wandb_mode="offline",
-        num_samples=2,
-        sample_prompts=["ROMEO:\n", "JULIET:\n"],
+        tracking=TrackingParams(wandb_mode="offline"),
+        sampling=SamplingParams(length=50, num_samples=2, prompts=["ROMEO:\n", "JULIET:\n"]),
     )
 
     from prefect.client.orchestration import get_client
@@ -303,9 +302,10 @@ def test_a_bad_model_name_fails_before_any_work(prefect_server, tmp_path):
     state = train_pipeline(
         corpus="shakespeare",
         model_name="../escape",
-        runs_dir=str(tmp_path / "runs"),
-        registry_dir=str(tmp_path / "registry"),
-        wandb_mode="disabled",
+        storage=StorageParams(
+            runs_dir=str(tmp_path / "runs"), registry_dir=str(tmp_path / "registry")
+        ),
+        tracking=TrackingParams(wandb_mode="disabled"),
         return_state=True,
     )
     assert state.is_failed() and "cannot name a model line" in str(state.message or "") + repr(
@@ -326,11 +326,12 @@ def test_a_refused_corpus_leaves_the_cache_as_it_was(
     state = train_pipeline(
         corpus=http_server.url("tiny.txt"),
         overrides=TINY_OVERRIDES,
-        nproc_per_node=1,
         max_steps=5,
-        wandb_mode="disabled",
-        runs_dir=str(tmp_path / "runs"),
-        registry_dir=str(tmp_path / "registry"),
+        launch=LaunchParams(nproc_per_node=1),
+        storage=StorageParams(
+            runs_dir=str(tmp_path / "runs"), registry_dir=str(tmp_path / "registry")
+        ),
+        tracking=TrackingParams(wandb_mode="disabled"),
         return_state=True,
     )
     assert state.is_failed()

@@ -53,7 +53,7 @@ def fetch(cfg: Config) -> CorpusRef:
     )
 
 
-def tokenise(corpus: CorpusRef, cfg: Config) -> TokenSet:
+def corpus_tokens(corpus: CorpusRef, cfg: Config) -> TokenSet:
     """The corpus's tokens: a cache hit when they are there, else built from the corpus file.
 
     ``corpus`` may be an older reference (a Prefect cache hit) whose file was cleaned away

@@ -60,7 +60,7 @@ def score_checkpoint(
     return scores, reused
 
 
-def write_samples(
+def save_samples(
     checkpoint: str, run_dir: str | os.PathLike[str], prompts: list[str], settings: SampleSettings
 ) -> list[Sample]:
     """``settings.num_samples`` samples per prompt, batched and seeded; written to samples.json and samples.txt."""

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from charrnn.config import TrainConfig
+from charrnn.config import ValidationConfig
 
 # Validating should cost about this share of the training time.
 EVAL_SHARE = 0.05
@@ -49,7 +49,7 @@ class EvalSchedule:
     done: int = 0
 
     @classmethod
-    def from_config(cls, t: TrainConfig) -> EvalSchedule:
+    def from_config(cls, t: ValidationConfig) -> EvalSchedule:
         return cls(t.eval_interval, 0 if t.eval_interval else t.evals_per_run)
 
     def resume_at(self, fraction: float) -> None:
