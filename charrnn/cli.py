@@ -49,7 +49,10 @@ def _config(args: argparse.Namespace, extra: list[str] | None = None) -> Config:
 
 
 def _train_extra(args: argparse.Namespace) -> list[str]:
-    """`charrnn train`'s own options as overrides (also read by `charrnn launch` before torchrun starts)."""
+    """`charrnn train`'s own options as overrides.
+
+    Also read by `charrnn launch` before torchrun starts.
+    """
     extra = [f"train.out_dir={args.out_dir}"] if args.out_dir else []
     if args.resume:
         extra.append("train.resume=true")
@@ -79,7 +82,8 @@ def _tokens_for_training(args: argparse.Namespace, cfg: Config):
 def cmd_train(args: argparse.Namespace) -> int:
     from charrnn.distributed.launch import supervise_worker
 
-    supervise_worker()  # first: a worker whose torchrun agent is killed must not train on unsupervised
+    # First: a worker whose torchrun agent is killed must not train on unsupervised.
+    supervise_worker()
     from charrnn.distributed.group import DistEnv, destroy_process_group
     from charrnn.train.trainer import train
 
@@ -93,9 +97,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     destroy_process_group(together=True)
     if env.is_main and not args.no_summary:
         print(json.dumps(result.to_dict(), indent=2))
-    if (
-        result.stopped_by
-    ):  # as a shell reports a process stopped by a signal: 130 for SIGINT, 143 for SIGTERM
+    # As a shell reports a process stopped by a signal: 130 for SIGINT, 143 for SIGTERM.
+    if result.stopped_by:
         return 128 + signal.Signals[result.stopped_by].value
     return 130 if result.interrupted else 0  # stopped because another rank got a signal
 
@@ -103,7 +106,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _split_tokens(
     target: str, split: str, tokens_dir: str | None, payload: dict, vocab, unk_policy: str = "unk"
 ):
-    """Token ids for ``--split val|test|PATH`` of a checkpoint; a PATH's unseen characters follow ``unk_policy``."""
+    """Token ids for ``--split val|test|PATH`` of a checkpoint.
+
+    A PATH's unseen characters follow ``unk_policy``.
+    """
     import numpy as np
 
     from charrnn.data.corpus import cache_root, normalise_and_validate
@@ -135,7 +141,10 @@ def _split_tokens(
 
 
 def _unk_policy(cfg: Config, payload: dict) -> str:
-    """data.unk_policy as set by --config or key=value, else the one the checkpoint was trained with."""
+    """data.unk_policy as set by --config or key=value.
+
+    Otherwise the one the checkpoint was trained with.
+    """
     if "unk_policy" in cfg.data.model_fields_set:
         return cfg.data.unk_policy
     trained = payload.get("config", {}).get("data", {}).get("unk_policy", "unk")
@@ -145,7 +154,8 @@ def _unk_policy(cfg: Config, payload: dict) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from charrnn.distributed.launch import supervise_worker
 
-    supervise_worker()  # first: a worker whose torchrun agent is killed must not run on unsupervised
+    # First: a worker whose torchrun agent is killed must not run on unsupervised.
+    supervise_worker()
     from charrnn.distributed.group import (
         DistEnv,
         destroy_process_group,
@@ -276,7 +286,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _auto_nproc(train_args: list[str], *, read_config: bool) -> int:
-    """``--nproc-per-node auto``: the machine's fastest layout for this run's precision; says which and why."""
+    """``--nproc-per-node auto``: the machine's fastest layout for this run's precision.
+
+    Says which and why.
+    """
     from charrnn.distributed.machine import auto_nproc
 
     precision = "auto"
@@ -303,7 +316,10 @@ def nproc_arg(value: str) -> int | str:
 def _check_launch_config(
     train_args: list[str], processes: int, nproc_per_node: int, nnodes: int
 ) -> None:
-    """Read the config as every worker's `charrnn train` will, and refuse it here, once, before torchrun starts."""
+    """Read the config as every worker's `charrnn train` will.
+
+    A bad config is refused here, once, before torchrun starts.
+    """
     train = parse_args(["train", *train_args])
     check_batch_split(
         _config(train, _train_extra(train)),
@@ -330,9 +346,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
         socket_ifname=args.socket_ifname,
         rdzv_is_host=args.rdzv_is_host,
     )
-    if (
-        args.print_command
-    ):  # what would run, as a JSON list (tests check the cluster manifests with it)
+    # What would run, as a JSON list (tests check the cluster manifests with it).
+    if args.print_command:
         print(json.dumps(torchrun_command(spec, train_args)))
         return 0
     if nproc >= 1 and args.nnodes >= 1:  # else torchrun_command refuses them
@@ -353,7 +368,10 @@ def _add_prepare(sub) -> None:
     p = sub.add_parser(
         "prepare",
         help="fetch a corpus and tokenise it (cached by content)",
-        description="Fetch data.corpus, validate it, and write vocab + train/val/test token files to the cache.",
+        description=(
+            "Fetch data.corpus, validate it, and write vocab + train/val/test token files "
+            "to the cache."
+        ),
     )
     _add_config_args(p)
     p.set_defaults(func=cmd_prepare)
@@ -408,7 +426,10 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--device", help="auto, cpu or cuda (train.device; default: auto)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_config_args(p)
-    p.epilog = "data.unk_policy=error refuses a PATH with characters outside the vocabulary (default: the checkpoint's own policy; unk maps them to <unk>)"
+    p.epilog = (
+        "data.unk_policy=error refuses a PATH with characters outside the vocabulary "
+        "(default: the checkpoint's own policy; unk maps them to <unk>)"
+    )
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -444,7 +465,10 @@ def _add_sample(sub) -> None:
         "--precision",
         choices=("auto", "fp32", "bf16"),
         default="auto",
-        help="matrix products per character: auto (bf16 from 16 samples where the hardware has native bf16, else fp32), fp32 or bf16; the cell state stays fp32",
+        help=(
+            "matrix products per character: auto (bf16 from 16 samples where the hardware "
+            "has native bf16, else fp32), fp32 or bf16; the cell state stays fp32"
+        ),
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of streaming text")
     p.set_defaults(func=cmd_sample)
@@ -454,7 +478,9 @@ def _add_run(sub) -> None:
     p = sub.add_parser(
         "run",
         help="prepare -> train -> evaluate -> sample in one go",
-        description="The whole job in one process, ending with val/test bits/char, a sample and the paths.",
+        description=(
+            "The whole job in one process, ending with val/test bits/char, a sample and the paths."
+        ),
     )
     p.add_argument("--out-dir", help="run directory (train.out_dir)")
     p.add_argument("--prime", default="ROMEO:\n", help="prime for the final sample")
@@ -467,14 +493,23 @@ def _add_launch(sub) -> None:
     p = sub.add_parser(
         "launch",
         help="run `charrnn train` under torchrun (many processes, many machines)",
-        description="Build and run the torchrun command for `charrnn train`, streaming its output; Ctrl-C stops every worker.",
-        epilog="example: charrnn launch --nproc-per-node 2 --max-restarts 1 -- --out-dir runs/ddp max_steps=2000",
+        description=(
+            "Build and run the torchrun command for `charrnn train`, streaming its output; "
+            "Ctrl-C stops every worker."
+        ),
+        epilog=(
+            "example: charrnn launch --nproc-per-node 2 --max-restarts 1 "
+            "-- --out-dir runs/ddp max_steps=2000"
+        ),
     )
     p.add_argument(
         "--nproc-per-node",
         type=nproc_arg,
         default="auto",
-        help="worker processes on this machine, or auto (default): one per GPU; on a CPU the fastest layout measured (one process with all cores on AVX-512, two on AVX2)",
+        help=(
+            "worker processes on this machine, or auto (default): one per GPU; on a CPU the "
+            "fastest layout measured (one process with all cores on AVX-512, two on AVX2)"
+        ),
     )
     p.add_argument(
         "--nnodes", type=int, default=1, help="machines in the job (each runs this same command)"
@@ -489,7 +524,10 @@ def _add_launch(sub) -> None:
         "--max-restarts",
         type=int,
         default=0,
-        help="restart the worker group this many times after a failure (resumes from the newest checkpoint)",
+        help=(
+            "restart the worker group this many times after a failure "
+            "(resumes from the newest checkpoint)"
+        ),
     )
     p.add_argument(
         "--local-addr",
@@ -499,12 +537,18 @@ def _add_launch(sub) -> None:
     p.add_argument(
         "--socket-ifname",
         metavar="IFACE",
-        help="network interface for gloo/NCCL traffic (sets GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME)",
+        help=(
+            "network interface for gloo/NCCL traffic "
+            "(sets GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME)"
+        ),
     )
     p.add_argument(
         "--rdzv-is-host",
         action="store_true",
-        help="this node hosts the rendezvous store (needed when the endpoint is a DNS name of this node, e.g. pod 0 of a Job)",
+        help=(
+            "this node hosts the rendezvous store (needed when the endpoint is a DNS name "
+            "of this node, e.g. pod 0 of a Job)"
+        ),
     )
     p.add_argument(
         "--print-command",
@@ -547,22 +591,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if (
-        "TORCHELASTIC_ERROR_FILE" in os.environ
-    ):  # a torchrun worker: the agent reports a failure's traceback
+    # A torchrun worker: the agent reports a failure's traceback.
+    if "TORCHELASTIC_ERROR_FILE" in os.environ:
         from torch.distributed.elastic.multiprocessing.errors import record
 
         return record(_main)(argv)
-    return _main(
-        argv
-    )  # torch is imported only by the commands that need it: `prepare` and `--help` start fast
+    # torch is imported only by the commands that need it: `prepare` and `--help` start fast.
+    return _main(argv)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    # key=value after an option (`charrnn evaluate RUN --split test data.unk_policy=error`): argparse
-    # hands positionals after the first option group back unparsed; they are overrides too.
+    # key=value after an option (`charrnn evaluate RUN --split test data.unk_policy=error`):
+    # argparse hands positionals after the first option group back unparsed; they are
+    # overrides too.
     if (
         rest
         and hasattr(args, "overrides")

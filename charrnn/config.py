@@ -36,7 +36,10 @@ from charrnn.errors import ConfigError
 
 
 def _number(value: Any) -> Any:
-    """Numbers, and strings that read as numbers (YAML 1.1 reads ``3e-3`` as a string); never true/false."""
+    """Numbers, and strings that read as numbers; never true/false.
+
+    Strings count because YAML 1.1 reads ``3e-3`` as a string.
+    """
     if isinstance(value, bool):
         raise PydanticCustomError("number_type", "expected a number, got a boolean")
     return value
@@ -48,7 +51,10 @@ Fraction = Annotated[float, BeforeValidator(_number), Field(ge=0, lt=1)]
 
 
 def _rate_or_auto(value: Any) -> float | str:
-    """``auto``, or a number in [0, 1): one clear error either way, not one per member of a union."""
+    """``auto``, or a number in [0, 1).
+
+    One clear error either way, not one per member of a union.
+    """
     if value == "auto":
         return value
     if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -72,7 +78,8 @@ class _Checked(BaseModel):
     """Construction and assignment in code raise ConfigError, like loading does."""
 
     def __init__(self, **values: Any) -> None:
-        if _LOADING.get():  # nested inside Config.model_validate: let pydantic collect every error with its location
+        # Nested inside Config.model_validate: let pydantic collect every error with its location.
+        if _LOADING.get():
             super().__init__(**values)
             return
         try:
@@ -121,7 +128,8 @@ class DataConfig(_Section):
     )
     cache_dir: str = Field(
         "",
-        description="where downloads and token files are kept; empty: $CHARRNN_CACHE or ~/.cache/charrnn",
+        description="where downloads and token files are kept; empty: $CHARRNN_CACHE or "
+        "~/.cache/charrnn",
     )
     http_timeout_s: Float = Field(
         30.0, gt=0, description="seconds before one download attempt gives up"
@@ -133,7 +141,8 @@ class DataConfig(_Section):
         if self.val_fraction + self.test_fraction >= 1:
             raise PydanticCustomError(
                 "fraction_sum",
-                "data.val_fraction + data.test_fraction = {total} leaves no training split: they must sum to less than 1",
+                "data.val_fraction + data.test_fraction = {total} leaves no training split: "
+                "they must sum to less than 1",
                 {"total": round(self.val_fraction + self.test_fraction, 12)},
             )
         return self
@@ -374,7 +383,10 @@ def _check_keys(raw: dict[str, Any], where: str) -> None:
             raise ConfigError(
                 f"unknown section {section!r}",
                 where=where,
-                fix=f"use one of: {', '.join(SECTIONS)}{_did_you_mean(str(section), list(SECTIONS))}",
+                fix=(
+                    f"use one of: {', '.join(SECTIONS)}"
+                    f"{_did_you_mean(str(section), list(SECTIONS))}"
+                ),
             )
         if values is None:
             continue
@@ -390,7 +402,10 @@ def _check_key(section: str, key: Any, where: str) -> None:
         raise ConfigError(
             f"unknown key {f'{section}.{key}'!r}",
             where=where,
-            fix=f"valid keys in [{section}]: {', '.join(names)}{_did_you_mean(str(key), names, prefix=f'{section}.')}",
+            fix=(
+                f"valid keys in [{section}]: {', '.join(names)}"
+                f"{_did_you_mean(str(key), names, prefix=f'{section}.')}"
+            ),
         )
 
 
@@ -473,8 +488,22 @@ def _allowed(key: str) -> str | None:
     return words
 
 
-_TYPE_ERRORS = {"int_parsing", "int_type", "int_from_float", "float_parsing", "float_type", "bool_parsing", "bool_type",
-                "string_type", "list_type", "number_type", "finite_number", "model_type", "model_attributes_type", "dict_type"}  # fmt: skip
+_TYPE_ERRORS = {
+    "int_parsing",
+    "int_type",
+    "int_from_float",
+    "float_parsing",
+    "float_type",
+    "bool_parsing",
+    "bool_type",
+    "string_type",
+    "list_type",
+    "number_type",
+    "finite_number",
+    "model_type",
+    "model_attributes_type",
+    "dict_type",
+}
 
 
 def _config_error(
@@ -484,7 +513,10 @@ def _config_error(
     sources: dict[str, str] | None = None,
     prefix: str | None = None,
 ) -> ConfigError:
-    """One ConfigError for all of a ValidationError's problems, each naming its key, what it accepts and the fix."""
+    """One ConfigError for all of a ValidationError's problems.
+
+    Each problem names its key, what it accepts and the fix.
+    """
     problems, fixes, places = [], [], []
     for err in exc.errors(include_url=False):
         loc = [str(part) for part in err["loc"]]
@@ -508,7 +540,8 @@ def _config_error(
         elif kind in _TYPE_ERRORS:
             problems.append(f"{key}={value!r} has the wrong type: expected {allowed or kind}")
             fixes.append(
-                f"write {field} as {allowed}{example}; quote text that YAML would read as a number or a boolean"
+                f"write {field} as {allowed}{example}; "
+                "quote text that YAML would read as a number or a boolean"
             )
         elif kind == "fraction_sum":
             problems.append(err["msg"])
@@ -598,7 +631,10 @@ def _merge(raw: dict[str, Any], overrides: list[str], sources: dict[str, str]) -
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Apply ``key=value`` strings (values read as YAML) to ``cfg`` in place, validating the result."""
+    """Apply ``key=value`` strings (values read as YAML) to ``cfg`` in place.
+
+    The result is validated as a whole.
+    """
     sources: dict[str, str] = {}
     new = _validate(_merge(cfg.to_dict(), overrides, sources), sources, "command line")
     for section in SECTIONS:
@@ -635,20 +671,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def check_batch_split(
     cfg: Config, processes: int, *, layout: str = "", where: str = "train.batch_size"
 ) -> None:
-    """Refuse a global batch that ``processes`` training processes cannot share equally (before starting them)."""
+    """Refuse a global batch that ``processes`` training processes cannot share equally.
+
+    Called before starting them.
+    """
     batch = cfg.train.batch_size
     if processes >= 1 and batch % processes:
         lower, higher = batch - batch % processes, batch + processes - batch % processes
         raise ConfigError(
-            f"train.batch_size={batch} (global streams) is not divisible by the {processes} training processes"
-            f"{f' ({layout})' if layout else ''}: every process must own the same number of streams",
+            f"train.batch_size={batch} (global streams) is not divisible by the "
+            f"{processes} training processes"
+            f"{f' ({layout})' if layout else ''}: "
+            "every process must own the same number of streams",
             where=where,
-            fix=f"set train.batch_size to a multiple of {processes} ({', '.join(str(b) for b in (lower, higher) if b > 0)}), or use another number of processes",
+            fix=(
+                f"set train.batch_size to a multiple of {processes} "
+                f"({', '.join(str(b) for b in (lower, higher) if b > 0)}), "
+                "or use another number of processes"
+            ),
         )
 
 
 class _Dumper(yaml.SafeDumper):
-    """Strings with line breaks as one double-quoted line ("ROMEO:\\n"), not YAML's folded blocks."""
+    """Strings with line breaks as one double-quoted line ("ROMEO:\\n").
+
+    Not as YAML's folded blocks.
+    """
 
 
 _Dumper.add_representer(

@@ -116,7 +116,10 @@ class NullTracker:
 
 
 def has_wandb_credentials() -> bool:
-    """True when W&B would authenticate: an API key in the environment or ~/.netrc (never read out)."""
+    """True when W&B would authenticate.
+
+    That is, an API key in the environment or ~/.netrc (never read out).
+    """
     if os.environ.get("WANDB_API_KEY"):
         return True
     try:
@@ -127,7 +130,11 @@ def has_wandb_credentials() -> bool:
 
 
 def resolve_mode(requested: str) -> str:
-    """``track.mode`` (already one of auto|online|offline|disabled: the config refuses anything else) -> the W&B mode."""
+    """``track.mode`` -> the W&B mode.
+
+    ``requested`` is already one of auto|online|offline|disabled: the config refuses
+    anything else.
+    """
     if requested == "auto":
         env_mode = os.environ.get("WANDB_MODE")
         if env_mode in ("online", "offline", "disabled"):
@@ -239,13 +246,18 @@ class WandbTracker:
         name: str | None = None,
         samples: list[tuple[float, str, str]] | None = None,
     ) -> None:
-        """A model artefact version: in ``model-<run id>`` (training's checkpoints) or the collection ``name`` (a model line)."""
+        """A model artefact version.
+
+        It goes in ``model-<run id>`` (training's checkpoints) or the collection ``name``
+        (a model line).
+        """
 
         def build():
             artifact = self._wandb.Artifact(
                 name or f"model-{self.run_id}",
                 type="model",
-                # use_artifact() does not work offline: the lineage lives in metadata, so it survives `wandb sync`.
+                # use_artifact() does not work offline: the lineage lives in metadata, so it
+                # survives `wandb sync`.
                 metadata={
                     **metadata,
                     "step": step,
@@ -253,7 +265,9 @@ class WandbTracker:
                 },
             )
             artifact.add_file(str(path), name="model.pt")
-            if samples:  # inside the artefact, not a history row: the run's `samples` increments stay training's
+            # Inside the artefact, not a history row: the run's `samples` increments stay
+            # training's.
+            if samples:
                 table = self._wandb.Table(columns=SAMPLE_COLUMNS)
                 self._add_samples(table, step, samples)
                 artifact.add(table, "samples")
@@ -268,8 +282,8 @@ class WandbTracker:
         info = {"wandb_run_id": self.run_id, "wandb_mode": self.run.settings.mode}
         if self.offline_dir is not None:
             info["wandb_dir"] = str(self.offline_dir)
-            # Every process that reopened this run id (a resume, the pipeline's publish step) wrote its own
-            # offline directory; the glob uploads them all into the one W&B run.
+            # Every process that reopened this run id (a resume, the pipeline's publish step)
+            # wrote its own offline directory; the glob uploads them all into the one W&B run.
             info["wandb_sync"] = f"wandb sync {self.offline_dir.parent}/offline-run-*-{self.run_id}"
         else:
             info["wandb_url"] = self.run.url
@@ -293,7 +307,8 @@ def make_tracker(
         tracker = WandbTracker(cfg, run_dir=run_dir, run_id=run_id, mode=mode, config=config)
     except Exception as exc:  # ImportError, timeouts, bad settings, unwritable dirs ...
         log.warning(
-            "W&B could not start (%s: %s); training continues without W&B. Check track.* settings or set track.mode=disabled.",
+            "W&B could not start (%s: %s); training continues without W&B. "
+            "Check track.* settings or set track.mode=disabled.",
             type(exc).__name__,
             exc,
         )
@@ -303,7 +318,10 @@ def make_tracker(
 
 
 def checkpoint_scores(scores: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """A model artefact's scores, in training's vocabulary: val (or that it was not measured) and test when known."""
+    """A model artefact's scores, in training's vocabulary.
+
+    Val (or that it was not measured) and test when known.
+    """
     val, test = scores.get("val"), scores.get("test")
     fields: dict[str, Any] = (
         {"val_bpc": val["bpc"], "val_loss_nats": val["loss_nats"]}
@@ -328,7 +346,10 @@ def publish_to_wandb(
     metadata: dict[str, Any],
     dataset_ref: str | None,
 ) -> dict[str, Any]:
-    """After training: the final scores (summary) and the model with its samples (an artefact of its line) in the training's W&B run.
+    """After training, write the final scores and the model to the training's W&B run.
+
+    The scores go in the summary; the model, with its samples, is an artefact of
+    its line.
 
     Reopens the run by its deterministic id (``resume="allow"``) and writes no
     history (module docstring: who writes what). The model goes into the line's
@@ -349,9 +370,10 @@ def publish_to_wandb(
         tracker.set_summary(
             {**final, "final/step": step, "model_name": model_name, "production": promoted}
         )
-        # One collection per model line, logged into directly: Run.link_artifact raises NotImplementedError
-        # offline (wandb 0.31) and `wandb sync` replays no links, whereas a logged version syncs as it is.
-        # Online and offline-then-synced runs thus end up the same: `<project>/<model_name>:production`.
+        # One collection per model line, logged into directly: Run.link_artifact raises
+        # NotImplementedError offline (wandb 0.31) and `wandb sync` replays no links, whereas a
+        # logged version syncs as it is. Online and offline-then-synced runs thus end up the
+        # same: `<project>/<model_name>:production`.
         aliases = [f"run-{tracker.run_id}", *(["production"] if promoted else [])]
         line_metadata = {**metadata, **checkpoint_scores(scores), "model_name": model_name}
         tracker.log_model(

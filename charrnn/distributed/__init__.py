@@ -1,1 +1,1 @@
-"""Processes: the machine's layout, the torch.distributed process group, and the torchrun launcher."""
+"""Processes: the machine's layout, the torch.distributed process group, the torchrun launcher."""

@@ -118,13 +118,15 @@ NCCL_ENV_DEFAULTS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (
         ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "NCCL_ASYNC_ERROR_HANDLING"),
         "3",
-        "SkipCleanUp (PyTorch's default, made explicit): on a failed or timed-out collective the watchdog "
-        "ends the process without ncclCommAbort (which can itself hang); the flight recorder needs this mode",
+        "SkipCleanUp (PyTorch's default, made explicit): on a failed or timed-out collective "
+        "the watchdog ends the process without ncclCommAbort (which can itself hang); "
+        "the flight recorder needs this mode",
     ),
     (
         ("TORCH_NCCL_DUMP_ON_TIMEOUT",),
         "1",
-        "write the flight recorder to TORCH_FR_DUMP_TEMP_FILE<rank> (default /tmp/nccl_trace_rank_<rank>) on timeout or error",
+        "write the flight recorder to TORCH_FR_DUMP_TEMP_FILE<rank> "
+        "(default /tmp/nccl_trace_rank_<rank>) on timeout or error",
     ),
     (
         ("TORCH_FR_BUFFER_SIZE", "TORCH_NCCL_TRACE_BUFFER_SIZE"),
@@ -135,19 +137,18 @@ NCCL_ENV_DEFAULTS: tuple[tuple[tuple[str, ...], str, str], ...] = (
 
 
 def apply_nccl_env_defaults(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
-    """Set :data:`NCCL_ENV_DEFAULTS` where the user set none of a setting's names; return what was set.
+    """Set :data:`NCCL_ENV_DEFAULTS` where the user set none of a setting's names.
 
-    Must run before the NCCL process group is created: ProcessGroupNCCL reads
-    these once, in its constructor.
+    Returns what was set. Must run before the NCCL process group is created:
+    ProcessGroupNCCL reads these once, in its constructor.
     """
     environ = os.environ if environ is None else environ
     applied: dict[str, str] = {}
     for names, value, _why in NCCL_ENV_DEFAULTS:
         if any(name in environ for name in names):
             continue
-        for name in (
-            names if names[0] == "TORCH_FR_BUFFER_SIZE" else names[:1]
-        ):  # never the deprecated NCCL_* spellings
+        # Never the deprecated NCCL_* spellings.
+        for name in names if names[0] == "TORCH_FR_BUFFER_SIZE" else names[:1]:
             environ[name] = value
             applied[name] = value
     return applied
@@ -168,7 +169,10 @@ def nccl_collective_timeout_s(environ: MutableMapping[str, str] | None = None) -
         raise ConfigError(
             f"{NCCL_TIMEOUT_ENV}={raw!r} is not a positive number of seconds",
             where="environment",
-            fix=f"unset it (default {DEFAULT_NCCL_TIMEOUT_S:g} s) or set e.g. {NCCL_TIMEOUT_ENV}=300",
+            fix=(
+                f"unset it (default {DEFAULT_NCCL_TIMEOUT_S:g} s) "
+                f"or set e.g. {NCCL_TIMEOUT_ENV}=300"
+            ),
         )
     return value
 
@@ -182,9 +186,8 @@ def init_process_group(env: DistEnv, device: torch.device, timeout_s: float = 60
     if env.distributed and not dist.is_initialized():
         nccl = device.type == "cuda"
         backend = "nccl" if nccl else "gloo"
-        collective_timeout_s = (
-            nccl_collective_timeout_s() if nccl else None
-        )  # a bad value fails before any rendezvous
+        # A bad value fails before any rendezvous.
+        collective_timeout_s = nccl_collective_timeout_s() if nccl else None
         if nccl:
             applied = apply_nccl_env_defaults()
             if applied and env.is_main:
@@ -209,17 +212,19 @@ def init_process_group(env: DistEnv, device: torch.device, timeout_s: float = 60
                 set_timeout(datetime.timedelta(seconds=collective_timeout_s))
             elif env.is_main:
                 log.warning(
-                    "this PyTorch cannot shorten the NCCL timeout after start-up: collectives keep %.0f s",
+                    "this PyTorch cannot shorten the NCCL timeout after start-up: "
+                    "collectives keep %.0f s",
                     timeout_s,
                 )
 
 
 def destroy_process_group(*, together: bool = False) -> None:
-    """Leave the process group; ``together`` (after a run that ended well) waits for every rank first.
+    """Leave the process group; ``together`` waits for every rank first.
 
-    Without that barrier a fast rank can close its connections while a peer is still
-    finishing its last collective, and gloo's threads in that peer may abort the process
-    at exit. Never after a failure, when a peer may be gone and a barrier would hang.
+    ``together`` is for a run that ended well. Without that barrier a fast rank can
+    close its connections while a peer is still finishing its last collective, and
+    gloo's threads in that peer may abort the process at exit. Never after a failure,
+    when a peer may be gone and a barrier would hang.
     """
     if dist.is_initialized():
         if together:
@@ -254,10 +259,11 @@ def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def bf16_allreduce_hook(
-    process_group, bucket
-):  # unannotated: DDP checks annotations, and they are strings here
-    """A DDP communication hook: average a gradient bucket in bf16 (half the bytes), then write it back in fp32.
+# Unannotated: DDP checks annotations, and they are strings here.
+def bf16_allreduce_hook(process_group, bucket):
+    """A DDP communication hook: average a gradient bucket in bf16, then write it back in fp32.
+
+    Averaging in bf16 sends half the bytes.
 
     PyTorch's own ``bf16_compress_hook`` refuses every backend but NCCL; gloo all-reduces
     bf16 fine, so this is the same few lines for any backend.

@@ -42,10 +42,10 @@ class LaunchSpec:
     rdzv_id: str | None = None  # shared by every node of one job
     max_restarts: int = 0
     local_addr: str | None = None
-    socket_ifname: str | None = (
-        None  # network interface for gloo and NCCL traffic (multi-homed hosts)
-    )
-    rdzv_is_host: bool = False  # this node hosts the rendezvous store (default: the node whose --local-addr is the endpoint)
+    # Network interface for gloo and NCCL traffic (multi-homed hosts).
+    socket_ifname: str | None = None
+    # This node hosts the rendezvous store (default: the node whose --local-addr is the endpoint).
+    rdzv_is_host: bool = False
     monitor_interval_s: float = 1.0
     env: dict[str, str] = field(default_factory=dict)
 
@@ -53,7 +53,10 @@ class LaunchSpec:
 def torchrun_command(
     spec: LaunchSpec, train_args: Sequence[str], command: str = "train"
 ) -> list[str]:
-    """``python -m torch.distributed.run ... -m charrnn COMMAND ARGS`` (COMMAND: train or evaluate)."""
+    """``python -m torch.distributed.run ... -m charrnn COMMAND ARGS``.
+
+    COMMAND is train or evaluate.
+    """
     if spec.nproc_per_node < 1 or spec.nnodes < 1:
         raise ConfigError("nproc_per_node and nnodes must be at least 1", where="launch")
     cmd = [sys.executable, "-m", "torch.distributed.run"]
@@ -64,7 +67,10 @@ def torchrun_command(
             raise ConfigError(
                 f"--nnodes {spec.nnodes} needs a rendezvous endpoint",
                 where="launch",
-                fix="pass --rdzv-endpoint HOST:PORT (a host every node can reach) and the same --rdzv-id on every node",
+                fix=(
+                    "pass --rdzv-endpoint HOST:PORT (a host every node can reach) "
+                    "and the same --rdzv-id on every node"
+                ),
             )
         cmd += [
             "--nnodes", str(spec.nnodes),
@@ -91,7 +97,9 @@ def torchrun_command(
 
 
 def child_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
-    """The environment for a child process: ``base`` (default: this one's) without ``WANDB_SERVICE``, plus ``extra``.
+    """The environment for a child process: ``base`` without ``WANDB_SERVICE``, plus ``extra``.
+
+    ``base`` defaults to this process's environment.
 
     A process that used W&B itself (a Prefect flow that published an earlier run) exports its
     wandb-core service address; a child must start its own service, not attach to that one.
@@ -118,10 +126,11 @@ KILL_GRACE_S = 35.0
 
 
 def kill_group(target: subprocess.Popen | int | None, grace_s: float = KILL_GRACE_S) -> None:
-    """SIGTERM the process group led by ``target`` (a Popen, or the pid of a group leader), then SIGKILL what is left after ``grace_s``.
+    """SIGTERM the process group led by ``target``, then SIGKILL what is left after ``grace_s``.
 
-    A Popen that has exited already is left alone (its pid may be reused). Returns once the
-    leader is gone (reaped, when it is this process's child) and nothing of its group answers.
+    ``target`` is a Popen, or the pid of a group leader. A Popen that has exited already
+    is left alone (its pid may be reused). Returns once the leader is gone (reaped, when
+    it is this process's child) and nothing of its group answers.
     """
     proc = target if isinstance(target, subprocess.Popen) else None
     pid = proc.pid if proc is not None else target
@@ -168,7 +177,9 @@ def die_with_parent() -> None:
 
 
 def supervise_worker() -> None:
-    """Under torchrun: make this worker die with its agent; raise PeerLostError if the agent is already gone.
+    """Under torchrun: make this worker die with its agent.
+
+    Raises PeerLostError if the agent is already gone.
 
     The death signal is SIGTERM, which training turns into "checkpoint after
     this step and stop". The agent may die before the signal is armed, so the
@@ -216,7 +227,8 @@ def run_torchrun(
         code = proc.wait()
         if code < 0:  # killed by a signal: say so, and exit as a shell would (128 + signal)
             on_line(
-                f"charrnn launch: torchrun (pid {proc.pid}) was killed by {signal.Signals(-code).name}"
+                f"charrnn launch: torchrun (pid {proc.pid}) was killed by "
+                f"{signal.Signals(-code).name}"
             )
             return 128 - code
         return code
@@ -224,19 +236,19 @@ def run_torchrun(
         kill_group(proc)
 
 
-ORPHAN_OUTPUT_WAIT_S = (
-    30.0  # after torchrun exits: time for its workers to checkpoint, stop and close the pipe
-)
+# After torchrun exits: time for its workers to checkpoint, stop and close the pipe.
+ORPHAN_OUTPUT_WAIT_S = 30.0
 
 
 def _stream_output(
     proc: subprocess.Popen, on_line: Callable[[str], None], wait_s: float = ORPHAN_OUTPUT_WAIT_S
 ) -> None:
-    """Pass torchrun's output to ``on_line`` until the pipe closes, or ``wait_s`` after torchrun exits.
+    """Pass torchrun's output to ``on_line`` until the pipe closes.
 
-    The pipe stays open while anything that inherited it lives: workers of a
-    killed agent stop on their own (supervise_worker), but one that does not
-    must not keep the launcher waiting for ever.
+    At most until ``wait_s`` after torchrun exits. The pipe stays open while
+    anything that inherited it lives: workers of a killed agent stop on their own
+    (supervise_worker), but one that does not must not keep the launcher waiting
+    for ever.
     """
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
@@ -256,7 +268,8 @@ def _stream_output(
             exited_at = time.monotonic()
         if exited_at is not None and time.monotonic() - exited_at > wait_s:
             on_line(
-                f"charrnn launch: torchrun exited {wait_s:.0f}s ago but something still holds its output open; not waiting any longer"
+                f"charrnn launch: torchrun exited {wait_s:.0f}s ago but something still "
+                "holds its output open; not waiting any longer"
             )
             break
     if rest := pending + text.decode(b"", final=True):

@@ -1,4 +1,4 @@
-"""What this machine offers to training: its cores (and nothing that needs torch to find out).
+"""What this machine offers training: its cores (nothing that needs torch to find out).
 
 Kept free of torch so that ``charrnn launch`` and the Prefect flow process,
 which only start torchrun, stay light.
@@ -36,16 +36,19 @@ def auto_nproc(precision: str = "auto") -> tuple[int, str]:
     if autocast_dtype(precision, torch.device("cpu")) is not None:
         return (
             1,
-            f"CPU with native bf16: one process with all {cores} cores (faster than averaging gradients between processes)",
+            f"CPU with native bf16: one process with all {cores} cores "
+            "(faster than averaging gradients between processes)",
         )
     isa = torch.backends.cpu.get_cpu_capability()
     if isa == "AVX512":
         return (
             1,
-            f"AVX-512 CPU in fp32: one process with all {cores} cores (faster than averaging gradients between processes)",
+            f"AVX-512 CPU in fp32: one process with all {cores} cores "
+            "(faster than averaging gradients between processes)",
         )
     procs = min(2, cores)
     return (
         procs,
-        f"{isa} CPU in fp32: {procs} process(es) sharing {cores} cores (2 measured at 1.03x of 1 on AVX2)",
+        f"{isa} CPU in fp32: {procs} process(es) sharing {cores} cores "
+        "(2 measured at 1.03x of 1 on AVX2)",
     )

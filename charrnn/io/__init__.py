@@ -1,1 +1,4 @@
-"""Files a run keeps: checkpoints (atomic, checksummed) and run directories on local disk or object storage."""
+"""Files a run keeps.
+
+Checkpoints (atomic, checksummed) and run directories on local disk or object storage.
+"""

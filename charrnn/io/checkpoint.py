@@ -90,9 +90,8 @@ def save_checkpoint(
             tmp.write_bytes(data)
         if is_best:
             target = Path(run_dir) / "best.pt"
-            with write_with_checksum(
-                target, digest
-            ) as tmp:  # a hard link: no second copy of the bytes
+            # A hard link: no second copy of the bytes.
+            with write_with_checksum(target, digest) as tmp:
                 tmp.unlink()
                 os.link(path, tmp)
     except OSError as exc:
@@ -104,7 +103,10 @@ def save_checkpoint(
 def _save_failed(
     run_dir: str | os.PathLike[str], path: Path, step: int, size: int, exc: OSError
 ) -> CheckpointError:
-    """The error for a checkpoint that could not be written: what failed, what is left, what to do."""
+    """The error for a checkpoint that could not be written.
+
+    It says what failed, what is left and what to do.
+    """
     full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
     what = "disk full" if full else f"cannot write ({exc.strerror or exc})"
     last = newest_valid_checkpoint(run_dir)
@@ -113,7 +115,8 @@ def _save_failed(
     else:
         left = f"last good checkpoint: {last[0]} (step {last[1]})"
     todo = (
-        f"free space on the disk holding {Path(run_dir).resolve()} (this checkpoint needs {size / 2**20:.1f} MiB)"
+        f"free space on the disk holding {Path(run_dir).resolve()} "
+        f"(this checkpoint needs {size / 2**20:.1f} MiB)"
         if full
         else "make the run directory writable"
     )
@@ -176,9 +179,8 @@ def _is_leftover(path: Path) -> bool:
     if TEMP_FILE.match(path.name):
         return True
     match = SUMS_FILE.match(path.name)
-    return (
-        bool(match) and not path.with_name(match.group(1)).exists()
-    )  # a checksum without its checkpoint
+    # Or a checksum without its checkpoint.
+    return bool(match) and not path.with_name(match.group(1)).exists()
 
 
 def _older_than(path: Path, step: int, mtime_ns: int) -> bool:
@@ -226,9 +228,13 @@ def verify_checkpoint(path: str | os.PathLike[str]) -> None:
     actual = sha256_file(path)
     if actual != expected:
         raise CheckpointError(
-            f"checksum mismatch: file is corrupt (sha256 {actual[:12]}..., expected {expected[:12]}...)",
+            "checksum mismatch: file is corrupt "
+            f"(sha256 {actual[:12]}..., expected {expected[:12]}...)",
             where=str(path),
-            fix="use an earlier checkpoint; `charrnn train --resume` skips corrupt ones automatically",
+            fix=(
+                "use an earlier checkpoint; "
+                "`charrnn train --resume` skips corrupt ones automatically"
+            ),
         )
 
 

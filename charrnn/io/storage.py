@@ -53,7 +53,9 @@ class RemoteRunDir:
             raise ConfigError(
                 f"cannot open {url}: {exc}",
                 where="train.out_dir",
-                fix="install the fsspec backend for this scheme (s3fs for s3://, gcsfs for gs://)",
+                fix=(
+                    "install the fsspec backend for this scheme (s3fs for s3://, gcsfs for gs://)"
+                ),
             ) from None
         self.url = url.rstrip("/")
         self.local = staging_dir(url)
@@ -62,7 +64,10 @@ class RemoteRunDir:
         return f"{self.root.rstrip('/')}/{rel}"
 
     def publish_checkpoint(self, local_path: Path, *, as_name: str | None = None) -> None:
-        """Upload a checkpoint, then its sidecar: the sidecar's existence marks a complete upload."""
+        """Upload a checkpoint, then its sidecar.
+
+        The sidecar's existence marks a complete upload.
+        """
         rel = (
             f"checkpoints/{as_name or local_path.name}"
             if local_path.parent.name == "checkpoints"
@@ -80,7 +85,10 @@ class RemoteRunDir:
                 self.fs.put_file(str(path), self._remote(name))
 
     def prune(self, keep: set[str]) -> None:
-        """Delete remote step checkpoints not in ``keep`` (sidecar first, so no half checkpoint looks complete)."""
+        """Delete remote step checkpoints not in ``keep``.
+
+        The sidecar goes first, so no half checkpoint looks complete.
+        """
         for name in self.checkpoint_names():
             if name not in keep:
                 for suffix in (".sha256", ""):
@@ -98,11 +106,13 @@ class RemoteRunDir:
         return sorted(n for n in names if STEP_FILE.match(n) and f"{n}.sha256" in names)
 
     def pull_latest_checkpoint(self) -> Path | None:
-        """Download the newest remote checkpoint that verifies into the staging directory (if it is newer)."""
+        """Download the newest remote checkpoint that verifies into the staging directory.
+
+        Only if it is newer.
+        """
         local_dir = self.local / "checkpoints"
-        with file_lock(
-            self.local / ".pull.lock"
-        ):  # ranks on one machine share the staging directory
+        # Ranks on one machine share the staging directory.
+        with file_lock(self.local / ".pull.lock"):
             for name in reversed(self.checkpoint_names()):
                 target = local_dir / name
                 if target.is_file():

@@ -1,1 +1,4 @@
-"""After training: champion/challenger per model line, the run's report, and the index of finished runs."""
+"""After training.
+
+Champion/challenger per model line, the run's report, and the index of finished runs.
+"""

@@ -1,12 +1,17 @@
-"""Champion/challenger per model line: promote a new model only if it beats its line's production model on the same held-out text.
+"""Champion/challenger per model line.
+
+A new model is promoted only if it beats its line's production model on the same
+held-out text.
 
 A *model line* (``model_name``, by default the corpus's name: :func:`default_model_name`)
 is one product: "the shakespeare model", "the lyrics model". Each line has its own
 production model; a challenger is compared only with the production model of its own
 line and can never displace another line's. The registry is a directory::
 
-    REGISTRY/lines/<model_name>/production.json   the line's pointer: its production model, score, origin
-    REGISTRY/models/<sha256>.pt                    a content-addressed copy of every promoted checkpoint (+ .sha256)
+    REGISTRY/lines/<model_name>/production.json
+        the line's pointer: its production model, score, origin
+    REGISTRY/models/<sha256>.pt
+        a content-addressed copy of every promoted checkpoint (+ .sha256)
 
 The copy means deleting a run directory never breaks production. Both models
 are scored on the challenger's held-out text (its test split, else its val
@@ -51,7 +56,8 @@ from charrnn.io.checkpoint import (
 log = logging.getLogger("charrnn")
 POINTER = "production.json"
 LINES = "lines"
-# A path component and a W&B artefact name: no separators, no "." or "..", W&B's 128-character limit.
+# A path component and a W&B artefact name: no separators, no "." or "..",
+# W&B's 128-character limit.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
@@ -87,7 +93,10 @@ class Decision:
 
 @dataclass(frozen=True)
 class Promotion:
-    """The champion/challenger outcome of one run: the decision, and the new production record when it won."""
+    """The champion/challenger outcome of one run.
+
+    The decision, and the new production record when it won.
+    """
 
     decision: Decision
     production: ProductionModel | None = None
@@ -102,25 +111,33 @@ class Promotion:
 
 
 def default_model_name(corpus_uri: str) -> str:
-    """The line a corpus trains by default: a named corpus's name, else the stem of its path or URL ("corpus.txt" -> "corpus")."""
+    """The line a corpus trains by default.
+
+    A named corpus's name, else the stem of its path or URL ("corpus.txt" -> "corpus").
+    """
     if corpus_uri in NAMED_CORPORA:
         return corpus_uri
     parsed = urllib.parse.urlparse(corpus_uri)
-    path = (
-        parsed.path if len(parsed.scheme) > 1 else corpus_uri
-    )  # one letter: a Windows drive, a plain path
+    # One letter: a Windows drive, a plain path.
+    path = parsed.path if len(parsed.scheme) > 1 else corpus_uri
     stem = Path(path.rstrip("/")).stem or parsed.netloc
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-_.")[:128]
     return name or "corpus"
 
 
 def validate_model_name(name: str) -> str:
-    """``name`` when it can name a line (a directory and a W&B artefact); a ConfigError that says how otherwise."""
+    """``name`` when it can name a line (a directory and a W&B artefact).
+
+    Otherwise a ConfigError that says how.
+    """
     if not MODEL_NAME.fullmatch(name or ""):
         raise ConfigError(
             f"model_name {name!r} cannot name a model line",
             where="model_name",
-            fix="use 1-128 letters, digits, '-', '_' or '.', starting with a letter or digit (e.g. shakespeare-small), or leave it unset for the corpus's name",
+            fix=(
+                "use 1-128 letters, digits, '-', '_' or '.', starting with a letter or digit "
+                "(e.g. shakespeare-small), or leave it unset for the corpus's name"
+            ),
         )
     return name
 
@@ -137,16 +154,18 @@ def pointer_path(registry_dir: str | os.PathLike[str], model_name: str) -> Path:
 
 def _load_pointer(path: Path) -> ProductionModel:
     data = json.loads(path.read_text())
-    data.setdefault(
-        "model_name", default_model_name(data["corpus_uri"])
-    )  # a record from before model lines
+    # A record from before model lines.
+    data.setdefault("model_name", default_model_name(data["corpus_uri"]))
     return ProductionModel(**data)
 
 
 def read_production(
     registry_dir: str | os.PathLike[str], model_name: str
 ) -> ProductionModel | None:
-    """The production model of one line (or the pre-lines top-level pointer when it belongs to this line; module docstring)."""
+    """The production model of one line.
+
+    Or the pre-lines top-level pointer when it belongs to this line (module docstring).
+    """
     path = pointer_path(registry_dir, model_name)
     if path.is_file():
         return _load_pointer(path)
@@ -173,7 +192,10 @@ def held_out_text(tokens: TokenSet) -> tuple[str, str]:
 def score_on_text(
     checkpoint: str | os.PathLike[str], text: str, *, num_streams: int = EVAL_STREAMS
 ) -> EvalResult:
-    """Bits/char of a checkpoint on raw text, encoded with the checkpoint's own vocabulary (on the GPU if there is one)."""
+    """Bits/char of a checkpoint on raw text, encoded with the checkpoint's own vocabulary.
+
+    Runs on the GPU if there is one.
+    """
     device = pick_device("auto", DistEnv())
     model, vocab, _ = load_model(checkpoint, device)
     return evaluate_tokens(
@@ -190,7 +212,9 @@ def challenge(
     num_streams: int = EVAL_STREAMS,
     challenger_bpc: float | None = None,
 ) -> Decision:
-    """Score the challenger and the production model of its line ``model_name`` on the challenger's held-out text.
+    """Score the challenger and the production model of its line ``model_name``.
+
+    Both are scored on the challenger's held-out text.
 
     ``challenger_bpc``: the challenger's score on that split when it is already known
     (the pipeline's evaluation), so it is not computed twice.
@@ -222,7 +246,10 @@ def challenge(
         )
     champion_bpc = score_on_text(champion.checkpoint, text, num_streams=num_streams).bpc
     won = challenger_bpc < champion_bpc
-    reason = f"challenger {challenger_bpc:.4f} {'<' if won else '>='} production {champion_bpc:.4f} bits/char (line {model_name})"
+    reason = (
+        f"challenger {challenger_bpc:.4f} {'<' if won else '>='} production {champion_bpc:.4f} "
+        f"bits/char (line {model_name})"
+    )
     return Decision(won, challenger_bpc, champion_bpc, described, len(text) - 1, reason)
 
 
@@ -237,7 +264,10 @@ def promote(
     model_name: str,
     wandb_run_id: str | None = None,
 ) -> ProductionModel:
-    """Copy the checkpoint into the registry and point the line's ``production.json`` at it (atomically); other lines are untouched."""
+    """Copy the checkpoint into the registry and point the line's ``production.json`` at it.
+
+    The pointer is written atomically; other lines are untouched.
+    """
     root = Path(registry_dir)
     source = resolve_checkpoint(checkpoint)
     verify_checkpoint(source)
@@ -277,7 +307,10 @@ def challenge_and_promote(
     wandb_run_id: str | None = None,
     num_streams: int = EVAL_STREAMS,
 ) -> Promotion:
-    """:func:`challenge` within the line ``model_name`` (``challenger_bpc``: the checkpoint's known held-out score), then :func:`promote` it if it won."""
+    """:func:`challenge` within the line ``model_name``, then :func:`promote` it if it won.
+
+    ``challenger_bpc`` is the checkpoint's known held-out score.
+    """
     decision = challenge(
         registry_dir,
         checkpoint,

@@ -1,4 +1,4 @@
-"""The records a pipeline run passes between its steps, the run's report and its end-of-run printout.
+"""The records a pipeline run passes between its steps, its report and its end-of-run printout.
 
 Every step of a run hands the next one a typed record (``CorpusRef``, ``TokenSet``,
 ``TrainResult``, ``Scores``, ``Promotion``, ``Sample``); at the end, ``RunReport``
@@ -65,7 +65,10 @@ class Sample:
 
 @dataclass(frozen=True)
 class RunReport:
-    """Everything one pipeline run did: what ``report.md`` (and the Prefect report artifact) shows."""
+    """Everything one pipeline run did.
+
+    This is what ``report.md`` (and the Prefect report artifact) shows.
+    """
 
     run_name: str
     run_dir: str
@@ -77,9 +80,8 @@ class RunReport:
     launch: LaunchSpec
     config: Config
     duration_s: float
-    model_name: str = (
-        ""  # the model line (charrnn.registry): whose production model this run challenged
-    )
+    # The model line (charrnn.registry): whose production model this run challenged.
+    model_name: str = ""
 
     @property
     def world_size(self) -> int:
@@ -88,11 +90,15 @@ class RunReport:
     @property
     def model_summary(self) -> str:
         m = self.config.model
-        return f"{m.num_layers}x{m.hidden_size} LSTM, embedding {m.embedding_dim}, vocab {self.tokens.vocab_size}"
+        return (
+            f"{m.num_layers}x{m.hidden_size} LSTM, embedding {m.embedding_dim}, "
+            f"vocab {self.tokens.vocab_size}"
+        )
 
     def markdown(self, wandb: str, samples: Sequence[Sample] = ()) -> str:
-        """The report; ``wandb`` is its W&B line (:func:`wandb_line`), ``samples`` the run's samples.
+        """The report.
 
+        ``wandb`` is its W&B line (:func:`wandb_line`), ``samples`` the run's samples.
         The learning curve comes from the run directory's ``metrics.jsonl``.
         """
         corpus, train, scores, decision = (
@@ -146,7 +152,8 @@ class RunReport:
 ## Champion / challenger
 
 Scored on the same held-out text ({decision.held_out}, {decision.held_out_chars:,} characters):
-challenger {decision.challenger_bpc:.4f} bits/char, production {champion}. The challenger was {verdict}: {decision.reason}.
+challenger {decision.challenger_bpc:.4f} bits/char, production {champion}. \
+The challenger was {verdict}: {decision.reason}.
 
 ## W&B
 
@@ -191,7 +198,8 @@ def read_curve(path: Path) -> list[CurvePoint]:
 
     Rows are the val evaluations, each with the latest train loss logged at or before its
     step (the two are logged at different intervals); a run without val rows (an empty
-    val split) gets its train rows. A resumed run logs some steps twice: the later record wins.
+    val split) gets its train rows. A resumed run logs some steps twice: the later record
+    wins.
     """
     train: dict[int, float] = {}
     val: dict[int, float] = {}
@@ -209,7 +217,10 @@ def read_curve(path: Path) -> list[CurvePoint]:
 
 
 def _records(path: Path) -> list[dict]:
-    """The JSON lines of ``path``; a torn last line (a killed run) or a missing file reads as nothing."""
+    """The JSON lines of ``path``.
+
+    A torn last line (a killed run) or a missing file reads as nothing.
+    """
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError:
@@ -241,7 +252,10 @@ def thin(items: Sequence, keep: int) -> list:
 
 
 def sparkline(values: Sequence[float], width: int = 40) -> str:
-    """One block character per value (at most ``width``, evenly spread): the lowest ▁, the highest █."""
+    """One block character per value (at most ``width``, evenly spread).
+
+    The lowest draws as ▁, the highest as █.
+    """
     values = thin(values, width)
     if not values:
         return ""
@@ -305,11 +319,16 @@ def svg_data_uri(points: Sequence[CurvePoint], width: int = 480, height: int = 1
             )
     text = 'font-family="sans-serif" font-size="11" fill="#555"'
     svg = (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}"><rect width="100%" height="100%" fill="white"/>'
-        f'<path d="M{pad},{pad} V{height - pad} H{width - pad}" stroke="#999" fill="none"/>{"".join(lines)}'
-        f'<text x="{pad}" y="{pad - 8}" {text}>{high:.2f} bits/char</text><text x="{pad + 4}" y="{height - pad - 4}" {text}>{low:.2f}</text>'
-        f'<text x="{pad}" y="{height - 8}" {text}>step {first:,}</text><text x="{width - pad}" y="{height - 8}" text-anchor="end" {text}>step {last:,}</text>'
-        f'<text x="{width - pad}" y="{pad - 8}" text-anchor="end" {text}><tspan fill="#1f77b4">train</tspan> <tspan fill="#ff7f0e">val</tspan></text></svg>'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">'
+        '<rect width="100%" height="100%" fill="white"/>'
+        f'<path d="M{pad},{pad} V{height - pad} H{width - pad}" stroke="#999" fill="none"/>'
+        f"{''.join(lines)}"
+        f'<text x="{pad}" y="{pad - 8}" {text}>{high:.2f} bits/char</text>'
+        f'<text x="{pad + 4}" y="{height - pad - 4}" {text}>{low:.2f}</text>'
+        f'<text x="{pad}" y="{height - 8}" {text}>step {first:,}</text>'
+        f'<text x="{width - pad}" y="{height - 8}" text-anchor="end" {text}>step {last:,}</text>'
+        f'<text x="{width - pad}" y="{pad - 8}" text-anchor="end" {text}>'
+        '<tspan fill="#1f77b4">train</tspan> <tspan fill="#ff7f0e">val</tspan></text></svg>'
     )
     return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
 
@@ -323,7 +342,10 @@ def visible(text: str) -> str:
 
 
 def _code_span(text: str) -> str:
-    """``text`` as inline code that survives backticks in it (a fence one longer than its longest run)."""
+    """``text`` as inline code that survives backticks in it.
+
+    The fence is one backtick longer than the longest run of them in ``text``.
+    """
     fence = "`" * (_longest_backtick_run(text) + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
     return f"{fence}{pad}{text}{pad}{fence}"
@@ -338,15 +360,20 @@ def _longest_backtick_run(text: str) -> int:
 
 
 def samples_markdown(samples: Sequence[Sample]) -> str:
-    """Each sample as a heading (visible prompt, number, temperature) and its text in a code block."""
+    """Each sample as a heading and its text in a code block.
+
+    The heading shows the visible prompt, the sample's number and its temperature.
+    """
     if not samples:
         return "No samples."
     blocks = []
     for row in samples:
-        fence = "`" * max(
-            3, _longest_backtick_run(row.text) + 1
-        )  # a sample with ``` in it cannot close the block
-        title = f"**prompt {_code_span(visible(row.prompt))}** · sample {row.sample} · temperature {row.temperature:g}"
+        # A sample with ``` in it cannot close the block.
+        fence = "`" * max(3, _longest_backtick_run(row.text) + 1)
+        title = (
+            f"**prompt {_code_span(visible(row.prompt))}** · sample {row.sample} · "
+            f"temperature {row.temperature:g}"
+        )
         blocks.append(f"{title}\n\n{fence}text\n{row.text}\n{fence}")
     return "\n\n".join(blocks)
 
@@ -364,7 +391,10 @@ def wandb_line(tracking: dict) -> tuple[str, str | None]:
 
 
 def wandb_where(tracking: dict) -> str | None:
-    """The W&B run in one plain line (URL, or offline directory and sync command); None when W&B was off."""
+    """The W&B run in one plain line: URL, or offline directory and sync command.
+
+    None when W&B was off.
+    """
     if "wandb_url" in tracking:
         return tracking["wandb_url"]
     if "wandb_dir" in tracking:
@@ -433,10 +463,14 @@ def end_of_run(
     sample: str,
     paths: list[tuple[str, str | None]],
 ) -> str:
-    """The one end-of-run printout (``charrnn run``, ``python -m flows run``): scores, a sample, where things are."""
+    """The one end-of-run printout (``charrnn run``, ``python -m flows run``).
+
+    Scores, a sample, and where things are.
+    """
     lines = [
         "",
-        f"=== {what} finished: step {step}, {train_seconds:.0f}s of training, {chars_per_s:,.0f} chars/s",
+        f"=== {what} finished: step {step}, {train_seconds:.0f}s of training, "
+        f"{chars_per_s:,.0f} chars/s",
     ]
     lines += [f"{split:>5}: {format_score(score)}" for split, score in scores.items() if score]
     lines += [f"--- {sample_title} ---", sample, "---"]

@@ -1,4 +1,4 @@
-"""The steps of a run after training, each on files of its run directory, and the index of finished runs.
+"""The steps of a run after training, each on files of its run directory; the finished runs' index.
 
 ``runs/index/<training key>.json`` points at the ``pipeline_result.json`` of the last
 completed run of that training key. The content-addressed cache covers corpora and
@@ -42,11 +42,12 @@ def score_checkpoint(
     num_streams: int = EVAL_STREAMS,
     trained: TrainResult | None = None,
 ) -> tuple[Scores, set[str]]:
-    """Exact val/test scores of the checkpoint, written to ``eval.json``; (scores, the splits training had scored)."""
-    path, device = (
-        resolve_checkpoint(checkpoint),
-        pick_device("auto", DistEnv()),
-    )  # the GPU training used, if any
+    """Exact val/test scores of the checkpoint, written to ``eval.json``.
+
+    Returns (scores, the splits training had scored).
+    """
+    # The device is the GPU training used, if any.
+    path, device = resolve_checkpoint(checkpoint), pick_device("auto", DistEnv())
     model, _, payload = load_model(path, device)
     splits, reused = final_scores(
         model,
@@ -63,7 +64,10 @@ def score_checkpoint(
 def save_samples(
     checkpoint: str, run_dir: str | os.PathLike[str], prompts: list[str], settings: SampleSettings
 ) -> list[Sample]:
-    """``settings.num_samples`` samples per prompt, batched and seeded; written to samples.json and samples.txt."""
+    """``settings.num_samples`` samples per prompt, batched and seeded.
+
+    Written to samples.json and samples.txt.
+    """
     device = pick_device("auto", DistEnv())
     model, vocab, _ = load_model(checkpoint, device)
     rows = [
@@ -99,7 +103,10 @@ def training_key(tokens: TokenSet, cfg: Config, world_size: int, model_name: str
 
 
 def find_trained(runs_dir: str | os.PathLike[str], key: str) -> RunResult | None:
-    """The result of an earlier completed run with this training key, if its checkpoint still verifies."""
+    """The result of an earlier completed run with this training key.
+
+    Only if its checkpoint still verifies.
+    """
     index = Path(runs_dir) / INDEX_DIR / f"{key}.json"
     if not index.is_file():
         return None
@@ -115,7 +122,10 @@ def find_trained(runs_dir: str | os.PathLike[str], key: str) -> RunResult | None
 
 
 def record_result(runs_dir: str | os.PathLike[str], key: str, result: RunResult) -> None:
-    """Write ``pipeline_result.json`` into the run directory and point the index entry of ``key`` at it."""
+    """Write ``pipeline_result.json`` into the run directory.
+
+    Then point the index entry of ``key`` at it.
+    """
     path = Path(result.run_dir) / RESULT_FILE
     atomic_write_json(path, result.to_dict())
     atomic_write_json(Path(runs_dir) / INDEX_DIR / f"{key}.json", {"result": str(path)})
