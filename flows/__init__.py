@@ -1,1 +1,1 @@
-"""Prefect orchestration for charrnn: flows and tasks that call the ``charrnn`` library, nothing more."""
+"""Prefect orchestration for charrnn: flows and tasks that only call the ``charrnn`` library."""

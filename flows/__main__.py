@@ -4,7 +4,8 @@
     python -m flows watch NAME=URI [NAME=URI ...]
     python -m flows serve [--port 4200]      # server + work pool + deployments + worker
     python -m flows stop
-    python -m flows zombie-guard [--after-s 120]   # on any server: crash charrnn runs without heartbeats
+    python -m flows zombie-guard [--after-s 120]   # on any server: crash charrnn runs
+                                                   # without heartbeats
 
 ``run`` talks to the server that ``serve`` started when there is one (so the
 run shows up in its UI); otherwise Prefect starts a temporary local server for
@@ -29,21 +30,18 @@ def _use_local_prefect(state_dir: Path) -> str | None:
     """Point this process at the local server (or its database) before Prefect is imported."""
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "charrnn")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
-    os.environ.setdefault(
-        "PREFECT_SERVER_ANALYTICS_ENABLED", "false"
-    )  # no telemetry calls from an offline box
-    os.environ.setdefault(
-        HEARTBEAT_ENV, str(heartbeat_s())
-    )  # what the zombie-run automation expects (flows/zombies.py)
+    # no telemetry calls from an offline box
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # what the zombie-run automation expects (flows/zombies.py)
+    os.environ.setdefault(HEARTBEAT_ENV, str(heartbeat_s()))
     if "PREFECT_API_URL" in os.environ:
         return os.environ["PREFECT_API_URL"]
     os.environ.setdefault("PREFECT_HOME", str((state_dir / "home").resolve()))
     # The temporary server migrates a new database before it answers: on a small, busy machine
     # that takes longer than Prefect's 20 s default (seen here on a fresh clone).
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    Path(os.environ["PREFECT_HOME"]).mkdir(
-        parents=True, exist_ok=True
-    )  # Prefect makes only the last level
+    # Prefect makes only the last level
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     local = load(state_dir)
     if local is not None and healthy(local.api_url):
         os.environ["PREFECT_API_URL"] = local.api_url
@@ -59,9 +57,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import train_pipeline
     from flows.zombies import TAG
 
-    with tags(
-        TAG
-    ):  # like the deployments' runs: the zombie-run automation watches runs with this tag
+    # like the deployments' runs: the zombie-run automation watches runs with this tag
+    with tags(TAG):
         result = train_pipeline(
             corpus=args.corpus,
             config_file=args.config,
@@ -108,10 +105,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
         print(f"{row['name']}: {what} ({row['uri']}, sha256 {row['sha256'][:12]})")
         if row.get("first_sight") and not row["changed"]:
             print(
-                f"  later changes will trigger training; to train on it now: python -m flows run --corpus {row['uri']}"
+                "  later changes will trigger training; to train on it now: "
+                f"python -m flows run --corpus {row['uri']}"
             )
             print(
-                f"  (or, with `make serve` running: prefect deployment run train-pipeline/train --param corpus={row['uri']})"
+                "  (or, with `make serve` running: "
+                f"prefect deployment run train-pipeline/train --param corpus={row['uri']})"
             )
     return 0
 
@@ -119,13 +118,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     local = up(args.state_dir, args.port, args.zombie_after_s)
     print(
-        f"Prefect server: {local.ui_url} (API {local.api_url}), database and logs in {local.state_dir}"
+        f"Prefect server: {local.ui_url} (API {local.api_url}), "
+        f"database and logs in {local.state_dir}"
     )
     print(
-        f"work pool {WORK_POOL} (process) with a worker; deployments from prefect.yaml: train, nightly, corpus-watch"
+        f"work pool {WORK_POOL} (process) with a worker; "
+        "deployments from prefect.yaml: train, nightly, corpus-watch"
     )
     print(
-        f"flow runs send a heartbeat every {heartbeat_s()}s; a charrnn run silent for {args.zombie_after_s or after_s():g}s is marked Crashed"
+        f"flow runs send a heartbeat every {heartbeat_s()}s; a charrnn run silent for "
+        f"{args.zombie_after_s or after_s():g}s is marked Crashed"
     )
     print(
         "to use the prefect CLI against it (the shakespeare corpus is embedded: no network needed):"
@@ -153,10 +155,12 @@ def cmd_zombie_guard(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(
-        f"automation {AUTOMATION_NAME!r} ({automation_id}) {done} on {api_url}: runs tagged charrnn silent for {after:g}s are marked Crashed"
+        f"automation {AUTOMATION_NAME!r} ({automation_id}) {done} on {api_url}: "
+        f"runs tagged charrnn silent for {after:g}s are marked Crashed"
     )
     print(
-        f"flow runs must send heartbeats: {HEARTBEAT_ENV}={heartbeat_s()} on the workers (prefect.yaml sets it for the deployments)"
+        f"flow runs must send heartbeats: {HEARTBEAT_ENV}={heartbeat_s()} on the workers "
+        "(prefect.yaml sets it for the deployments)"
     )
     return 0
 
@@ -198,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--nproc-per-node",
         type=nproc_arg,
         default="auto",
-        help="training processes per machine, or auto (default): one per GPU, else the CPU's fastest layout",
+        help="training processes per machine, or auto (default): "
+        "one per GPU, else the CPU's fastest layout",
     )
     p.add_argument(
         "--time-budget-s",
@@ -222,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model-name",
         default=None,
-        help="model line to compete in: letters, digits, - _ . (default: the corpus's name, e.g. shakespeare or a file's stem)",
+        help="model line to compete in: letters, digits, - _ . "
+        "(default: the corpus's name, e.g. shakespeare or a file's stem)",
     )
     p.add_argument(
         "--skip-if-trained",
@@ -242,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "watch",
         help="run corpus_watch once",
-        description="Fingerprint each NAME=URI and emit charrnn.corpus.updated for those that changed.",
+        description="Fingerprint each NAME=URI and emit charrnn.corpus.updated "
+        "for those that changed.",
     )
     p.add_argument(
         "sources",
@@ -258,27 +265,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "serve",
         help="start local Prefect: server, work pool, deployments, worker",
-        description="Start `prefect server start` on 127.0.0.1 (SQLite), a process work pool, every deployment of prefect.yaml and a worker, in the background.",
+        description="Start `prefect server start` on 127.0.0.1 (SQLite), a process work pool, "
+        "every deployment of prefect.yaml and a worker, in the background.",
     )
     p.add_argument("--port", type=int, default=4200, help="server port (default: 4200)")
     p.add_argument(
         "--zombie-after-s",
         type=float,
         default=None,
-        help=f"mark a flow run Crashed after this long without a heartbeat (default: ${WINDOW_ENV} or {DEFAULT_AFTER_S})",
+        help="mark a flow run Crashed after this long without a heartbeat "
+        f"(default: ${WINDOW_ENV} or {DEFAULT_AFTER_S})",
     )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
         "zombie-guard",
         help="install the automation that marks flow runs without heartbeats Crashed",
-        description=f"Create or update (idempotent) the automation that marks flow runs tagged charrnn Crashed when no heartbeat came for a while, on the server of PREFECT_API_URL (or `serve`'s). Flow runs must send heartbeats: {HEARTBEAT_ENV} (default {heartbeat_s()}).",
+        description="Create or update (idempotent) the automation that marks flow runs tagged "
+        "charrnn Crashed when no heartbeat came for a while, on the server of "
+        "PREFECT_API_URL (or `serve`'s). Flow runs must send heartbeats: "
+        f"{HEARTBEAT_ENV} (default {heartbeat_s()}).",
     )
     p.add_argument(
         "--after-s",
         type=float,
         default=None,
-        help=f"seconds without a heartbeat (default: ${WINDOW_ENV} or {DEFAULT_AFTER_S}); must exceed {HEARTBEAT_ENV}",
+        help=f"seconds without a heartbeat (default: ${WINDOW_ENV} or {DEFAULT_AFTER_S}); "
+        f"must exceed {HEARTBEAT_ENV}",
     )
     p.set_defaults(func=cmd_zombie_guard)
 

@@ -51,7 +51,8 @@ def prefect_env(state_dir: Path, api_url: str, **extra: str) -> dict[str, str]:
             PREFECT_API_URL=api_url,
             PREFECT_CLI_PROMPT="false",
             PREFECT_LOGGING_EXTRA_LOGGERS="charrnn",
-            PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW="ignore",  # charrnn logs outside a flow stay local, quietly
+            # charrnn logs outside a flow stay local, quietly
+            PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW="ignore",
             PREFECT_SERVER_ANALYTICS_ENABLED="false",  # no telemetry calls from an offline box
             PYTHONUNBUFFERED="1",
         )
@@ -99,7 +100,8 @@ def start_server(
     api_url = f"http://127.0.0.1:{port}/api"
     if healthy(api_url):
         raise RuntimeError(
-            f"something already serves {api_url}: run `python -m flows stop` (or pick another --port)"
+            f"something already serves {api_url}: "
+            "run `python -m flows stop` (or pick another --port)"
         )
     local = LocalPrefect(str(state_dir.resolve()), api_url)
     db = {"PREFECT_API_DATABASE_CONNECTION_URL": database_url} if database_url else {}
@@ -135,7 +137,8 @@ def run_cli(
     )
     if check and result.returncode != 0:
         raise RuntimeError(
-            f"`prefect {' '.join(args)}` failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            f"`prefect {' '.join(args)}` failed ({result.returncode}):\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         )
     return result
 
@@ -162,7 +165,10 @@ def create_work_pool(local: LocalPrefect, pool: str = WORK_POOL) -> None:
 
 
 def deploy(local: LocalPrefect, *names: str, params: dict | None = None) -> None:
-    """``prefect deploy`` from prefect.yaml: every deployment, or the named ones (with parameter overrides)."""
+    """``prefect deploy`` from prefect.yaml: every deployment, or the named ones.
+
+    ``params`` overrides their parameters.
+    """
     args = ["deploy", *(a for n in names for a in ("--name", n))] if names else ["deploy", "--all"]
     if params:
         args += ["--params", json.dumps(params)]
@@ -170,7 +176,10 @@ def deploy(local: LocalPrefect, *names: str, params: dict | None = None) -> None
 
 
 def install_zombie_guard(local: LocalPrefect, after_s: float | None = None) -> None:
-    """The automation that marks charrnn flow runs without heartbeats CRASHED (flows/zombies.py); idempotent."""
+    """The automation that marks charrnn flow runs without heartbeats CRASHED; idempotent.
+
+    See flows/zombies.py.
+    """
     args = ["--after-s", f"{after_s:g}"] if after_s is not None else []
     cmd = [sys.executable, "-m", "flows", "zombie-guard", *args]
     result = subprocess.run(
@@ -178,12 +187,16 @@ def install_zombie_guard(local: LocalPrefect, after_s: float | None = None) -> N
     )
     if result.returncode != 0:
         raise RuntimeError(
-            f"`python -m flows zombie-guard` failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            f"`python -m flows zombie-guard` failed ({result.returncode}):\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         )
 
 
 def start_worker(local: LocalPrefect, pool: str = WORK_POOL, **env: str) -> subprocess.Popen:
-    """``prefect worker start``; its flow runs send a heartbeat every $PREFECT_FLOWS_HEARTBEAT_FREQUENCY s (default 30)."""
+    """``prefect worker start``.
+
+    Its flow runs send a heartbeat every $PREFECT_FLOWS_HEARTBEAT_FREQUENCY s (default 30).
+    """
     from flows.zombies import HEARTBEAT_ENV, heartbeat_s
 
     env = {HEARTBEAT_ENV: str(heartbeat_s()), **env}
@@ -221,7 +234,10 @@ def stop(state_dir: Path) -> bool:
 
 
 def up(state_dir: Path, port: int = 4200, zombie_after_s: float | None = None) -> LocalPrefect:
-    """Server, work pool, deployments, zombie-run automation and a worker: everything ``make serve`` promises."""
+    """Server, work pool, deployments, zombie-run automation and a worker.
+
+    Everything ``make serve`` promises.
+    """
     local = start_server(state_dir, port)
     try:
         create_work_pool(local)

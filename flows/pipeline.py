@@ -1,4 +1,7 @@
-"""``train_pipeline``: download -> tokenise -> train_model (torchrun, DDP) -> score_model -> write_samples -> promote_model -> report_run.
+"""``train_pipeline``: the pipeline's tasks, in order.
+
+download -> tokenise -> train_model (torchrun, DDP) -> score_model -> write_samples
+-> promote_model -> report_run.
 
 Orchestration only: every step is a call into ``charrnn``, and typed records
 (``charrnn.registry.report``) cross the task boundaries; everything heavy lives in the
@@ -94,7 +97,9 @@ def train_pipeline(
     storage: StorageParams = StorageParams(),
     tracking: TrackingParams = TrackingParams(),
 ) -> RunResult:
-    """Train a character-level language model end to end; the result is also the run's pipeline_result.json.
+    """Train a character-level language model end to end.
+
+    The result is also the run's pipeline_result.json.
 
     Args:
         corpus: corpus URI: shakespeare (offline), tinyshakespeare, a path, file://,

@@ -1,11 +1,12 @@
-"""The ``report_run`` task: ``report.md``, the Prefect artifacts, and the final entries of the W&B run.
+"""The ``report_run`` task: ``report.md``, the Prefect artifacts and the W&B run's final entries.
 
 Artifacts (keyed, so each new run adds a version the UI can compare):
 
 * ``charrnn-report``  markdown: ``charrnn.report.RunReport.markdown`` (corpus, fingerprint, config,
   val/test bits/char, throughput, duration, checkpoint, champion/challenger outcome)
 * ``charrnn-samples`` table: prompt, sample number, temperature, text
-* ``charrnn-wandb``   a link to the W&B run, or (offline) markdown with the run's directory and its ``wandb sync`` command
+* ``charrnn-wandb``   a link to the W&B run, or (offline) markdown with the run's directory
+  and its ``wandb sync`` command
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ REPORT_KEY, SAMPLES_KEY, WANDB_KEY = "charrnn-report", "charrnn-samples", "charr
 
 
 def update_wandb(run: RunReport, samples: list[Sample]) -> dict:
-    """Add the final scores (summary) and the model with its samples (the line's artefact) to the training's W&B run; no history rows.
+    """Add the final scores and the model with its samples to the training's W&B run.
 
-    Its tracking facts (training's when W&B is off).
+    The scores go into the summary, the model and samples into the line's artefact; no
+    history rows. Returns its tracking facts (training's when W&B is off).
     """
     from charrnn.tracking import dataset_artifact_name, publish_to_wandb
 
@@ -51,7 +53,10 @@ def update_wandb(run: RunReport, samples: list[Sample]) -> dict:
 
 @task(name="report_run")
 def report_run(run: RunReport, samples: list[Sample]) -> tuple[str, dict, str]:
-    """Finish the W&B run, write report.md and create the Prefect artifacts; (report path, tracking, W&B line)."""
+    """Finish the W&B run, write report.md and create the Prefect artifacts.
+
+    Returns (report path, tracking, W&B line).
+    """
     tracking = update_wandb(run, samples)
     line, link = wandb_line(tracking)
     report = run.markdown(line, samples)
@@ -68,10 +73,13 @@ def report_run(run: RunReport, samples: list[Sample]) -> tuple[str, dict, str]:
         create_link_artifact(
             link, link_text=tracking["wandb_run_id"], key=WANDB_KEY, description="W&B run"
         )
-    elif (
-        "wandb_dir" in tracking
-    ):  # offline: a file:// link opens nowhere from the UI's http page; a path and the upload command
-        body = f"W&B offline run `{tracking['wandb_run_id']}`\n\n- directory: `{Path(tracking['wandb_dir']).resolve()}`\n- upload: `{tracking['wandb_sync']}`\n"
+    # offline: a file:// link opens nowhere from the UI's http page; a path and the upload command
+    elif "wandb_dir" in tracking:
+        body = (
+            f"W&B offline run `{tracking['wandb_run_id']}`\n\n"
+            f"- directory: `{Path(tracking['wandb_dir']).resolve()}`\n"
+            f"- upload: `{tracking['wandb_sync']}`\n"
+        )
         create_markdown_artifact(
             body, key=WANDB_KEY, description="W&B offline run: upload it with wandb sync"
         )

@@ -30,13 +30,15 @@ from charrnn.registry.lines import Promotion
 from charrnn.registry.report import Sample, Scores
 from charrnn.train.trainer import TrainResult
 
-CACHE_VERSION = (
-    "v2"  # bump to invalidate every persisted task result (v2: download returns a CorpusRef)
-)
+# bump to invalidate every persisted task result (v2: download returns a CorpusRef)
+CACHE_VERSION = "v2"
 
 
 def download_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
-    """Same source and same validator -> same key; None (no caching) when the source has no validator."""
+    """Same source and same validator -> same key.
+
+    None (no caching) when the source has no validator.
+    """
     d = parameters["cfg"].data
     validator = source_validator(d.corpus, timeout_s=d.http_timeout_s)
     if validator is None:
@@ -53,7 +55,10 @@ def download_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> s
     retry_delay_seconds=[5, 20],
 )
 def download(cfg: Config) -> CorpusRef:
-    """Download (or read) and validate ``data.corpus`` into the cache; a corpus too small to train on is refused before it is cached."""
+    """Download (or read) and validate ``data.corpus`` into the cache.
+
+    A corpus too small to train on is refused before it is cached.
+    """
     from charrnn.data.prepare import fetch
 
     corpus = fetch(cfg)
@@ -69,7 +74,10 @@ def download(cfg: Config) -> CorpusRef:
 
 @task(name="tokenise")
 def tokenise(corpus: CorpusRef, cfg: Config) -> TokenSet:
-    """Character vocabulary and train/val/test token files (HF ``datasets``), from the cache when they are there."""
+    """Character vocabulary and train/val/test token files (HF ``datasets``).
+
+    From the cache when they are there.
+    """
     from charrnn.data.prepare import corpus_tokens
 
     tokens = corpus_tokens(corpus, cfg)
@@ -83,13 +91,15 @@ def tokenise(corpus: CorpusRef, cfg: Config) -> TokenSet:
     return tokens
 
 
-PROGRESS = re.compile(
-    r"\bstep \d+(?:/\d+)? \(\s*([\d.]+)%\)"
-)  # charrnn's progress line: "step 120/1000 ( 12.0%) | loss ..."
+# charrnn's progress line: "step 120/1000 ( 12.0%) | loss ..."
+PROGRESS = re.compile(r"\bstep \d+(?:/\d+)? \(\s*([\d.]+)%\)")
 
 
 class TrainingProgress:
-    """The run page's progress bar (a Prefect progress artifact), driven by the progress lines training prints."""
+    """The run page's progress bar (a Prefect progress artifact).
+
+    It is driven by the progress lines training prints.
+    """
 
     def __init__(self, run_dir: str):
         from prefect.artifacts import create_progress_artifact
@@ -117,12 +127,13 @@ class TrainingFailed(RuntimeError):
 # Retries are launch.retries and launch.retry_delay_s (train_pipeline sets them per run).
 @task(name="train_model", tags=["charrnn-train"])
 def train_model(cfg: Config, tokens: TokenSet, launch: LaunchSpec) -> TrainResult:
-    """``torchrun ... -m charrnn train --resume``: DDP training in its own process group, into ``cfg.train.out_dir``.
+    """``torchrun ... -m charrnn train --resume``: DDP training in its own process group.
 
-    Worker output streams into the run log line by line. Any exit of this task
-    (failure, cancellation, a crash of the flow process) kills the whole
-    torchrun process group. Every attempt passes ``--resume``, so a retry
-    continues from the newest valid checkpoint instead of starting over.
+    It trains into ``cfg.train.out_dir``. Worker output streams into the run log
+    line by line. Any exit of this task (failure, cancellation, a crash of the flow
+    process) kills the whole torchrun process group. Every attempt passes
+    ``--resume``, so a retry continues from the newest valid checkpoint instead of
+    starting over.
     """
     from charrnn.distributed.launch import run_torchrun
     from charrnn.registry.runs import load_train_summary
@@ -153,12 +164,12 @@ def train_model(cfg: Config, tokens: TokenSet, launch: LaunchSpec) -> TrainResul
             },
         )
 
-    with tempfile.TemporaryDirectory(
-        prefix="charrnn-config-"
-    ) as scratch:  # the workers read it; training writes the run's config.yaml
+    # the workers read it; training writes the run's config.yaml
+    with tempfile.TemporaryDirectory(prefix="charrnn-config-") as scratch:
         config = Path(scratch) / "config.yaml"
         config.write_text(dump_config(cfg))
-        # --no-summary: the task reads train_summary.json; its JSON would be ~30 lines of the run log
+        # --no-summary: the task reads train_summary.json; its JSON would be ~30 lines of
+        # the run log
         args = [
             "--config",
             str(config),
@@ -176,9 +187,8 @@ def train_model(cfg: Config, tokens: TokenSet, launch: LaunchSpec) -> TrainResul
             f"torchrun exited with code {code} (attempt {attempt}); last output:\n{tail}"
         )
     summary = load_train_summary(run_dir)
-    if (
-        not summary.interrupted
-    ):  # finished, whatever the last progress line said (a run resumed at its end prints none)
+    # finished, whatever the last progress line said (a run resumed at its end prints none)
+    if not summary.interrupted:
         progress.set(100.0)
     logger.info(
         "trained to step %d in %.0fs of training (%s chars/s)",
@@ -191,7 +201,10 @@ def train_model(cfg: Config, tokens: TokenSet, launch: LaunchSpec) -> TrainResul
 
 @task(name="score_model")
 def score_model(trained: TrainResult, tokens: TokenSet, num_streams: int = EVAL_STREAMS) -> Scores:
-    """Exact bits/char of the best checkpoint on the whole val and test splits (training's own scores when it is the final model)."""
+    """Exact bits/char of the best checkpoint on the whole val and test splits.
+
+    Training's own scores when it is the final model.
+    """
     from charrnn.evaluation.evaluate import format_score
     from charrnn.registry.runs import score_checkpoint
 
@@ -218,7 +231,10 @@ def score_model(trained: TrainResult, tokens: TokenSet, num_streams: int = EVAL_
 def write_samples(
     scores: Scores, run_dir: str, prompts: list[str], settings: SampleSettings
 ) -> list[Sample]:
-    """``settings.num_samples`` samples per prompt, batched, seeded; written to samples.json and samples.txt."""
+    """``settings.num_samples`` samples per prompt, batched, seeded.
+
+    Written to samples.json and samples.txt.
+    """
     from charrnn.registry.runs import save_samples
 
     rows = save_samples(scores.checkpoint, run_dir, prompts, settings)
@@ -236,7 +252,10 @@ def promote_model(
     model_name: str,
     num_streams: int = EVAL_STREAMS,
 ) -> Promotion:
-    """Champion/challenger within the line ``model_name`` on the same held-out text; promote the challenger only if it wins (its score from ``score_model``)."""
+    """Champion/challenger within the line ``model_name`` on the same held-out text.
+
+    Promote the challenger only if it wins (its score from ``score_model``).
+    """
     from charrnn.registry.lines import challenge_and_promote, validate_model_name
 
     return challenge_and_promote(

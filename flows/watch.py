@@ -79,11 +79,17 @@ def check_source(
         logger.info("%s (%s): changed (%s); emitted %s", name, uri, why, EVENT)
     elif previous is None:
         logger.info(
-            "%s (%s): first sight, baseline recorded (sha256 %s); no training started, later changes will start one."
+            "%s (%s): first sight, baseline recorded (sha256 %s); no training started,"
+            " later changes will start one."
             " To train on it now: run the train deployment with corpus=%s"
-            " (`prefect deployment run train-pipeline/train --param corpus=%s`), or watch with emit_on_first_sight=true",
-            name, uri, corpus.sha256[:12], uri, uri,
-        )  # fmt: skip
+            " (`prefect deployment run train-pipeline/train --param corpus=%s`),"
+            " or watch with emit_on_first_sight=true",
+            name,
+            uri,
+            corpus.sha256[:12],
+            uri,
+            uri,
+        )
     else:
         logger.info("%s (%s): content unchanged (same sha256)", name, uri)
     Variable.set(key, {"uri": uri, "validator": validator, "sha256": corpus.sha256}, overwrite=True)
@@ -98,7 +104,8 @@ def check_source(
 
 @flow(
     name="corpus-watch",
-    description="Fingerprint watched corpora and emit charrnn.corpus.updated for each that changed.",
+    description="Fingerprint watched corpora and emit charrnn.corpus.updated "
+    "for each that changed.",
 )
 def corpus_watch(
     sources: dict[str, str] | None = None,
@@ -111,14 +118,14 @@ def corpus_watch(
     Args:
         sources: name -> corpus URI (default: the offline shakespeare corpus). A change retrains
             the model line of that name (letters, digits, - _ .).
-        emit_on_first_sight: also emit for a source seen for the first time (default: only record its baseline).
+        emit_on_first_sight: also emit for a source seen for the first time (default: only
+            record its baseline).
         cache_dir: corpus cache ("" -> $CHARRNN_CACHE or ~/.cache/charrnn).
         timeout_s: network timeout per request.
     """
     sources = sources or {"shakespeare": "shakespeare"}
-    for (
-        name
-    ) in sources:  # a source's name is the model line its changes retrain (prefect.yaml's trigger)
+    # a source's name is the model line its changes retrain (prefect.yaml's trigger)
+    for name in sources:
         try:
             validate_model_name(name)
         except ConfigError as exc:

@@ -1,4 +1,4 @@
-"""No zombie flow runs: an automation marks a charrnn flow run CRASHED once it stops sending heartbeats.
+"""No zombie flow runs: an automation marks a charrnn flow run CRASHED once its heartbeats stop.
 
 A flow run whose process dies together with its worker (the machine loses power,
 the OOM killer or a container eviction takes the whole process tree, ``kill -9``
@@ -56,7 +56,10 @@ TAG = "charrnn"
 
 
 def heartbeat_s() -> int:
-    """The heartbeat period this project's flow runs use: $PREFECT_FLOWS_HEARTBEAT_FREQUENCY, else 30."""
+    """The heartbeat period this project's flow runs use.
+
+    $PREFECT_FLOWS_HEARTBEAT_FREQUENCY, else 30.
+    """
     return int(os.environ.get(HEARTBEAT_ENV) or DEFAULT_HEARTBEAT_S)
 
 
@@ -68,12 +71,15 @@ def after_s() -> float:
 def check_window(after: float, heartbeat: int) -> None:
     if heartbeat < MIN_HEARTBEAT_S:
         raise ValueError(
-            f"heartbeat period {heartbeat}s ({HEARTBEAT_ENV}): Prefect's minimum is {MIN_HEARTBEAT_S}s"
+            f"heartbeat period {heartbeat}s ({HEARTBEAT_ENV}): "
+            f"Prefect's minimum is {MIN_HEARTBEAT_S}s"
         )
     if after < MIN_WINDOW_S or after <= heartbeat:
         raise ValueError(
-            f"zombie window {after:g}s (--after-s, --zombie-after-s or {WINDOW_ENV}) must exceed the heartbeat period {heartbeat}s"
-            f" (and be at least {MIN_WINDOW_S}s), or live runs would be marked crashed; 3-4x the period is safe"
+            f"zombie window {after:g}s (--after-s, --zombie-after-s or {WINDOW_ENV})"
+            f" must exceed the heartbeat period {heartbeat}s"
+            f" (and be at least {MIN_WINDOW_S}s), or live runs would be marked crashed;"
+            " 3-4x the period is safe"
         )
 
 
@@ -94,8 +100,9 @@ def zombie_automation(
     return AutomationCore(
         name=name,
         description=(
-            f"A flow run tagged {tag!r} that sends no event for {after:g}s after a heartbeat (every {heartbeat}s)"
-            " or after it started running has lost its process: mark it Crashed, which frees its work-queue slot."
+            f"A flow run tagged {tag!r} that sends no event for {after:g}s after a heartbeat"
+            f" (every {heartbeat}s) or after it started running has lost its process:"
+            " mark it Crashed, which frees its work-queue slot."
             " Installed by charrnn's flows/zombies.py."
         ),
         trigger=EventTrigger(
@@ -114,7 +121,8 @@ def zombie_automation(
         actions=[
             ChangeFlowRunState(
                 state=StateType.CRASHED,
-                message=f"No heartbeat for {after:g}s: the flow run's process is gone (marked by the {name!r} automation).",
+                message=f"No heartbeat for {after:g}s: the flow run's process is gone "
+                f"(marked by the {name!r} automation).",
             )
         ],
     )
@@ -126,9 +134,10 @@ def ensure_zombie_automation(
     tag: str = TAG,
     name: str = AUTOMATION_NAME,
 ) -> tuple[str, str]:
-    """Create the automation, or update the one of that name; idempotent. Returns (automation id, what was done).
+    """Create the automation, or update the one of that name; idempotent.
 
-    Talks to the server of the current Prefect settings (``PREFECT_API_URL``).
+    Returns (automation id, what was done). Talks to the server of the current
+    Prefect settings (``PREFECT_API_URL``).
     """
     from prefect.client.orchestration import get_client
     from prefect.events.schemas.automations import AutomationCore

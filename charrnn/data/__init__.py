@@ -1,1 +1,4 @@
-"""Data: the corpus (download, cache, offline default), its vocabulary, token files and training batches."""
+"""Data: the corpus, its vocabulary, token files and training batches.
+
+The corpus is downloaded and cached, with an offline default.
+"""

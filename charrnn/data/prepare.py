@@ -27,7 +27,7 @@ log = logging.getLogger("charrnn")
 
 
 def trainable_check(cfg: Config) -> Callable[[str], None]:
-    """``check(text)`` for :func:`fetch_corpus`: refuses a corpus too small to train on with ``cfg``.
+    """``check(text)`` for :func:`fetch_corpus`: refuse a corpus too small to train on with ``cfg``.
 
     It runs on the fetched text, before anything is cached, so a refused corpus leaves the
     cache as it was. One character is one token, so the split sizes are known before tokenising.
@@ -80,9 +80,8 @@ def corpus_tokens(corpus: CorpusRef, cfg: Config) -> TokenSet:
             token_dtype=d.token_dtype,
             cache_dir=d.cache_dir or None,
         )
-    check_trainable(
-        tokens.num_tokens["train"], cfg.train.batch_size, cfg.train.seq_len, d.corpus
-    )  # accepted earlier with other settings
+    # the tokens may have been accepted earlier with other settings: check them again
+    check_trainable(tokens.num_tokens["train"], cfg.train.batch_size, cfg.train.seq_len, d.corpus)
     return tokens
 
 

@@ -97,9 +97,10 @@ def split_sizes(n: int, val_fraction: float, test_fraction: float, source: str) 
 
 
 def check_trainable(num_train: int, batch_size: int, seq_len: int, source: str) -> None:
-    """Training needs at least one (seq_len + 1)-character window per stream: :class:`~charrnn.data.batches.StreamBatcher`'s layout.
+    """Training needs at least one (seq_len + 1)-character window per stream.
 
-    The rule lives here, not in ``data`` (which imports torch), so ``prepare`` and the flow can
+    That follows from :class:`~charrnn.data.batches.StreamBatcher`'s layout. The rule
+    lives here, not in ``data`` (which imports torch), so ``prepare`` and the flow can
     refuse a corpus before caching it or starting torchrun.
     """
     need = batch_size * (seq_len + 1)
@@ -112,22 +113,20 @@ def check_trainable(num_train: int, batch_size: int, seq_len: int, source: str) 
         )
 
 
-BLOCK_BYTES = (
-    16 << 20
-)  # work in ~16 MB blocks: big enough for vectorised speed, small enough for flat memory
-DOCUMENT_MODE_MAX_BYTES = (
-    512 << 20
-)  # up to this size the corpus is one Arrow row (fast); above, one row per line
+# work in ~16 MB blocks: big enough for vectorised speed, small enough for flat memory
+BLOCK_BYTES = 16 << 20
+# up to this size the corpus is one Arrow row (fast); above, one row per line
+DOCUMENT_MODE_MAX_BYTES = 512 << 20
 
 
 class Utf8Blocks:
-    """The corpus as blocks of about ``BLOCK_BYTES`` of UTF-8, re-iterable, with their character counts.
+    """The corpus as blocks of about ``BLOCK_BYTES`` of UTF-8, with their character counts.
 
-    The corpus is read through HF ``datasets`` once (the ``text`` builder, newlines
-    kept). Its Arrow string buffers, memory-mapped from the builder's cache, are
-    already the concatenated UTF-8 text, so blocks are zero-copy views (only rows
-    shorter than a block are joined), cut only at character boundaries. Nothing
-    ever holds more than a block's worth of decoded text.
+    The blocks are re-iterable. The corpus is read through HF ``datasets`` once (the
+    ``text`` builder, newlines kept). Its Arrow string buffers, memory-mapped from the
+    builder's cache, are already the concatenated UTF-8 text, so blocks are zero-copy
+    views (only rows shorter than a block are joined), cut only at character
+    boundaries. Nothing ever holds more than a block's worth of decoded text.
     """
 
     def __init__(self, corpus_path: str, scratch: str):
@@ -138,8 +137,9 @@ class Utf8Blocks:
         self._dataset = datasets.load_dataset(
             "text",
             data_files=corpus_path,
-            # "document": one row, no per-line Python strings (3x faster); "line" bounds the
-            # builder's memory for huge corpora. Either way keep_linebreaks: the default strips "\n".
+            # "document": one row, no per-line Python strings (3x faster); "line" bounds
+            # the builder's memory for huge corpora. Either way keep_linebreaks: the
+            # default strips "\n".
             sample_by="document" if whole else "line",
             keep_linebreaks=True,
             split="train",
@@ -149,7 +149,10 @@ class Utf8Blocks:
         self.num_chars = sum(self.chars_per_block)
 
     def __iter__(self):
-        """Raw UTF-8 blocks of at most ~BLOCK_BYTES, each starting and ending on a character boundary."""
+        """Raw UTF-8 blocks of at most ~BLOCK_BYTES.
+
+        Each block starts and ends on a character boundary.
+        """
         pending, pending_bytes = [], 0
         for arr in self._dataset.data.column("text").chunks:
             offsets_type = np.int64 if str(arr.type) == "large_string" else np.int32
@@ -157,9 +160,8 @@ class Utf8Blocks:
                 arr.offset : arr.offset + len(arr) + 1
             ]
             raw = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-            while (
-                raw.size
-            ):  # a row always ends on a character boundary; inside one, cut before a lead byte
+            # a row always ends on a character boundary; inside one, cut before a lead byte
+            while raw.size:
                 cut = min(raw.size, BLOCK_BYTES - pending_bytes)
                 while cut < raw.size and raw[cut] & 0xC0 == 0x80:
                     cut += 1

@@ -74,18 +74,19 @@ def utf8_codepoints(utf8: np.ndarray) -> np.ndarray:
     if utf8.max(initial=0) < 0x80:
         return utf8
     lead, value = multibyte_chars(utf8)
-    cps = utf8[is_char_start(utf8)].astype(
-        np.uint32
-    )  # one entry per character, lead bytes in place
+    # one entry per character, lead bytes in place
+    cps = utf8[is_char_start(utf8)].astype(np.uint32)
     continuation = _sequence_length(utf8[lead]) - 1
-    cps[lead - (np.cumsum(continuation) - continuation)] = (
-        value  # a lead byte's index among the characters
-    )
+    # each value goes at its lead byte's index among the characters
+    cps[lead - (np.cumsum(continuation) - continuation)] = value
     return cps
 
 
 def unseen_characters(cps: np.ndarray, bad: np.ndarray, limit: int = 10) -> str:
-    """Which characters (code points ``cps[bad]``) are not in the vocabulary, and where each first occurs."""
+    """Which characters are not in the vocabulary, and where each first occurs.
+
+    The characters are the code points ``cps[bad]``.
+    """
     values, first = np.unique(cps[bad], return_index=True)
     newlines = np.flatnonzero(cps == 10)
     parts = []
@@ -98,7 +99,10 @@ def unseen_characters(cps: np.ndarray, bad: np.ndarray, limit: int = 10) -> str:
             f"{ch!r} (U+{ord(ch):04X}) first at line {line + 1}, column {column} (position {pos})"
         )
     more = f", and {len(values) - limit} more" if len(values) > limit else ""
-    return f"{len(values)} character(s) not in the vocabulary ({bad.size} occurrence(s)): {'; '.join(parts)}{more}"
+    return (
+        f"{len(values)} character(s) not in the vocabulary ({bad.size} occurrence(s)): "
+        f"{'; '.join(parts)}{more}"
+    )
 
 
 @dataclass(frozen=True)
@@ -135,10 +139,8 @@ class Vocab:
     ) -> np.ndarray:
         lut = self._table()
         ids = lut[:256].astype(dtype)[cps] if cps.dtype == np.uint8 else lut[cps]
-        if unk_policy not in (
-            "unk",
-            "error",
-        ):  # a library guard: the config only lets these two through
+        # a library guard: the config only lets these two through
+        if unk_policy not in ("unk", "error"):
             raise CorpusError(
                 f"unknown unk_policy {unk_policy!r}",
                 where="data.unk_policy",
@@ -150,7 +152,8 @@ class Vocab:
                 raise CorpusError(
                     unseen_characters(cps, bad),
                     where=source,
-                    fix="use data.unk_policy=unk to map them to <unk>, or a model trained on text that has them",
+                    fix="use data.unk_policy=unk to map them to <unk>, "
+                    "or a model trained on text that has them",
                 )
         return ids.astype(dtype, copy=False)
 
@@ -214,7 +217,8 @@ def token_dtype_for(
     dtype = np.dtype(options[requested])
     if vocab_size > np.iinfo(dtype).max + 1:
         raise CorpusError(
-            f"vocabulary of {vocab_size} symbols ({vocab_size - 1} characters + <unk>) does not fit {requested} (at most {np.iinfo(dtype).max + 1})",
+            f"vocabulary of {vocab_size} symbols ({vocab_size - 1} characters + <unk>) "
+            f"does not fit {requested} (at most {np.iinfo(dtype).max + 1})",
             where=source,
             fix="set data.token_dtype=auto (or a wider dtype such as uint16)",
         )

@@ -77,7 +77,10 @@ def evaluate_tokens(
 
 def format_score(score: dict) -> str:
     """One line for an ``EvalResult.to_dict()``: nats/char, bits/char, perplexity."""
-    return f"{score['loss_nats']:.4f} nats/char | {score['bpc']:.4f} bits/char | perplexity {score['perplexity']:.3f}"
+    return (
+        f"{score['loss_nats']:.4f} nats/char | {score['bpc']:.4f} bits/char | "
+        f"perplexity {score['perplexity']:.3f}"
+    )
 
 
 def final_scores(

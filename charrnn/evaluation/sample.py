@@ -33,10 +33,9 @@ class SampleSettings:
     precision: str = "auto"  # the step-wise matrix products: auto | fp32 | bf16 (see matmul_dtype)
 
 
-# One stream's step is bound by reading the weights, where bf16 products ran slower than fp32 on a
-# bf16 CPU (1 stream 4.9 k vs 7.2 k chars/s); from 16 streams they are faster (53 k vs 46 k; 64
-# streams 109 k vs 76 k). bench/generation.py, 2-core EPYC with avx512_bf16 (bench/RESULTS.md). With
-# packed weights (2026-11-30, 167fcd3) the crossover moved to ~8 streams, where bf16 gains 2 %: 16 stays.
+# One stream's step is bound by reading the weights, where bf16 products run slower than fp32 on
+# a bf16 CPU; with more streams they are faster: slightly from about 8 streams, clearly from 16
+# (bench/generation.py, bench/RESULTS.md).
 BF16_FROM_STREAMS = 16
 
 
@@ -69,9 +68,8 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop_sorted = (
-            cumulative - sorted_logits.softmax(-1) >= top_p
-        )  # keep the token that crosses top_p
+        # keep the token that crosses top_p
+        drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
@@ -107,7 +105,10 @@ def sample_tokens(
 def _sampler(
     settings: SampleSettings, batch: int, device
 ) -> Callable[[torch.Tensor, int, torch.Tensor], None]:
-    """``pick(logits, step, out)``: writes each row's next token into ``out`` [batch], on the device."""
+    """``pick(logits, step, out)``: writes each row's next token into ``out`` [batch].
+
+    It runs on the device.
+    """
     if settings.argmax:
 
         def greedy(logits: torch.Tensor, step: int, out: torch.Tensor) -> None:
@@ -137,7 +138,10 @@ def _sampler(
 def _temperatures(
     temperature: float | tuple[float, ...], batch: int, device
 ) -> torch.Tensor | float | None:
-    """What :func:`_sampler` divides logits by: a number, a [batch, 1] tensor of per-row ones, or None for 1."""
+    """What :func:`_sampler` divides logits by.
+
+    A number, a [batch, 1] tensor of per-row ones, or None for 1.
+    """
     if isinstance(temperature, tuple):
         if len(temperature) != batch:
             raise ValueError(
@@ -150,10 +154,11 @@ def _temperatures(
 def _primed(
     model: CharLSTM, vocab: Vocab, prime: str, batch: int, device, dtype: torch.dtype
 ) -> tuple[Stepper, torch.Tensor]:
-    """A :class:`Stepper` for ``batch`` streams that has read all of ``prime`` but its last character, and that character.
+    """A :class:`Stepper` for ``batch`` streams, and the last character of ``prime``.
 
-    The prime runs once through the fused LSTM for one stream, whose state all
-    streams then share: every stream reads the same prime.
+    The stepper has read all of ``prime`` but that last character. The prime runs
+    once through the fused LSTM for one stream, whose state all streams then
+    share: every stream reads the same prime.
     """
     prime_ids = torch.as_tensor(vocab.encode(prime or "\n"), device=device)
     state = model.initial_state(1, device)
@@ -189,9 +194,8 @@ def generate(
             model, vocab, prime, n, device, matmul_dtype(settings.precision, device, n)
         )
         pick = _sampler(settings, n, device)
-        tokens = torch.empty(
-            settings.length + 1, n, dtype=torch.long, device=device
-        )  # row 0: the prime's last character
+        # row 0: the prime's last character
+        tokens = torch.empty(settings.length + 1, n, dtype=torch.long, device=device)
         tokens[0] = last
         table = ("\ufffd", *vocab.chars)
         for step in range(settings.length):
@@ -206,16 +210,17 @@ def generate(
 def sample_rows(
     model: CharLSTM, vocab: Vocab, cfg: TrackConfig, device, *, seed: int
 ) -> list[tuple[float, str, str]]:
-    """(temperature, prompt, sample) for every configured prompt and temperature, temperature by temperature.
+    """(temperature, prompt, sample) for every configured prompt and temperature.
 
-    Each prompt's temperatures are one batch (one stream each: a validation pays
-    for one prompt's steps, not one per row), seeded with ``seed`` + the prompt's
-    index, so every row draws its own uniforms: with one seed for all, the same
-    draws picked the same characters, and two prompts' samples converged to one
-    text. The seeds stay the same at every evaluation, so the rows of one prompt
-    and temperature show the model improving, not new luck.
+    The rows go temperature by temperature. Each prompt's temperatures are one batch
+    (one stream each: a validation pays for one prompt's steps, not one per row), seeded
+    with ``seed`` + the prompt's index, so every row draws its own uniforms: with one
+    seed for all, the same draws picked the same characters, and two prompts' samples
+    converged to one text. The seeds stay the same at every evaluation, so the rows of
+    one prompt and temperature show the model improving, not new luck.
     """
     temperatures, prompts = tuple(cfg.sample_temperatures), cfg.sample_prompts
+    # texts[prompt index][temperature index]
     texts = [
         generate(
             model,
@@ -230,7 +235,7 @@ def sample_rows(
             device=device,
         )
         for index, prompt in enumerate(prompts)
-    ]  # texts[prompt index][temperature index]
+    ]
     return [
         (t, prompt, prompt + texts[j][i])
         for i, t in enumerate(temperatures)

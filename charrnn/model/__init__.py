@@ -1,1 +1,4 @@
-"""The model: the fused stacked LSTM used for training, its step-wise view used for generation, and precision."""
+"""The model: the fused stacked LSTM, its step-wise view, and precision.
+
+The fused LSTM is used for training, the step-wise view for generation.
+"""

@@ -83,7 +83,8 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, vocab_size: int) -> ModelShape:
-        # auto: training decides the rate early in the run (charrnn/train/dropout.py); until then, none
+        # auto: training decides the rate early in the run (charrnn/train/dropout.py);
+        # until then, none
         return cls(
             vocab_size,
             cfg.embedding_dim,
@@ -94,21 +95,21 @@ class ModelShape:
 
 
 class UniformDropout(nn.Dropout):
-    """``nn.Dropout`` whose CPU mask is uniform draws compared with ``p``: the same Bernoulli(1 - p) mask and scale.
+    """``nn.Dropout`` whose CPU mask is uniform draws compared with ``p``.
 
-    ``F.dropout`` draws its CPU mask with ``bernoulli_(1 - p)``, which costs about
-    three times ``uniform_``: on a 64 x 16 x 256 batch (the default model's head
-    input), forward and backward took 2.6-3.2 ms against 0.95 ms this way, ~7 % of
-    a bf16 training step at dropout 0.3 (2-core EPYC, bench/RESULTS.md,
-    dropout's head mask). Other devices keep ``F.dropout``'s fused kernel.
+    It is the same Bernoulli(1 - p) mask and scale. ``F.dropout`` draws its CPU mask
+    with ``bernoulli_(1 - p)``, which costs about three times ``uniform_``: on a
+    64 x 16 x 256 batch (the default model's head input), forward and backward took
+    2.6-3.2 ms against 0.95 ms this way, ~7 % of a bf16 training step at dropout 0.3
+    (2-core EPYC, bench/RESULTS.md, dropout's head mask). Other devices keep
+    ``F.dropout``'s fused kernel.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or not 0.0 < self.p < 1.0 or x.device.type != "cpu" or self.inplace:
             return super().forward(x)
-        scale = (
-            torch.rand(x.shape).ge_(self.p).mul_(1.0 / (1.0 - self.p)).to(x.dtype)
-        )  # 0 or 1 / (1 - p)
+        # 0 or 1 / (1 - p)
+        scale = torch.rand(x.shape).ge_(self.p).mul_(1.0 / (1.0 - self.p)).to(x.dtype)
         return x * scale
 
 
@@ -124,9 +125,8 @@ class CharLSTM(nn.Module):
             dropout=shape.dropout if shape.num_layers > 1 else 0.0,
             batch_first=True,
         )
-        self.drop = UniformDropout(
-            shape.dropout
-        )  # the LSTM's own (between layers) stays ATen's: it is inside the fused call
+        # the LSTM's own (between layers) stays ATen's: it is inside the fused call
+        self.drop = UniformDropout(shape.dropout)
         self.head = nn.Linear(shape.hidden_size, shape.vocab_size)
         self._init_weights()
 
@@ -134,9 +134,8 @@ class CharLSTM(nn.Module):
         nn.init.normal_(self.embed.weight)  # unit-scale inputs: small ones stall early learning
         hidden = self.shape.hidden_size
         for name, param in self.lstm.named_parameters():
-            gates = param.data.view(
-                4, hidden, -1
-            )  # PyTorch's gate order: input, forget, cell, output
+            # PyTorch's gate order: input, forget, cell, output
+            gates = param.data.view(4, hidden, -1)
             if name.startswith("weight_hh"):
                 # Orthogonal recurrence per gate preserves the state's norm early on; on the
                 # 120 s CPU budget it is worth ~0.02 nats/char of validation loss.
@@ -152,11 +151,13 @@ class CharLSTM(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def set_dropout(self, rate: float) -> None:
-        """Change the dropout rate in place (both dropout sites), e.g. once ``model.dropout=auto`` is decided."""
+        """Change the dropout rate in place (both dropout sites).
+
+        For instance once ``model.dropout=auto`` is decided.
+        """
         self.shape = replace(self.shape, dropout=rate)
-        self.lstm.dropout = (
-            rate if self.shape.num_layers > 1 else 0.0
-        )  # nn.LSTM reads it on every call
+        # nn.LSTM reads it on every call
+        self.lstm.dropout = rate if self.shape.num_layers > 1 else 0.0
         self.drop.p = rate
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
@@ -209,14 +210,15 @@ class CharLSTM(nn.Module):
 
 
 def _gate_rows(t: Tensor) -> Tensor:
-    """``t`` with its gate blocks along dim 0 from PyTorch's (input, forget, cell, output) to (input, forget, output, 2 x cell).
+    """``t`` with its gate blocks along dim 0 reordered, the cell gate last and doubled.
 
-    Then the three sigmoid gates come first, and a sigmoid of the doubled cell
-    gate's pre-activation is what ``tanh(x) = 2 sigmoid(2x) - 1`` needs: one
-    sigmoid covers all four gates. Doubling is exact in binary floating point
-    (bf16 too), so the products are exactly twice the undoubled ones. Slices and
-    one ``cat``: indexing with a row list was ~0.7 ms per :class:`Stepper`, more
-    than ten one-stream steps.
+    From PyTorch's (input, forget, cell, output) to (input, forget, output,
+    2 x cell). Then the three sigmoid gates come first, and a sigmoid of the doubled
+    cell gate's pre-activation is what ``tanh(x) = 2 sigmoid(2x) - 1`` needs: one
+    sigmoid covers all four gates. Doubling is exact in binary floating point (bf16
+    too), so the products are exactly twice the undoubled ones. Slices and one
+    ``cat``: indexing with a row list was ~0.7 ms per :class:`Stepper`, more than
+    ten one-stream steps.
     """
     hidden = t.shape[0] // 4
     input_forget, cell, output = t.split([2 * hidden, hidden, hidden])
@@ -233,13 +235,13 @@ def _operand(weight: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _tanh(x: Tensor, out: Tensor, two: Tensor, minus_one: Tensor) -> Tensor:
-    """tanh(x) into ``out`` (may be ``x``) as 2 * sigmoid(2x) - 1; ``two`` and ``minus_one`` are 0-dim tensors.
+    """tanh(x) into ``out`` (may be ``x``) as 2 * sigmoid(2x) - 1.
 
-    PyTorch's CPU tanh costs about six times its sigmoid: at 64 streams the four
-    tanh of a 2-layer step were ~8 % of it, this way a quarter of that. The
-    constants are tensors because a Python number is wrapped into a new tensor
-    at every call, which made this slower than tanh for one stream. The
-    identity holds to ~1e-7.
+    ``two`` and ``minus_one`` are 0-dim tensors. PyTorch's CPU tanh costs about six
+    times its sigmoid: at 64 streams the four tanh of a 2-layer step were ~8 % of
+    it, this way a quarter of that. The constants are tensors because a Python
+    number is wrapped into a new tensor at every call, which made this slower than
+    tanh for one stream. The identity holds to ~1e-7.
     """
     return torch.add(minus_one, torch.mul(x, two, out=out).sigmoid_(), alpha=2, out=out)
 
@@ -275,10 +277,11 @@ def uses_packed_weights(device: torch.device, dtype: torch.dtype, batch: int) ->
 def _bind_preactivations(
     x: Tensor, weight: Tensor, bias: Tensor, dtype: torch.dtype, out: Tensor | None
 ) -> Callable[[], Tensor]:
-    """A call without arguments that returns ``x @ weight.T + bias`` in ``dtype``; ``bias`` is [out] or [batch, out] (layer 0's looked-up gates).
+    """A call without arguments that returns ``x @ weight.T + bias`` in ``dtype``.
 
-    With ``out``: ``addmm`` into it. Without: a oneDNN linear on ``weight``
-    packed once, which returns a new tensor (the op has no ``out=``).
+    ``bias`` is [out] or [batch, out] (layer 0's looked-up gates). With ``out``:
+    ``addmm`` into it. Without: a oneDNN linear on ``weight`` packed once, which
+    returns a new tensor (the op has no ``out=``).
     """
     if out is not None:
         return partial(torch.addmm, bias, x, _operand(weight, dtype), out=out)
@@ -292,9 +295,8 @@ def _bind_preactivations(
 class _Layer:
     """One layer's operands in a :class:`Stepper`; ``c`` and ``h`` are views of its buffers."""
 
-    preactivations: Callable[
-        [], Tensor
-    ]  # the gates' inputs: [h below, own h] (own h for layer 0) times the weights, plus biases
+    # the gates' inputs: [h below, own h] (own h for layer 0) times the weights, plus biases
+    preactivations: Callable[[], Tensor]
     c: Tensor  # [batch, hidden], advanced in place
     h: Tensor  # [batch, hidden]: where the new h goes
 
@@ -351,7 +353,8 @@ class Stepper:
         )
         own_h = [self.h[:, i * hidden : (i + 1) * hidden] for i in range(layers)]
         self.packed = uses_packed_weights(h.device, mm, batch)
-        # addmm's output: the gates themselves in fp32, a bf16 buffer widened into them in bf16; packed linears return their own
+        # addmm's output: the gates themselves in fp32, a bf16 buffer widened into them in
+        # bf16; packed linears return their own
         out = (
             None
             if self.packed
@@ -367,9 +370,8 @@ class Stepper:
             )
         ]
         for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights[1:], start=1):
-            x = self.h[
-                :, (i - 1) * hidden : (i + 1) * hidden
-            ]  # [h below (already new), own h (still old)]
+            # [h below (already new), own h (still old)]
+            x = self.h[:, (i - 1) * hidden : (i + 1) * hidden]
             preactivations = _bind_preactivations(
                 x, rows(torch.cat([w_ih, w_hh], 1)), rows(b_ih + b_hh).to(mm), mm, out
             )
@@ -388,21 +390,22 @@ class Stepper:
         return torch.addmm(self.head_bias, self.layers[-1].h, self.head_weight)
 
     def _cell(self, layer: _Layer, preactivations: Tensor) -> None:
-        """The LSTM cell update from the gates' pre-activations, in place: c = f*c + i*g, h = o*tanh(c)."""
-        if (
-            preactivations.dtype != self.gates.dtype
-        ):  # bf16 products widened once, so the activations run in fp32
+        """The LSTM cell update from the gates' pre-activations, in place.
+
+        c = f*c + i*g, h = o*tanh(c).
+        """
+        # bf16 products widened once, so the activations run in fp32
+        if preactivations.dtype != self.gates.dtype:
             preactivations = self.gates.copy_(preactivations)
-        torch.sigmoid(
-            preactivations, out=self.gates
-        )  # i, f, o, and sigmoid(2x) for the cell gate (its rows are doubled)
-        torch.add(
-            self.minus_one, self.cell_gate, alpha=2, out=self.cell_gate
-        )  # g = tanh(x) = 2 sigmoid(2x) - 1
+        # i, f, o, and sigmoid(2x) for the cell gate (its rows are doubled)
+        torch.sigmoid(preactivations, out=self.gates)
+        # g = tanh(x) = 2 sigmoid(2x) - 1
+        torch.add(self.minus_one, self.cell_gate, alpha=2, out=self.cell_gate)
         layer.c.mul_(self.forget_gate).addcmul_(self.input_gate, self.cell_gate)
+        # rounded to h's dtype
         torch.mul(
             self.output_gate, _tanh(layer.c, self.scratch, self.two, self.minus_one), out=layer.h
-        )  # rounded to h's dtype
+        )
 
     def state(self) -> State:
         """(h, c) as ``nn.LSTM`` takes them, each [num_layers, batch, hidden]; copies."""

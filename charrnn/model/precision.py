@@ -31,17 +31,17 @@ import torch
 
 from charrnn.errors import ConfigError
 
-CUDNN_BF16_RNN_MIN_VERSION = (
-    91300  # cuDNN 9.13.0, as cuDNN encodes it (major * 10000 + minor * 100 + patch)
-)
+# cuDNN 9.13.0, as cuDNN encodes it (major * 10000 + minor * 100 + patch)
+CUDNN_BF16_RNN_MIN_VERSION = 91300
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where the hardware has native bf16 (CUDA sm >= 8.0, or CPUs with AVX512-BF16/AMX); else None (fp32).
+    """bf16 autocast where the hardware has native bf16; else None (fp32).
 
-    On CUDA, emulated bf16 does not count: ``torch.cuda.is_bf16_supported()``
-    says yes on a V100 or T4 because bf16 tensors can be made there, but those
-    GPUs have no bf16 tensor cores, so ``including_emulation=False``.
+    Native bf16 means CUDA sm >= 8.0, or CPUs with AVX512-BF16/AMX. On CUDA,
+    emulated bf16 does not count: ``torch.cuda.is_bf16_supported()`` says yes on
+    a V100 or T4 because bf16 tensors can be made there, but those GPUs have no
+    bf16 tensor cores, so ``including_emulation=False``.
     """
     if precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(
@@ -54,7 +54,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     supported = _cuda_has_native_bf16(device) if device.type == "cuda" else cpu_has_native_bf16()
     if precision == "bf16" and not supported:
         raise ConfigError(
-            f"this {device.type.upper()} has no native bf16 LSTM kernels (a CPU needs AVX512-BF16 or AMX, elsewhere oneDNN emulates bf16 "
+            f"this {device.type.upper()} has no native bf16 LSTM kernels "
+            "(a CPU needs AVX512-BF16 or AMX, elsewhere oneDNN emulates bf16 "
             "at about half fp32's speed; CUDA needs compute capability >= 8.0)",
             where="train.precision=bf16",
             fix="use train.precision=auto (bf16 where the hardware has it, else fp32) or fp32",
@@ -86,7 +87,11 @@ def cpu_has_native_bf16() -> bool:
 
 
 def native_bf16(onednn_bf16: bool, machine: str, capabilities: dict[str, object]) -> bool:
-    """:func:`cpu_has_native_bf16` from what it reads: oneDNN's answer, ``platform.machine()``, ``torch.cpu.get_capabilities()``."""
+    """:func:`cpu_has_native_bf16` from the values it reads.
+
+    Those are oneDNN's answer, ``platform.machine()`` and
+    ``torch.cpu.get_capabilities()``.
+    """
     if not onednn_bf16 or machine.lower() not in ("x86_64", "amd64"):
         return onednn_bf16
     return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
@@ -115,9 +120,10 @@ def cudnn_bf16_rnn_supported(device: torch.device | str) -> bool:
 
 
 def lstm_compute_dtype(device: torch.device | str, amp_dtype: torch.dtype | None) -> torch.dtype:
-    """The dtype :class:`charrnn.model.lstm.CharLSTM`'s LSTM runs in under autocast to ``amp_dtype`` (None: no autocast).
+    """The dtype :class:`charrnn.model.lstm.CharLSTM`'s LSTM runs in under autocast.
 
-    fp32 on CUDA means cuDNN's fp32 RNN, which uses TF32 tensor cores when
+    The autocast is to ``amp_dtype`` (None: no autocast). fp32 on CUDA means
+    cuDNN's fp32 RNN, which uses TF32 tensor cores when
     ``torch.backends.cudnn.allow_tf32`` is on (PyTorch's default).
     """
     device = torch.device(device)
@@ -125,16 +131,15 @@ def lstm_compute_dtype(device: torch.device | str, amp_dtype: torch.dtype | None
         return torch.float32
     if device.type == "cuda" and amp_dtype == torch.bfloat16:
         return torch.bfloat16 if cudnn_bf16_rnn_supported(device) else torch.float32
-    return (
-        amp_dtype  # CPU autocast (oneDNN), or CUDA fp16 autocast (the autocast kernel's own kHalf)
-    )
+    # CPU autocast (oneDNN), or CUDA fp16 autocast (the autocast kernel's own kHalf)
+    return amp_dtype
 
 
 def explicit_lstm_dtype(device: torch.device) -> torch.dtype | None:
-    """Inside ``forward``: the dtype to run the LSTM in outside autocast, or None to leave ``nn.LSTM`` as it is.
+    """Inside ``forward``: the dtype to run the LSTM in outside autocast.
 
-    Only CUDA bf16 autocast is taken over; CPU autocast, fp16 autocast and no
-    autocast keep PyTorch's own behaviour.
+    None leaves ``nn.LSTM`` as it is. Only CUDA bf16 autocast is taken over; CPU
+    autocast, fp16 autocast and no autocast keep PyTorch's own behaviour.
     """
     if device.type != "cuda" or not torch.is_autocast_enabled("cuda"):
         return None

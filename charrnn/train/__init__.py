@@ -1,1 +1,4 @@
-"""Training: the Trainer and the parts it is made of (schedule, validation, state, metrics, dropout)."""
+"""Training: the Trainer and the parts it is made of.
+
+The parts: schedule, validation, state, metrics, dropout.
+"""

@@ -1,9 +1,10 @@
-"""The checkpointer: when a run saves, where it resumes from, and best.pt's weights for the final scores.
+"""The checkpointer: when a run saves, where it resumes from, and best.pt's weights.
 
-Rank 0 alone writes (and publishes to object storage); every rank gathers its
-share of the state first, because carried streams and RNG states are per rank.
-A resumed run continues from the file rank 0 chose, read by every rank, so no
-two ranks can start from different steps.
+best.pt's weights are the ones the final scores use. Rank 0 alone writes (and
+publishes to object storage); every rank gathers its share of the state first,
+because carried streams and RNG states are per rank. A resumed run continues
+from the file rank 0 chose, read by every rank, so no two ranks can start from
+different steps.
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ class Checkpointer:
         is_best: bool,
         identity: dict[str, Any],
     ) -> None:
-        """Every rank gathers its share; rank 0 saves (best.pt too when ``is_best``) and publishes."""
+        """Every rank gathers its share; rank 0 saves and publishes.
+
+        Rank 0 saves best.pt too when ``is_best``.
+        """
         t = self.cfg.train
         # A collective when distributed: every rank calls it.
         payload = state.to_payload(self.env, batch_size=t.batch_size, val=val, identity=identity)
@@ -89,9 +93,10 @@ class Checkpointer:
         self.tracker.log_model(path, step=step, aliases=aliases, metadata=metadata)
 
     def find_resume(self, *, restarted: bool) -> tuple[dict[str, Any], Path] | None:
-        """The checkpoint to continue from (``--resume``, or a torchrun restart); never overwrite a run.
+        """The checkpoint to continue from (``--resume``, or a torchrun restart).
 
-        Without either, a run directory that already holds checkpoints is an error.
+        A run is never overwritten: without either, a run directory that already
+        holds checkpoints is an error.
         """
         if self.env.is_main:  # what killed saves left: never newer than the newest valid checkpoint
             remove_stale_files(self.run_dir.path)
@@ -114,7 +119,7 @@ class Checkpointer:
         return found
 
     def agreed_checkpoint(self) -> tuple[dict[str, Any], Path] | None:
-        """Rank 0 picks the newest valid checkpoint; every other rank loads that same file and verifies it.
+        """Rank 0 picks the newest valid checkpoint; the other ranks load and verify that same file.
 
         Ranks that chose for themselves could resume at different steps (node-local or stale
         storage) and hang at the first collective. Loaded on the CPU: the RNG states in it
@@ -136,13 +141,19 @@ class Checkpointer:
             ) from None
 
     def load_best(self, state: TrainState) -> None:
-        """Every rank takes best.pt's weights: rank 0 reads the file it wrote and sends them to the others."""
+        """Every rank takes best.pt's weights.
+
+        Rank 0 reads the file it wrote and sends them to the others.
+        """
         best = self.run_dir.path / "best.pt"
         weights = load_checkpoint(best)["model"] if self.env.is_main else None
         state.model.load_state_dict(dist_utils.broadcast_object(weights))
 
     def newest(self) -> Path | None:
-        """The newest checkpoint of the run (rank 0): this session's, else one a finished run left."""
+        """The newest checkpoint of the run (rank 0).
+
+        This session's, else one a finished run left.
+        """
         if self.last_path is None and self.env.is_main:  # resumed at or past the end
             return next(reversed(list_checkpoints(self.run_dir.path)), None)
         return self.last_path

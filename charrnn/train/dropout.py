@@ -1,4 +1,6 @@
-"""The run's dropout rate: fixed by the config, or, with ``model.dropout=auto``, from the epochs the run will see.
+"""The run's dropout rate: fixed by the config, or decided by the run (``model.dropout=auto``).
+
+With ``auto``, the rate comes from the epochs the run will see.
 
 Dropout pays only once a run would otherwise memorise its corpus, and it costs
 twice: a noisier gradient and, on CPU, time for the masks. bench/profile_ddp.py
@@ -30,9 +32,8 @@ from charrnn.train.schedule import AgreedClock, Budget
 
 FULL_RATE = 0.3
 RAMP_EPOCHS = (6.0, 12.0)
-PACE_FROM_STEP = (
-    10  # the first steps are slow (allocations, warm caches): the pace is taken after them
-)
+# the first steps are slow (allocations, warm caches): the pace is taken after them
+PACE_FROM_STEP = 10
 PACE_STEPS = 40  # so a run from scratch decides at step 50
 
 
@@ -44,14 +45,17 @@ def auto_rate(epochs: float) -> float:
 
 @dataclass
 class DropoutPlan:
-    """Owns the run's rate: ``rate`` is None until an ``auto`` plan has decided (the model runs without dropout until then)."""
+    """Owns the run's rate.
+
+    ``rate`` is None until an ``auto`` plan has decided (the model runs without
+    dropout until then).
+    """
 
     auto: bool
     rate: float | None
     planned_epochs: float | None = None  # what an auto decision was based on
-    pace_mark: tuple[int, float] | None = (
-        None  # (step, agreed seconds) where the pace measurement starts
-    )
+    # (step, agreed seconds) where the pace measurement starts
+    pace_mark: tuple[int, float] | None = None
 
     @classmethod
     def from_config(cls, value: float | str) -> DropoutPlan:
@@ -71,12 +75,14 @@ class DropoutPlan:
     def observe(
         self, step: int, clock: AgreedClock, budget: Budget, windows_per_epoch: int
     ) -> bool:
-        """Called after every step of a run on a clock: mark the pace, then decide; True when it decides."""
+        """Called after every step of a run on a clock: mark the pace, then decide.
+
+        True when it decides.
+        """
         if self.decided or step < PACE_FROM_STEP:
             return False
-        if (
-            self.pace_mark is None
-        ):  # step PACE_FROM_STEP, or the first step of a session resumed past it
+        # step PACE_FROM_STEP, or the first step of a session resumed past it
+        if self.pace_mark is None:
             self.pace_mark = (step, clock.at(step))
             return False
         mark_step, mark_s = self.pace_mark
@@ -94,7 +100,10 @@ class DropoutPlan:
         return {"auto": self.auto, "rate": self.rate, "planned_epochs": self.planned_epochs}
 
     def load_payload(self, payload: dict | None, shape_rate: float) -> None:
-        """Keep the rate a checkpoint's run decided; a checkpoint from before this record used its shape's rate."""
+        """Keep the rate a checkpoint's run decided.
+
+        A checkpoint from before this record used its shape's rate.
+        """
         if payload is None:
             self.rate = self.rate if self.rate is not None else shape_rate
         elif self.auto and payload["rate"] is not None:

@@ -1,5 +1,6 @@
-"""Training time and throughput: the run's clock, the window since the last log line, the session's average.
+"""Training time and throughput.
 
+The run's clock, the window since the last log line and the session's average.
 Time spent validating or checkpointing still counts as training time (the
 budget's clock is wall-clock), but it is left out of the logged chars/s, which
 measures the optimiser steps alone.
@@ -15,7 +16,10 @@ import torch
 
 
 class ThroughputMeter:
-    """The clocks one rank reads, and the loss summed since the last log line (on device: no host sync)."""
+    """The clocks one rank reads, and the loss summed since the last log line.
+
+    The loss is summed on the device: no host sync.
+    """
 
     def __init__(self, chars_per_step: int, device: torch.device):
         self.chars_per_step = chars_per_step
@@ -60,7 +64,10 @@ class ThroughputMeter:
         return train_seconds - self.train_seconds_at_start
 
     def average_rate(self, steps_this_session: int, step: int, train_seconds: float) -> float:
-        """chars/s of this session (evaluation included); for a run resumed at its end, of the whole run."""
+        """chars/s of this session (evaluation included).
+
+        For a run resumed at its end, of the whole run.
+        """
         if steps_this_session:
             seconds = time.perf_counter() - self.session_start
             return steps_this_session * self.chars_per_step / max(seconds, 1e-9)

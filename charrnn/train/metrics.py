@@ -40,7 +40,10 @@ def memory_metrics(device) -> dict[str, float]:
 
 
 class MetricsSink:
-    """Append-only JSON lines (flushed per record, so a crash loses nothing logged), W&B and the log."""
+    """Append-only JSON lines, W&B and the log.
+
+    The JSON lines are flushed per record, so a crash loses nothing logged.
+    """
 
     def __init__(self, path: Path | None, tracker: Tracker | None = None):
         self.path = path

@@ -17,7 +17,10 @@ from charrnn.errors import ConfigError
 def lr_factor(
     step: int, progress: float, warmup_steps: int, min_ratio: float, schedule: str = "linear"
 ) -> float:
-    """Linear warm-up over steps, then a linear or cosine decay to ``min_ratio`` over ``progress`` in [0, 1]."""
+    """Linear warm-up over steps, then a linear or cosine decay to ``min_ratio``.
+
+    The decay runs over ``progress`` in [0, 1].
+    """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = min(progress, 1.0)
@@ -27,13 +30,15 @@ def lr_factor(
 
 @dataclass(frozen=True)
 class Budget:
-    """The run's horizon: a step count (from ``max_steps`` or ``epochs``), a wall-clock budget, or both."""
+    """The run's horizon: a step count, a wall-clock budget, or both.
+
+    The step count comes from ``max_steps`` or ``epochs``.
+    """
 
     horizon: int | None  # steps; None when only the clock stops the run
     time_budget_s: float  # 0: no clock limit
-    decay_steps: int = (
-        0  # an explicit lr decay horizon: a run can be extended without changing its schedule
-    )
+    # an explicit lr decay horizon: a run can be extended without changing its schedule
+    decay_steps: int = 0
 
     @classmethod
     def from_config(cls, t: TrainConfig, windows_per_epoch: int) -> Budget:
@@ -57,11 +62,14 @@ class Budget:
         return max(by_steps, by_time)
 
     def lr_progress(self, step: int, elapsed_s: float) -> float:
-        """Where the lr decay stands: the explicit decay horizon if one is set, else the run's own."""
+        """Where the lr decay stands.
+
+        On the explicit decay horizon if one is set, else on the run's own.
+        """
         return step / self.decay_steps if self.decay_steps > 0 else self.fraction(step, elapsed_s)
 
     def planned_steps(self, step: int, elapsed_s: float, pace_s: float) -> float:
-        """The steps the run will have taken at its end, at ``pace_s`` seconds per step from here."""
+        """The steps the run will have taken at its end, at ``pace_s`` seconds a step from here."""
         by_time = (
             step + max(self.time_budget_s - elapsed_s, 0.0) / max(pace_s, 1e-9)
             if self.time_budget_s > 0

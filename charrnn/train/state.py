@@ -29,7 +29,10 @@ Hidden = tuple[torch.Tensor, torch.Tensor]
 
 @dataclass
 class TrainState:
-    """The mutable state of a run; :meth:`to_payload` and :meth:`load_payload` are its checkpoint format."""
+    """The mutable state of a run.
+
+    :meth:`to_payload` and :meth:`load_payload` are its checkpoint format.
+    """
 
     model: CharLSTM
     optimizer: torch.optim.Optimizer
@@ -42,7 +45,10 @@ class TrainState:
     def to_payload(
         self, env: DistEnv, *, batch_size: int, val: EvalResult | None, identity: dict[str, Any]
     ) -> dict[str, Any] | None:
-        """The checkpoint payload on rank 0, None on the others (a collective: every rank must call it)."""
+        """The checkpoint payload on rank 0, None on the others.
+
+        A collective: every rank must call it.
+        """
         hidden, rng = gather_hidden(self.hidden, env, batch_size), gather_rng(env)
         if not env.is_main:
             return None
@@ -111,11 +117,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def gather_hidden(hidden: Hidden, env: DistEnv, batch_size: int) -> Hidden | None:
-    """The carried hidden state of every stream, on rank 0's CPU; None elsewhere (a collective when distributed).
+    """The carried hidden state of every stream, on rank 0's CPU; None elsewhere.
 
-    Gathered to rank 0 only, which alone writes checkpoints: an all-gather would send every
-    rank the whole state at every checkpoint for nothing. Ranks own contiguous, balanced
-    stream ranges (``rank_slice``), so the parts can differ in size by one row.
+    A collective when distributed. Gathered to rank 0 only, which alone writes
+    checkpoints: an all-gather would send every rank the whole state at every
+    checkpoint for nothing. Ranks own contiguous, balanced stream ranges
+    (``rank_slice``), so the parts can differ in size by one row.
     """
     h, c = (s.detach().float().contiguous() for s in hidden)
     if not env.distributed:
@@ -162,8 +169,10 @@ def regroup_optimizer_state(
         return saved
     if len(saved["param_groups"]) != 1:
         raise CheckpointError(
-            f"the optimizer state has {len(saved['param_groups'])} parameter groups; this version reads 1 or {len(optimizer.param_groups)}",
-            fix="resume with the charrnn version that wrote the checkpoint, or start a new run (without --resume) in another train.out_dir",
+            f"the optimizer state has {len(saved['param_groups'])} parameter groups; "
+            f"this version reads 1 or {len(optimizer.param_groups)}",
+            fix="resume with the charrnn version that wrote the checkpoint, "
+            "or start a new run (without --resume) in another train.out_dir",
         )
     old_index = {id(p): i for i, p in enumerate(model.parameters())}
     hyper = {k: v for k, v in saved["param_groups"][0].items() if k != "params"}

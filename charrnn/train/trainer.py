@@ -1,4 +1,4 @@
-"""The training loop: truncated BPTT over carried streams, AdamW, warm-up then linear (or cosine) decay.
+"""The training loop: truncated BPTT over carried streams, AdamW, warm-up then linear/cosine decay.
 
 :func:`train` serves a single process and every rank under ``torchrun``: it
 starts W&B on rank 0, runs a :class:`Trainer` and turns a lost peer into a
@@ -62,16 +62,14 @@ class TrainResult:
     chars_per_s: float
     train_seconds: float
     interrupted: bool = False
-    stopped_by: str | None = (
-        None  # the signal this process got that stopped the run early (SIGINT, SIGTERM)
-    )
-    tracking: dict = field(
-        default_factory=dict
-    )  # W&B run id, mode, URL or offline dir + sync command
+    # the signal this process got that stopped the run early (SIGINT, SIGTERM)
+    stopped_by: str | None = None
+    # W&B run id, mode, URL or offline dir + sync command
+    tracking: dict = field(default_factory=dict)
     remote_dir: str | None = None  # the run directory's fsspec URL when train.out_dir is one
-    best_step: int | None = (
-        None  # the step of best.pt, which val and test score; None: no validation, they score the last model
-    )
+    # the step of best.pt, which val and test score; None: no validation, they score the
+    # last model
+    best_step: int | None = None
     last_val: dict | None = None  # exact full-split val score of the last model
     stopped_early: str | None = None  # why early stopping ended the run
     validations: int = 0  # validations during this session
@@ -83,7 +81,10 @@ class TrainResult:
         return self.step if self.best_step is None else self.best_step
 
     def scores_at(self, step: int) -> dict[str, dict]:
-        """The exact split scores this run already has for its model at ``step`` (none for another step)."""
+        """The exact split scores this run already has for its model at ``step``.
+
+        There are none for another step.
+        """
         if step != self.scored_step:
             return {}
         return {split: score for split, score in (("val", self.val), ("test", self.test)) if score}
@@ -123,14 +124,16 @@ def train_step(
     amp_dtype: torch.dtype | None,
     grad_clip: float,
 ):
-    """One TBPTT update. Returns (loss, grad norm, detached state), all still on device: no host sync."""
+    """One TBPTT update.
+
+    Returns (loss, grad norm, detached state), all still on device: no host sync.
+    """
     with torch.autocast(
         inputs.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None
     ):
         logits, state = model(inputs, state)
-    loss = F.cross_entropy(
-        logits.float().flatten(0, 1), targets.flatten()
-    )  # fp32 loss, fused log-softmax + NLL
+    # fp32 loss, fused log-softmax + NLL
+    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
@@ -140,7 +143,10 @@ def train_step(
 
 
 class _StopRequest:
-    """SIGINT/SIGTERM ask the loop to stop after the current step and checkpoint (no evaluation first)."""
+    """SIGINT/SIGTERM ask the loop to stop after the current step and checkpoint.
+
+    There is no evaluation first.
+    """
 
     def __init__(self) -> None:
         self.requested = False
@@ -186,7 +192,8 @@ def train(cfg: Config, tokens: TokenSet, env: DistEnv | None = None) -> TrainRes
             raise PeerLostError(
                 f"lost contact with another training process ({_first_line(exc)})",
                 where=f"rank {env.rank} of {env.world_size}",
-                fix="a worker or its machine died; run the job again with --resume: it continues from the newest valid checkpoint"
+                fix="a worker or its machine died; run the job again with --resume: "
+                "it continues from the newest valid checkpoint"
                 + (f" ({last.name})" if last else " (none written yet: it starts over)")
                 + ", or use --max-restarts to let torchrun do it",
             ) from exc
@@ -290,7 +297,10 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> TrainResult:
-        """Resume, then step / log / validate / checkpoint until the budget, early stopping or a signal ends the run."""
+        """Resume, then step / log / validate / checkpoint until the run ends.
+
+        The budget, early stopping or a signal ends it.
+        """
         t, s = self.t, self.state
         # -- set up: resume, dropout, DDP and compile, the run's files, the clocks
         self.resume()
@@ -341,7 +351,10 @@ class Trainer:
     # ------------------------------------------------------------------ stages
 
     def resume(self) -> None:
-        """Continue from the checkpoint every rank agreed on, if the run resumes (or torchrun restarted it)."""
+        """Continue from the checkpoint every rank agreed on, if the run resumes.
+
+        It resumes too when torchrun restarted it.
+        """
         env = self.env
         # torchrun restarted the worker group: continue, whatever train.resume says
         restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
@@ -366,7 +379,10 @@ class Trainer:
             )
 
     def apply_dropout(self) -> None:
-        """Set the model's dropout to the plan's rate (none while an auto plan is undecided), and say why."""
+        """Set the model's dropout to the plan's rate, and say why.
+
+        The model runs without dropout while an auto plan is undecided.
+        """
         plan = self.dropout
         self.state.model.set_dropout(plan.rate or 0.0)
         if not (plan.decided and self.env.is_main):
@@ -396,7 +412,10 @@ class Trainer:
             self.train_model = torch.compile(self.train_model)
 
     def write_run_info(self) -> None:
-        """Rank 0: the run directory's config and vocabulary, the W&B config and dataset, the banner."""
+        """Rank 0: the run directory's config and vocabulary, the W&B config and dataset.
+
+        And the banner.
+        """
         if not self.env.is_main:
             return
         cfg, tokens, model, path = self.cfg, self.tokens, self.state.model, self.run_dir.path
@@ -419,8 +438,8 @@ class Trainer:
                 "parameters": model.num_parameters(),
             }
         )
-        # Logged by every session (an unchanged dataset is the same W&B version, not a new upload),
-        # so the model artefacts of a resumed run still record their dataset lineage.
+        # Logged by every session (an unchanged dataset is the same W&B version, not a new
+        # upload), so the model artefacts of a resumed run still record their dataset lineage.
         files = {
             name: Path(tokens.dir) / name
             for name in ("vocab.json", "meta.json", "train.bin", "val.bin", "test.bin")
@@ -433,19 +452,25 @@ class Trainer:
             cfg.track.dataset_max_mb,
         )
         log.info(
-            "model %s: %.2fM parameters | vocab %d | world size %d | device %s%s | precision %s | %s chars/step | %d windows/epoch",
-            f"{model.shape.num_layers}x{model.shape.hidden_size}", model.num_parameters() / 1e6, tokens.vocab.size, self.env.world_size,
-            self.device, f" ({self.threads} threads/process)" if self.threads else "", "bf16 autocast" if self.amp_dtype else "fp32",
-            f"{self.batcher.chars_per_step:,}", self.batcher.windows_per_epoch,
-        )  # fmt: skip
+            "model %s: %.2fM parameters | vocab %d | world size %d | device %s%s | precision %s | "
+            "%s chars/step | %d windows/epoch",
+            f"{model.shape.num_layers}x{model.shape.hidden_size}",
+            model.num_parameters() / 1e6,
+            tokens.vocab.size,
+            self.env.world_size,
+            self.device,
+            f" ({self.threads} threads/process)" if self.threads else "",
+            "bf16 autocast" if self.amp_dtype else "fp32",
+            f"{self.batcher.chars_per_step:,}",
+            self.batcher.windows_per_epoch,
+        )
 
     def step(self) -> None:
         """One TBPTT update of this rank's streams; no host sync."""
         s, t = self.state, self.t
         batch = self.batcher.batch(s.step, pin_memory=self.device.type == "cuda")
-        if (
-            batch.window == 0
-        ):  # each stream starts a new segment: its carried state no longer applies
+        # each stream starts a new segment: its carried state no longer applies
+        if batch.window == 0:
             s.hidden = s.model.initial_state(self.batcher.local_batch_size, self.device)
         # The agreed clock, not this rank's own: every rank must use the same lr at the same step.
         progress = self.budget.lr_progress(s.step, self.clock.at(s.step))
@@ -464,9 +489,8 @@ class Trainer:
         )
         self.meter.count(loss)
         s.step += 1
-        s.train_seconds = (
-            self.meter.elapsed()
-        )  # before any evaluation: checkpoints record training time
+        # before any evaluation: checkpoints record training time
+        s.train_seconds = self.meter.elapsed()
 
     def agree_stop(self, requested: bool) -> tuple[bool, bool]:
         """(finished, interrupted), identical on every rank; also sets the agreed clock."""

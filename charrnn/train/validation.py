@@ -53,11 +53,17 @@ class EvalSchedule:
         return cls(t.eval_interval, 0 if t.eval_interval else t.evals_per_run)
 
     def resume_at(self, fraction: float) -> None:
-        """A resumed run has passed the fractions up to where it stopped: no validation is repeated."""
+        """A resumed run has passed the fractions up to where it stopped.
+
+        No validation is repeated.
+        """
         self.done = min(self.count, math.floor(fraction * self.count + 1e-9))
 
     def due(self, step: int, fraction: float) -> bool:
-        """Whether to validate after ``step``, with ``fraction`` of the horizon done (agreed by all ranks)."""
+        """Whether to validate after ``step``, with ``fraction`` of the horizon done.
+
+        Agreed by all ranks.
+        """
         if self.interval:
             return step % self.interval == 0
         if self.count == 0 or fraction * self.count + 1e-9 < self.done + 1:
@@ -71,17 +77,21 @@ class EvalSchedule:
 
 
 def val_chars_for(train_chars_between: int, configured: int) -> int:
-    """Characters each validation scores: ``train.val_chars`` when set, else :data:`EVAL_SHARE` of the time."""
+    """Characters each validation scores.
+
+    ``train.val_chars`` when set, else :data:`EVAL_SHARE` of the time.
+    """
     if configured:
         return configured
     return max(MIN_VAL_CHARS, int(EVAL_SHARE * EVAL_SPEED_RATIO * train_chars_between))
 
 
 def val_subsample(tokens: np.ndarray, chars: int, streams: int) -> np.ndarray:
-    """``chars`` characters of the split as ``streams`` evenly spaced slices, one per scoring stream.
+    """``chars`` characters of the split as ``streams`` evenly spaced slices.
 
-    Spread over the split, not its first ``chars``: a split's start is one play,
-    one file or one author. The whole split when it is no longer than ``chars``.
+    One slice per scoring stream. Spread over the split, not its first ``chars``:
+    a split's start is one play, one file or one author. The whole split when it
+    is no longer than ``chars``.
     """
     if chars >= len(tokens):
         return np.asarray(tokens)
@@ -113,7 +123,10 @@ class EarlyStopping:
         return self.patience > 0 and self.stale >= self.patience
 
     def reason(self) -> str:
-        return f"early stopping: {self.stale} validations without a new best (best {self.best_loss:.4f} nats/char at step {self.best_step})"
+        return (
+            f"early stopping: {self.stale} validations without a new best "
+            f"(best {self.best_loss:.4f} nats/char at step {self.best_step})"
+        )
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -123,7 +136,10 @@ class EarlyStopping:
         }
 
     def load_payload(self, payload: dict[str, Any]) -> None:
-        """From a checkpoint; checkpoints written before early stopping existed carry only ``best_val_loss``."""
+        """From a checkpoint.
+
+        Checkpoints written before early stopping existed carry only ``best_val_loss``.
+        """
         best = payload.get("best_val_loss")
         self.best_loss = best if best is not None else math.inf
         self.best_step, self.stale = payload.get("best_step"), payload.get("stale_evals", 0)

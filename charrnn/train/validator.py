@@ -1,4 +1,4 @@
-"""The validator: when to validate, on which text, when to stop early, and the exact scores at the end.
+"""The validator: when to validate, on which text, when to stop early, the exact final scores.
 
 It owns what validation needs across a run (the schedule, the fixed val
 subsample, the count and cost of validations, why early stopping ended the
@@ -59,7 +59,10 @@ class Validator:
         self.schedule.resume_at(fraction)
 
     def due(self, step: int, fraction: float) -> bool:
-        """Whether to validate after ``step``, with ``fraction`` of the horizon done (agreed by all ranks)."""
+        """Whether to validate after ``step``, with ``fraction`` of the horizon done.
+
+        Agreed by all ranks.
+        """
         return self.schedule.due(step, fraction)
 
     def validate(self, state: TrainState) -> EvalResult | None:
@@ -95,7 +98,10 @@ class Validator:
         return val
 
     def text(self, state: TrainState) -> np.ndarray:
-        """The subsample every validation scores, sized at the run's first validation and kept in checkpoints."""
+        """The subsample every validation scores.
+
+        It is sized at the run's first validation and kept in checkpoints.
+        """
         if not state.val_chars:  # the training between two validations sets its size
             between = self.schedule.chars_between(state.step - self.first_step, self.chars_per_step)
             state.val_chars = val_chars_for(between, self.cfg.train.val_chars)
@@ -125,7 +131,7 @@ class Validator:
     def score_kept_models(
         self, state: TrainState, load_best: Callable[[], None]
     ) -> dict[str, EvalResult]:
-        """Exact full-split scores: ``last_val`` of the final model, ``val`` and ``test`` of best.pt.
+        """Exact full-split scores: ``last_val`` of the last model, ``val`` and ``test`` of best.pt.
 
         Without a best.pt (no validation) or when best.pt is the final model, ``val`` and
         ``test`` score the final model. ``load_best`` puts best.pt's weights into the model.
@@ -167,7 +173,10 @@ class Validator:
         )
 
     def score(self, model: torch.nn.Module, tokens) -> EvalResult:
-        """Exact scores in fp32 whatever the training precision, so they match ``charrnn evaluate``."""
+        """Exact scores in fp32 whatever the training precision.
+
+        So they match ``charrnn evaluate``.
+        """
         return evaluate_tokens(
             model,
             tokens,
