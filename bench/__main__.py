@@ -2,7 +2,8 @@
 
     python -m bench                 # the full suite, ~15 minutes on a 2-core CPU
     python -m bench --only generation tokenise
-    python -m bench --quick --out /tmp/RESULTS.md   # a smoke run with tiny settings (the figures mean nothing)
+    # a smoke run with tiny settings (the figures mean nothing):
+    python -m bench --quick --out /tmp/RESULTS.md
 
 The suite's section of RESULTS.md (between the ``suite`` markers) is replaced;
 everything else in the file is kept.
@@ -28,7 +29,10 @@ def log(message: str) -> None:
 
 
 def benchmarks(quick: bool, png: Path) -> dict:
-    """name -> a zero-argument callable returning a Report; quick settings only check the plumbing."""
+    """name -> a zero-argument callable returning a Report.
+
+    Quick settings only check the plumbing.
+    """
     if quick:
         return {
             "throughput": lambda: throughput.run(rounds=1, round_s=0.2, log=log),

@@ -189,8 +189,17 @@ class TransformerTrainer:
     with a 100-step linear warm-up, then cosine decay to 1e-4 over the budget's elapsed
     fraction (the time ``progress`` the caller passes), grad clip 1."""
 
-    def __init__(self, corpus: np.ndarray, vocab: int, *, batch_size: int = 12, block: int = 64, lr: float = 1e-3,
-                 min_lr: float = 1e-4, warmup_steps: int = 100):  # fmt: skip
+    def __init__(
+        self,
+        corpus: np.ndarray,
+        vocab: int,
+        *,
+        batch_size: int = 12,
+        block: int = 64,
+        lr: float = 1e-3,
+        min_lr: float = 1e-4,
+        warmup_steps: int = 100,
+    ):
         self.corpus = torch.from_numpy(np.asarray(corpus).astype(np.int64))
         self.vocab, self.batch_size, self.block = vocab, batch_size, block
         self.lr, self.min_lr, self.warmup_steps, self.steps = lr, min_lr, warmup_steps, 0

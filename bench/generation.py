@@ -1,4 +1,6 @@
-"""Generation throughput: ``charrnn sample``'s engine for 1, 16 and 64 batched streams, against a naive loop.
+"""Generation throughput.
+
+``charrnn sample``'s engine for 1, 16 and 64 batched streams, against a naive loop.
 
 * ``charrnn, 1 stream``: :func:`charrnn.sample.generate` as ``charrnn sample``
   runs it (the prime through the fused LSTM once, then one step-wise update
@@ -57,16 +59,14 @@ def naive_refeed(
 
 def run(*, length: int = 400, rounds: int = 3, log: Callable[[str], None] = print) -> Report:
     cfg = Config()
-    vocab = Vocab.from_text(
-        Path(fetch_corpus("shakespeare").path).read_text(encoding="utf-8")
-    )  # the default corpus's characters
+    # the default corpus's characters
+    vocab = Vocab.from_text(Path(fetch_corpus("shakespeare").path).read_text(encoding="utf-8"))
     torch.manual_seed(0)
     model = CharLSTM(ModelShape.from_config(cfg.model, vocab.size)).eval()
     sink = io.StringIO()
 
-    def auto(
-        streams: int,
-    ) -> str:  # what charrnn sample's precision=auto picks here for that many streams
+    # what charrnn sample's precision=auto picks here for that many streams
+    def auto(streams: int) -> str:
         return "bf16" if matmul_dtype("auto", "cpu", streams) == torch.bfloat16 else "fp32"
 
     precisions = ["fp32", "bf16"] if auto(64) == "bf16" else ["fp32"]
@@ -107,16 +107,24 @@ def run(*, length: int = 400, rounds: int = 3, log: Callable[[str], None] = prin
     one, naive_rate = med[f"{auto(1)}, 1 stream"], med["naive re-feed, 1 stream"]
     ratio = {n: med[f"{auto(n)}, {n} streams"] / one for n in (16, 64)}
     picks = ", ".join(f"{n} -> {auto(n)}" for n in (1, 16, 64))
-    lines = [f"model: {cfg.model.num_layers}x{cfg.model.hidden_size} (emb {cfg.model.embedding_dim}), vocab {vocab.size}, {length} chars per stream, "
-             f"{torch.get_num_threads()} threads; precision auto here, streams -> products: {picks} (the cell state stays fp32)"]  # fmt: skip
+    lines = [
+        f"model: {cfg.model.num_layers}x{cfg.model.hidden_size} (emb {cfg.model.embedding_dim}), "
+        f"vocab {vocab.size}, {length} chars per stream, "
+        f"{torch.get_num_threads()} threads; precision auto here, "
+        f"streams -> products: {picks} (the cell state stays fp32)"
+    ]
     lines += [f"{name:>24}: {rate:10,.0f} chars/s" for name, rate in med.items()]
     for p in precisions:
         lines.append(
-            f"{p}: 16 streams / 1 stream {med[f'{p}, 16 streams'] / med[f'{p}, 1 stream']:.1f}x;  64 streams / 1 stream {med[f'{p}, 64 streams'] / med[f'{p}, 1 stream']:.1f}x"
+            f"{p}: 16 streams / 1 stream {med[f'{p}, 16 streams'] / med[f'{p}, 1 stream']:.1f}x;  "
+            f"64 streams / 1 stream {med[f'{p}, 64 streams'] / med[f'{p}, 1 stream']:.1f}x"
         )
     targets = [
         Target(
-            f"64 batched streams ({auto(64)}) vs 1 stream ({auto(1)}) at precision auto, total chars/s",
+            (
+                f"64 batched streams ({auto(64)}) vs 1 stream ({auto(1)}) at precision auto, "
+                "total chars/s"
+            ),
             f"{ratio[64]:.1f}x",
             ">= 20x",
             ratio[64] >= 20,
@@ -146,7 +154,10 @@ def run(*, length: int = 400, rounds: int = 3, log: Callable[[str], None] = prin
 def _median_rates(
     contenders: dict[str, Callable[[], int]], rounds: int, log: Callable[[str], None]
 ) -> dict[str, float]:
-    """Characters per second of each contender: one warm-up, then the median of ``rounds`` alternating rounds."""
+    """Characters per second of each contender.
+
+    One warm-up, then the median of ``rounds`` alternating rounds.
+    """
     log(f"generation: {len(contenders)} contenders x {rounds} rounds")
     rates: dict[str, list[float]] = {name: [] for name in contenders}
     for fn in contenders.values():

@@ -1,21 +1,25 @@
 """GPU checklist: each check prints PASS, FAIL or SKIP with its figures; any FAIL exits 1.
 
-    python -m bench.gpu_check                      # on a CUDA machine: about 5-8 minutes on one H200
-    python -m bench.gpu_check --device cpu --tiny  # a dry run of the checklist itself (tiny models, loose bounds)
+    # on a CUDA machine: about 5-8 minutes on one H200
+    python -m bench.gpu_check
+    # a dry run of the checklist itself (tiny models, loose bounds)
+    python -m bench.gpu_check --device cpu --tiny
 
 The checks, in order (bounds are in :class:`Spec`):
 
 * ``pytest-gpu``   the tests marked ``gpu`` pass (CUDA only).
 * ``lstm-dtype``   under bf16 autocast the LSTM runs in the dtype ``charrnn.precision``
   reports (bf16 with cuDNN >= 9.13 bf16 RNNs, else fp32), never fp16.
-* ``resume``       train to N1 steps, then ``--resume`` to N2: train_summary.json says step N2, resumed from N1.
+* ``resume``       train to N1 steps, then ``--resume`` to N2: train_summary.json says
+  step N2, resumed from N1.
 * ``fp32-vs-bf16`` a 3x1024 model for the same steps at fp32 and bf16: the throughput ratio
   and the validation gap are within bounds.
 * ``large``        3x2048 with 1,024 streams x 128 characters trains without running out of
   memory at a steady rate (every log interval after the first within a band of the median).
 * ``evaluate``     ``charrnn evaluate`` of the fp32 and bf16 runs agrees with the scores
   training wrote (same streams; the bf16 run's training score was bf16, evaluate's is fp32).
-* ``sample``       ``charrnn sample`` on the device gives the asked-for length, the same text for the same seed.
+* ``sample``       ``charrnn sample`` on the device gives the asked-for length, the same
+  text for the same seed.
 * ``ddp``          with >= 2 GPUs, ``charrnn launch --nproc-per-node 2`` (NCCL) ends within a
   tolerance of one GPU at the same global batch; SKIP on one GPU.
 
@@ -62,9 +66,8 @@ class Spec:
     compare_steps: int = 300
     compare_lr: float = 2e-3
     min_speedup_bf16_lstm: float = 1.2  # bf16/fp32 chars/s when the LSTM itself runs in bf16
-    min_speedup_fp32_lstm: float = (
-        0.9  # when only the head is bf16 (no cuDNN bf16 RNNs): about even
-    )
+    # when only the head is bf16 (no cuDNN bf16 RNNs): about even
+    min_speedup_fp32_lstm: float = 0.9
     max_val_gap: float = 0.05  # |val bf16 - val fp32|, nats/char, after compare_steps
     large_model: tuple[str, ...] = (
         "num_layers=3",
@@ -75,12 +78,10 @@ class Spec:
     )
     large_steps: int = 40
     large_log_interval: int = 5
-    max_rate_spread: float = (
-        0.15  # every log interval after the first within +-15% of the median chars/s
-    )
-    eval_tol_fp32: float = (
-        2e-3  # nats/char: same kernels (TF32 cuDNN) in training's evaluation and `charrnn evaluate`
-    )
+    # every log interval after the first within +-15% of the median chars/s
+    max_rate_spread: float = 0.15
+    # nats/char: same kernels (TF32 cuDNN) in training's evaluation and `charrnn evaluate`
+    eval_tol_fp32: float = 2e-3
     eval_tol_bf16: float = 0.02  # training scored in bf16, `charrnn evaluate` in fp32
     ddp_steps: int = 200
     ddp_tol: float = 0.02  # nats/char between 2 processes and 1 at the same global batch
@@ -90,7 +91,10 @@ class Spec:
 
     @classmethod
     def tiny_cpu(cls, device: str = "cpu") -> Spec:
-        """Seconds per check on a CPU: exercises every code path; the figures mean nothing, so the bounds are loose."""
+        """Seconds per check on a CPU: exercises every code path.
+
+        The figures mean nothing, so the bounds are loose.
+        """
         small = ("num_layers=2", "hidden_size=32", "embedding_dim=16", "batch_size=8", "seq_len=32")
         return cls(
             device=device,
@@ -178,7 +182,10 @@ def _env(cache: Path, device: str) -> dict[str, str]:
 def charrnn(
     args: list[str], *, env: dict[str, str], timeout_s: float, log_to: Path | None = None
 ) -> str:
-    """Run ``python -m charrnn ARGS``; return stdout, or raise CommandFailed with the output's tail."""
+    """Run ``python -m charrnn ARGS``; return stdout.
+
+    On failure, raise CommandFailed with the output's tail.
+    """
     cmd = [sys.executable, "-m", "charrnn", *args]
     try:
         done = subprocess.run(
@@ -201,10 +208,20 @@ def charrnn(
 
 def train_args(spec: Spec, tokens: str, out: Path, *extra: str) -> list[str]:
     return [
-        "train", "--out-dir", str(out), "--tokens", tokens,
-        f"device={spec.device}", "track.mode=disabled", "time_budget_s=0", "dropout=0", "warmup_steps=10",
-        "eval_interval=0", "keep_last=2", *extra,
-    ]  # fmt: skip
+        "train",
+        "--out-dir",
+        str(out),
+        "--tokens",
+        tokens,
+        f"device={spec.device}",
+        "track.mode=disabled",
+        "time_budget_s=0",
+        "dropout=0",
+        "warmup_steps=10",
+        "eval_interval=0",
+        "keep_last=2",
+        *extra,
+    ]
 
 
 def summary(run: Path) -> dict:
@@ -270,14 +287,18 @@ def check_lstm_dtype(spec: Spec, out: Checklist) -> None:
     expected = lstm_compute_dtype(device, amp)
     name = lambda dtype: str(dtype).removeprefix("torch.")  # noqa: E731
     extra = (
-        f"; cuDNN bf16 RNNs: {'yes' if cudnn_bf16_rnn_supported(device) else 'no'}, cuDNN {torch.backends.cudnn.version()}"
+        (
+            f"; cuDNN bf16 RNNs: {'yes' if cudnn_bf16_rnn_supported(device) else 'no'}, "
+            f"cuDNN {torch.backends.cudnn.version()}"
+        )
         if device.type == "cuda"
         else ""
     )
     out.add(
         "lstm-dtype",
         h.dtype == expected and h.dtype != torch.float16,
-        f"LSTM under {name(amp)} autocast runs in {name(h.dtype)} (reported {name(expected)}); head {name(logits.dtype)}; plain nn.LSTM under autocast: {name(raw.dtype)}{extra}",
+        f"LSTM under {name(amp)} autocast runs in {name(h.dtype)} (reported {name(expected)}); "
+        f"head {name(logits.dtype)}; plain nn.LSTM under autocast: {name(raw.dtype)}{extra}",
     )
 
 
@@ -311,14 +332,18 @@ def check_resume(spec: Spec, out: Checklist, env: dict[str, str], tokens: str, w
     out.add(
         "resume",
         first == n1 and final["step"] == n2 and final["resumed_from"] == n1,
-        f"first run ended at step {first}; --resume went from {final['resumed_from']} to {final['step']} (planned {n1} -> {n2})",
+        f"first run ended at step {first}; "
+        f"--resume went from {final['resumed_from']} to {final['step']} (planned {n1} -> {n2})",
     )
 
 
 def check_precisions(
     spec: Spec, out: Checklist, env: dict[str, str], tokens: str, work: Path
 ) -> dict[str, Path]:
-    """fp32 vs bf16 on the 3x1024 model; returns the runs that finished (for the evaluate and sample checks)."""
+    """fp32 vs bf16 on the 3x1024 model.
+
+    Returns the runs that finished (for the evaluate and sample checks).
+    """
     import torch
 
     from charrnn.model.precision import autocast_dtype, lstm_compute_dtype
@@ -360,13 +385,16 @@ def check_precisions(
         out.add(
             "fp32-vs-bf16",
             speedup >= floor,
-            f"bf16/fp32 throughput {speedup:.2f}x ({steady_rate(runs['bf16']):,.0f} vs {steady_rate(runs['fp32']):,.0f} chars/s; "
+            f"bf16/fp32 throughput {speedup:.2f}x "
+            f"({steady_rate(runs['bf16']):,.0f} vs {steady_rate(runs['fp32']):,.0f} chars/s; "
             f"need >= {floor}x with the LSTM in {'bf16' if lstm_bf16 else 'fp32'})",
         )
         out.add(
             "fp32-vs-bf16",
             abs(gap) <= spec.max_val_gap,
-            f"val after {spec.compare_steps} steps: fp32 {fp32['val']['loss_nats']:.4f}, bf16 {bf16['val']['loss_nats']:.4f} nats/char, gap {gap:+.4f} (bound +-{spec.max_val_gap})",
+            f"val after {spec.compare_steps} steps: fp32 {fp32['val']['loss_nats']:.4f}, "
+            f"bf16 {bf16['val']['loss_nats']:.4f} nats/char, "
+            f"gap {gap:+.4f} (bound +-{spec.max_val_gap})",
         )
     return runs
 
@@ -402,8 +430,10 @@ def check_large(spec: Spec, out: Checklist, env: dict[str, str], tokens: str, wo
     out.add(
         "large",
         summary(run)["step"] == spec.large_steps and spread <= spec.max_rate_spread,
-        f"{' '.join(spec.large_model)}: {spec.large_steps} steps, no OOM, {median:,.0f} chars/s median over {len(values)} intervals, "
-        f"largest deviation {spread:.0%} (bound {spec.max_rate_spread:.0%}); {time.perf_counter() - start:.0f} s with start-up and evaluation",
+        f"{' '.join(spec.large_model)}: {spec.large_steps} steps, no OOM, "
+        f"{median:,.0f} chars/s median over {len(values)} intervals, "
+        f"largest deviation {spread:.0%} (bound {spec.max_rate_spread:.0%}); "
+        f"{time.perf_counter() - start:.0f} s with start-up and evaluation",
     )
 
 
@@ -442,7 +472,8 @@ def check_evaluate_and_sample(
             out.add(
                 "evaluate",
                 got["step"] == trained["step"] and abs(got["loss_nats"] - want) <= tol,
-                f"{precision} run, {split}: charrnn evaluate {got['loss_nats']:.5f} vs training {want:.5f} nats/char at step {got['step']} (tolerance {tol})",
+                f"{precision} run, {split}: charrnn evaluate {got['loss_nats']:.5f} "
+                f"vs training {want:.5f} nats/char at step {got['step']} (tolerance {tol})",
             )
     run = runs.get("bf16") or runs["fp32"]
     sample = [
@@ -469,7 +500,8 @@ def check_evaluate_and_sample(
     out.add(
         "sample",
         len(first) == 4 and all(len(s) == spec.sample_length for s in first) and first == second,
-        f"4 samples x {spec.sample_length} chars on {spec.device}; same seed, same text: {first == second}; e.g. {first[0][:40]!r}",
+        f"4 samples x {spec.sample_length} chars on {spec.device}; "
+        f"same seed, same text: {first == second}; e.g. {first[0][:40]!r}",
     )
 
 
@@ -513,7 +545,9 @@ def check_ddp(spec: Spec, out: Checklist, env: dict[str, str], tokens: str, work
     out.add(
         "ddp",
         b["step"] == a["step"] == spec.ddp_steps and abs(gap) <= spec.ddp_tol,
-        f"2 processes ({backend}) vs 1, fp32, {spec.ddp_steps} steps: val {b['val']['loss_nats']:.4f} vs {a['val']['loss_nats']:.4f} nats/char, gap {gap:+.4f} (bound +-{spec.ddp_tol}); "
+        f"2 processes ({backend}) vs 1, fp32, {spec.ddp_steps} steps: "
+        f"val {b['val']['loss_nats']:.4f} vs {a['val']['loss_nats']:.4f} nats/char, "
+        f"gap {gap:+.4f} (bound +-{spec.ddp_tol}); "
         f"{steady_rate(two):,.0f} vs {steady_rate(one):,.0f} chars/s",
     )
 
@@ -528,16 +562,20 @@ def run(spec: Spec, work: Path, out: Checklist) -> Checklist:
             out.add(
                 "device",
                 False,
-                "no CUDA device visible: run this on a GPU machine, or use --device cpu --tiny for a dry run",
+                "no CUDA device visible: run this on a GPU machine, "
+                "or use --device cpu --tiny for a dry run",
             )
             return out
         props = torch.cuda.get_device_properties(0)
         out.echo(
-            f"device: {props.name} ({props.total_memory / 2**30:.0f} GiB) x {torch.cuda.device_count()} | torch {torch.__version__} | CUDA {torch.version.cuda} | cuDNN {torch.backends.cudnn.version()}"
+            f"device: {props.name} ({props.total_memory / 2**30:.0f} GiB) "
+            f"x {torch.cuda.device_count()} | torch {torch.__version__} "
+            f"| CUDA {torch.version.cuda} | cuDNN {torch.backends.cudnn.version()}"
         )
     else:
         out.echo(
-            f"device: cpu ({os.cpu_count()} cores) | torch {torch.__version__} | dry run: {spec.tiny}"
+            f"device: cpu ({os.cpu_count()} cores) | torch {torch.__version__} "
+            f"| dry run: {spec.tiny}"
         )
     out.echo(f"work directory (logs, runs): {work}")
     try:

@@ -1,19 +1,22 @@
-"""Where a training step's time goes, 1 process against N DDP processes: ``torch.profiler`` over ``Trainer.step``.
+"""Where a training step's time goes, 1 process against N DDP processes.
 
-Each layout runs under real ``torchrun`` (gloo) with the same global batch:
-1 process x N threads, then N processes x 1 thread. Every rank builds
-charrnn's own :class:`~charrnn.train.Trainer` (DDP-wrapped when N > 1), takes
-warm-up steps, then profiles ``--steps`` steps. Rank 0 prints the step time
-and the time per kind of work (self CPU time of the profiled ops, grouped by
-name), and writes a Chrome trace per layout under ``--out`` (default ``bench/profiles/``, git-ignored: each is ~8 MB)
-(``chrome://tracing`` or https://ui.perfetto.dev open it).
+It runs ``torch.profiler`` over ``Trainer.step``. Each layout runs under real
+``torchrun`` (gloo) with the same global batch: 1 process x N threads, then
+N processes x 1 thread. Every rank builds charrnn's own
+:class:`~charrnn.train.Trainer` (DDP-wrapped when N > 1), takes warm-up steps,
+then profiles ``--steps`` steps. Rank 0 prints the step time and the time per
+kind of work (self CPU time of the profiled ops, grouped by name), and writes
+a Chrome trace per layout under ``--out`` (default ``bench/profiles/``,
+git-ignored: each is ~8 MB) (``chrome://tracing`` or https://ui.perfetto.dev
+open it).
 
 Self CPU time shows what each op computes, not how long a rank waits: time
 spent waiting for the gradient all-reduce lands in the ops around it (the
 LSTM backward looked 1.4x slower under DDP). ``bench/ddp_scaling.py``'s
 independent-process layout measures what the average costs as a whole.
 
-    python bench/profile_ddp.py [--procs 2] [--steps 40] [--precision bf16] [--out bench/profiles] [key=value ...]
+    python bench/profile_ddp.py [--procs 2] [--steps 40] [--precision bf16]
+                                [--out bench/profiles] [key=value ...]
 """
 
 from __future__ import annotations
@@ -36,10 +39,8 @@ from charrnn.distributed.machine import available_cores
 
 # Kinds of work, by the profiler's op names; the first pattern that matches an op wins.
 KINDS = {
-    "LSTM backward (oneDNN)": (
-        "mkldnn_rnn_layer_backward",
-        "MkldnnRnnLayerBackward",
-    ),  # before forward: its name contains forward's
+    # before forward: its name contains forward's
+    "LSTM backward (oneDNN)": ("mkldnn_rnn_layer_backward", "MkldnnRnnLayerBackward"),
     "LSTM forward (oneDNN)": ("mkldnn_rnn_layer",),
     "all-reduce wait (DDP/gloo)": ("allreduce", "all_reduce", "gloo", "c10d", "Reducer", "wait"),
     "optimizer (fused AdamW)": ("adam", "Optimizer.step"),
@@ -125,9 +126,31 @@ def launch(
 ) -> dict:
     label = f"{nproc}x{threads}-{args.precision}"
     report = work / f"{label}.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), str(Path(__file__).resolve()), "--worker",
-           "--tokens", tokens, "--work", str(work / label), "--steps", str(args.steps), "--warmup", str(args.warmup), "--precision", args.precision,
-           "--trace", str(out / f"trace-{label}.json"), "--report", str(report), *args.overrides]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc),
+        str(Path(__file__).resolve()),
+        "--worker",
+        "--tokens",
+        tokens,
+        "--work",
+        str(work / label),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--precision",
+        args.precision,
+        "--trace",
+        str(out / f"trace-{label}.json"),
+        "--report",
+        str(report),
+        *args.overrides,
+    ]
     subprocess.run(
         cmd,
         env={**os.environ, "OMP_NUM_THREADS": str(threads)},
@@ -142,7 +165,8 @@ def show(label: str, result: dict) -> None:
     kinds = result["kinds"]
     total = sum(kinds.values())
     print(
-        f"\n{label}: {result['step_s'] * 1e3:.1f} ms/step, {result['chars_per_s']:,.0f} chars/s; rank 0's profiled CPU time by kind:"
+        f"\n{label}: {result['step_s'] * 1e3:.1f} ms/step, {result['chars_per_s']:,.0f} chars/s; "
+        "rank 0's profiled CPU time by kind:"
     )
     for kind, seconds in sorted(kinds.items(), key=lambda kv: -kv[1]):
         print(f"  {kind:<44} {seconds:7.2f} s  {100 * seconds / total:5.1f} %")

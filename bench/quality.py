@@ -1,4 +1,6 @@
-"""Quality per second: 120 s of ``charrnn train`` with its defaults against baseline (b), on ``shakespeare``.
+"""Quality per second on ``shakespeare``.
+
+120 s of ``charrnn train`` with its defaults against baseline (b).
 
 * charrnn: the real ``charrnn train`` (defaults, W&B off) with a checkpoint every
   ``--every`` steps; each checkpoint is then scored on the full validation split,
@@ -39,8 +41,18 @@ TARGET_2, TARGET_7 = 1.60, 1.55
 def charrnn_curve(
     tokens_dir: str, budget_s: float, every: int, out_dir: Path, eval_streams: int
 ) -> tuple[dict, list[tuple[float, float]]]:
-    cmd = charrnn_cmd("train", "--out-dir", str(out_dir), "--tokens", tokens_dir, "track.mode=disabled", f"time_budget_s={budget_s:g}",
-                      f"checkpoint_interval={every}", "keep_last=1000", f"eval_batch_size={eval_streams}")  # fmt: skip
+    cmd = charrnn_cmd(
+        "train",
+        "--out-dir",
+        str(out_dir),
+        "--tokens",
+        tokens_dir,
+        "track.mode=disabled",
+        f"time_budget_s={budget_s:g}",
+        f"checkpoint_interval={every}",
+        "keep_last=1000",
+        f"eval_batch_size={eval_streams}",
+    )
     done, _, _ = run_measured(cmd, env=quiet_env(), cwd=REPO)
     result = json.loads(done.stdout)
     val = load_split(open_token_set(tokens_dir), "val")
@@ -80,9 +92,10 @@ def plain_curve(
             trainer.step()
             steps += 1
         trained += time.perf_counter() - start
+        # scored with the training clock stopped
         curve.append(
             (trained, evaluate_tokens(trainer.model, val, num_streams=eval_streams).loss_nats)
-        )  # clock stopped
+        )
     return steps, curve
 
 
@@ -111,9 +124,20 @@ def plot(curves: dict[str, list[tuple[float, float]]], path: Path, budget_s: flo
     plt.close(fig)
 
 
-def run(*, budget_s: float = 120.0, every: int = 150, points: int = 10, eval_streams: int | None = None,
-        png: Path = REPO / "bench" / "quality_curve.png", log: Callable[[str], None] = print) -> Report:  # fmt: skip
-    """``eval_streams``: parallel streams for scoring (default: charrnn's ``eval_batch_size``; more is faster, for smoke runs)."""
+def run(
+    *,
+    budget_s: float = 120.0,
+    every: int = 150,
+    points: int = 10,
+    eval_streams: int | None = None,
+    png: Path = REPO / "bench" / "quality_curve.png",
+    log: Callable[[str], None] = print,
+) -> Report:
+    """Run the quality benchmark.
+
+    ``eval_streams``: parallel streams for scoring (default: charrnn's
+    ``eval_batch_size``; more is faster, for smoke runs).
+    """
     cfg = Config()
     prepared, _, _ = run_measured(charrnn_cmd("prepare"), env=quiet_env(), cwd=REPO)
     tokens_dir = json.loads(prepared.stdout)["tokens"]["dir"]
@@ -152,8 +176,13 @@ def run(*, budget_s: float = 120.0, every: int = 150, points: int = 10, eval_str
         Target("baseline (b), same training time", f"{base:.4f}", "-", None),
     ]
     cmd = "python -m bench.quality" + (f" --budget-s {budget_s:g}" if budget_s != 120 else "")
-    return Report(f"Quality per second: {budget_s:g} s on shakespeare", cmd, "\n".join(lines), targets,
-                  notes=f"![val loss against training time]({png.name})")  # fmt: skip
+    return Report(
+        f"Quality per second: {budget_s:g} s on shakespeare",
+        cmd,
+        "\n".join(lines),
+        targets,
+        notes=f"![val loss against training time]({png.name})",
+    )
 
 
 def main() -> None:

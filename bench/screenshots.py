@@ -1,4 +1,6 @@
-"""Browser check of the Prefect run page: run the pipeline once (tiny), then screenshot what a user opens.
+"""Browser check of the Prefect run page.
+
+Runs the pipeline once (tiny), then screenshots what a user opens.
 
     python -m bench.screenshots                  # PNGs into bench/screenshots/
     python -m bench.screenshots --out /tmp/shots --keep
@@ -88,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_pipeline(local: LocalPrefect, work: Path, steps: int) -> None:
-    """``python -m flows run`` in a subprocess that talks to this server only (its own PREFECT_HOME)."""
+    """``python -m flows run`` in a subprocess.
+
+    The subprocess talks to this server only (its own PREFECT_HOME).
+    """
     cmd = [
         sys.executable,
         "-m",
@@ -118,7 +123,8 @@ def run_pipeline(local: LocalPrefect, work: Path, steps: int) -> None:
     )
     if done.returncode != 0:
         raise RuntimeError(
-            f"the pipeline failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            f"the pipeline failed ({done.returncode}):\n"
+            f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         )
 
 
@@ -178,7 +184,10 @@ def run_pages(local: LocalPrefect) -> list[Page]:
 
 
 def shoot(browser: str, page: Page, png: Path, work: Path) -> None:
-    """Load the page until it shows ``page.expect``, then screenshot it; raise if it never rendered."""
+    """Load the page until it shows ``page.expect``, then screenshot it.
+
+    Raises if it never rendered.
+    """
     for _ in range(3):  # a cold server answers the first page slowly
         dom = chromium(browser, work, page, "--dump-dom")
         if page.expect in dom:
@@ -195,7 +204,10 @@ def shoot(browser: str, page: Page, png: Path, work: Path) -> None:
 
 
 def chromium(browser: str, work: Path, page: Page, action: str) -> str:
-    """One headless Chromium run (a fresh profile each time: no saved UI preference, no cache); its stdout."""
+    """One headless Chromium run; returns its stdout.
+
+    A fresh profile each time: no saved UI preference, no cache.
+    """
     profile = tempfile.mkdtemp(prefix="chromium-", dir=work)
     cmd = [
         browser,
@@ -210,7 +222,10 @@ def chromium(browser: str, work: Path, page: Page, action: str) -> str:
 
 
 def shrink(png: Path) -> None:
-    """A 128-colour palette: UI pages are flat colours, and the PNGs are committed (a few hundred KB in all)."""
+    """A 128-colour palette.
+
+    UI pages are flat colours, and the PNGs are committed (a few hundred KB in all).
+    """
     try:
         from PIL import Image
     except ImportError:

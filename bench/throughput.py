@@ -46,7 +46,10 @@ VOCAB = 74  # the shakespeare corpus
 
 
 class CharrnnStepper:
-    """``charrnn train``'s own step (``Trainer.step``: carried streams, fused AdamW, fp32 loss, no per-step host sync)."""
+    """``charrnn train``'s own step (``Trainer.step``).
+
+    Carried streams, fused AdamW, fp32 loss, no per-step host sync.
+    """
 
     def __init__(
         self,
@@ -59,10 +62,8 @@ class CharrnnStepper:
     ):
         cfg = copy.deepcopy(cfg)
         cfg.train.precision, cfg.train.compile, cfg.train.device = precision, compile_model, "cpu"
-        cfg.train.time_budget_s, cfg.train.max_steps = (
-            0,
-            10**9,
-        )  # a step horizon: the lr does not depend on the clock
+        # a step horizon: the lr does not depend on the clock
+        cfg.train.time_budget_s, cfg.train.max_steps = 0, 10**9
         torch.manual_seed(0)
         self.trainer = Trainer(
             cfg,
@@ -81,7 +82,10 @@ class CharrnnStepper:
 
 
 class BareStep(CharrnnStepper):
-    """The loop body before the ``Trainer`` existed (batch, state reset, ``train_step``): what its bookkeeping costs."""
+    """The loop body before the ``Trainer`` existed: what its bookkeeping costs.
+
+    Batch, state reset, ``train_step``.
+    """
 
     def step(self) -> None:
         trainer, s = self.trainer, self.trainer.state
@@ -101,11 +105,13 @@ class BareStep(CharrnnStepper):
 
 
 def random_corpus(work: Path, cfg: Config, size: int = 4_000_000) -> tuple[np.ndarray, TokenSet]:
-    """``size`` uniformly random characters from a ``VOCAB``-letter alphabet, tokenised as ``charrnn prepare`` does."""
+    """``size`` uniformly random characters from a ``VOCAB``-letter alphabet.
+
+    Tokenised as ``charrnn prepare`` does.
+    """
     codes = np.random.default_rng(0).integers(0, VOCAB, size=size, dtype=np.uint8)
-    alphabet = np.frombuffer(
-        bytes(range(48, 48 + VOCAB)), dtype=np.uint8
-    )  # printable ASCII from "0"
+    # printable ASCII from "0"
+    alphabet = np.frombuffer(bytes(range(48, 48 + VOCAB)), dtype=np.uint8)
     (work / "corpus.txt").write_bytes(alphabet[codes].tobytes())
     cfg = copy.deepcopy(cfg)
     cfg.data.corpus, cfg.data.cache_dir = str(work / "corpus.txt"), str(work / "cache")
@@ -113,18 +119,26 @@ def random_corpus(work: Path, cfg: Config, size: int = 4_000_000) -> tuple[np.nd
 
 
 def roofline(flops: float, precision: str, peaks: dict[str, tuple[float, str]]) -> str:
-    """``123.4 GFLOP/s = 56% of the bf16 peak``; never more than 100%: past it, the probe missed the peak."""
+    """``123.4 GFLOP/s = 56% of the bf16 peak``.
+
+    Never more than 100%: past it, the probe missed the peak.
+    """
     peak = peaks[precision][0]
     share = (
         f"{flops / peak:4.0%} of the {precision} peak"
         if flops <= peak
-        else f"above the {precision} probe ({peak / 1e9:.0f}): the probe missed this machine's peak"
+        else (
+            f"above the {precision} probe ({peak / 1e9:.0f}): the probe missed this machine's peak"
+        )
     )
     return f"{flops / 1e9:5.1f} GFLOP/s = {share}"
 
 
 def measure(contenders: dict[str, object], rounds: int, round_s: float) -> dict[str, float]:
-    """Median chars/s per contender over ``rounds`` alternating rounds of about ``round_s`` seconds."""
+    """Median chars/s per contender.
+
+    Over ``rounds`` alternating rounds of about ``round_s`` seconds.
+    """
     rates: dict[str, list[float]] = {name: [] for name in contenders}
     for runner in contenders.values():
         for _ in range(3):  # warm-up: allocator, oneDNN primitive caches, compilation
@@ -192,10 +206,12 @@ def run(
 
     lines = [
         f"machine: {machine_summary()}",
-        f"model: {m.num_layers}x{m.hidden_size} (emb {m.embedding_dim}), batch {t.batch_size} x seq {t.seq_len}; "
+        f"model: {m.num_layers}x{m.hidden_size} (emb {m.embedding_dim}), "
+        f"batch {t.batch_size} x seq {t.seq_len}; "
         f"charrnn default precision: {default_precision}",
         *(
-            f"measured {p} matmul peak: {peak / 1e9:.1f} GFLOP/s ({probe}, best of torch.mm and oneDNN over {len(PEAK_SHAPES)} shapes)"
+            f"measured {p} matmul peak: {peak / 1e9:.1f} GFLOP/s "
+            f"({probe}, best of torch.mm and oneDNN over {len(PEAK_SHAPES)} shapes)"
             for p, (peak, probe) in peaks.items()
         ),
     ]
@@ -207,7 +223,8 @@ def run(
             else "; " + roofline(flops_per_char * rate, precision_of[name], peaks)
         )
         lines.append(
-            f"{name:>17}: {rate:10,.0f} chars/s  x{rate / base:5.2f} vs (b)  x{rate / rates['seed cell (a)']:6.1f} vs (a){flops}"
+            f"{name:>17}: {rate:10,.0f} chars/s  x{rate / base:5.2f} vs (b)  "
+            f"x{rate / rates['seed cell (a)']:6.1f} vs (a){flops}"
         )
     ratio = rates["charrnn"] / base
     targets = [
@@ -253,7 +270,8 @@ def run(
         )
     else:
         lines.append(
-            f"charrnn {other}: not run, this CPU has no native bf16 LSTM kernels (AVX512-BF16 or AMX)"
+            f"charrnn {other}: not run, this CPU has no native bf16 LSTM kernels "
+            "(AVX512-BF16 or AMX)"
         )
     cmd = "python bench/throughput.py" + (
         f" --rounds {rounds} --round-s {round_s:g}" if (rounds, round_s) != (5, 2.0) else ""

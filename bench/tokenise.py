@@ -1,4 +1,6 @@
-"""Tokenisation speed and memory: ``charrnn prepare`` on a 100 MB corpus, and training memory against corpus size.
+"""Tokenisation speed and memory.
+
+``charrnn prepare`` on a 100 MB corpus, and training memory against corpus size.
 
 * The corpus is the default ``shakespeare`` text repeated to ``--mb`` MB (a local
   file, so the fetch is a copy into the cache and a checksum).
@@ -42,8 +44,19 @@ def naive_tokenise_mb_per_s(text: str) -> float:
 
 
 def train_peak(tokens_dir: str, out_dir: Path, steps: int, eval_streams: int) -> Peak:
-    cmd = charrnn_cmd("train", "--out-dir", str(out_dir), "--tokens", tokens_dir, "track.mode=disabled",
-                      f"max_steps={steps}", "time_budget_s=0", "eval_interval=0", "checkpoint_interval=100000", f"eval_batch_size={eval_streams}")  # fmt: skip
+    cmd = charrnn_cmd(
+        "train",
+        "--out-dir",
+        str(out_dir),
+        "--tokens",
+        tokens_dir,
+        "track.mode=disabled",
+        f"max_steps={steps}",
+        "time_budget_s=0",
+        "eval_interval=0",
+        "checkpoint_interval=100000",
+        f"eval_batch_size={eval_streams}",
+    )
     return run_measured(cmd, env=quiet_env(), cwd=REPO)[2]
 
 
@@ -55,7 +68,10 @@ def run(
     eval_streams: int = 32,
     log: Callable[[str], None] = print,
 ) -> Report:
-    """``attempts``: runs of each measurement (the best counts); ``eval_streams``: the training runs' eval_batch_size."""
+    """``attempts``: runs of each measurement (the best counts).
+
+    ``eval_streams``: the training runs' eval_batch_size.
+    """
     seed_text = Path(fetch_corpus("shakespeare").path).read_bytes()
     with tempfile.TemporaryDirectory(prefix="charrnn-bench-tok-") as tmp:
         corpus = Path(tmp) / f"shakespeare-x{mb}MB.txt"
@@ -63,15 +79,16 @@ def run(
             remaining = mb * MB
             while remaining > 0:
                 piece = seed_text[:remaining]
-                cut = len(
-                    piece.decode("utf-8", errors="ignore").encode("utf-8")
-                )  # never end inside a character
+                # never end inside a character
+                cut = len(piece.decode("utf-8", errors="ignore").encode("utf-8"))
                 fh.write(piece[:cut])
                 remaining -= max(cut, 1)
         size = corpus.stat().st_size
-        os.sync()  # flush the generated file now, so its write-back does not land in the timed tokenise stage
+        # flush the generated file now, so its write-back does not land in the timed tokenise stage
+        os.sync()
         log(
-            f"tokenise: charrnn prepare on {size / MB:.0f} MB, {attempts}x (fresh caches), the fastest counts"
+            f"tokenise: charrnn prepare on {size / MB:.0f} MB, {attempts}x (fresh caches), "
+            "the fastest counts"
         )
         # val/test fractions that give the big corpus about the default corpus's held-out size,
         # so the training-memory comparison below does the same evaluation work on both.
@@ -96,9 +113,8 @@ def run(
             run_measured(charrnn_cmd("prepare"), env=quiet_env(), cwd=REPO)[0].stdout
         )["tokens"]["dir"]
         runs: dict[str, list[Peak]] = {"small": [], "big": []}
-        for attempt in range(
-            attempts
-        ):  # alternating, and the lowest counts: peaks vary by ~10 MiB run to run
+        # alternating, and the lowest counts: peaks vary by ~10 MiB run to run
+        for attempt in range(attempts):
             runs["small"].append(
                 train_peak(small, Path(tmp) / f"train-small-{attempt}", train_steps, eval_streams)
             )
@@ -115,15 +131,37 @@ def run(
 
     rate = size / MB / stage_s
     lines = [
-        f"corpus: {size / MB:.0f} MB (shakespeare repeated), {sum(meta['num_tokens'].values()):,} tokens, vocab {meta['vocab_size']}, {meta['dtype']}",
-        f"charrnn prepare, tokenise stage (datasets import + read, vocab, encode, fsync; fastest of {attempts}): {stage_s:.2f} s = {rate:.1f} MB/s "
-        f"(all: {', '.join(f'{a[0]:.2f} s' for a in prepares)})",
-        f"charrnn prepare, whole command (interpreter start, fetch + sha256, tokenise): {wall:.2f} s = {size / MB / wall:.1f} MB/s",
+        (
+            f"corpus: {size / MB:.0f} MB (shakespeare repeated), "
+            f"{sum(meta['num_tokens'].values()):,} tokens, "
+            f"vocab {meta['vocab_size']}, {meta['dtype']}"
+        ),
+        (
+            "charrnn prepare, tokenise stage (datasets import + read, vocab, encode, fsync; "
+            f"fastest of {attempts}): {stage_s:.2f} s = {rate:.1f} MB/s "
+            f"(all: {', '.join(f'{a[0]:.2f} s' for a in prepares)})"
+        ),
+        (
+            "charrnn prepare, whole command (interpreter start, fetch + sha256, tokenise): "
+            f"{wall:.2f} s = {size / MB / wall:.1f} MB/s"
+        ),
         f"peak RSS of charrnn prepare (largest of {attempts}): {peak / 2**20:,.0f} MiB",
-        f"naive per-character Python (on the {len(seed_text) / MB:.1f} MB default corpus): {naive:.1f} MB/s -> charrnn x{rate / naive:.1f}",
-        f"training peak memory ({train_steps} steps, same model, lowest of {attempts} runs), default corpus -> {size / MB:.0f} MB corpus:",
-        f"  own (anonymous) memory: {anon_small / 2**20:,.0f} -> {anon_big / 2**20:,.0f} MiB (x{anon_big / anon_small:.2f})",
-        f"  resident incl. mapped page cache of the token files: {rss_small / 2**20:,.0f} -> {rss_big / 2**20:,.0f} MiB (x{rss_big / rss_small:.2f})",
+        (
+            f"naive per-character Python (on the {len(seed_text) / MB:.1f} MB default corpus): "
+            f"{naive:.1f} MB/s -> charrnn x{rate / naive:.1f}"
+        ),
+        (
+            f"training peak memory ({train_steps} steps, same model, lowest of {attempts} runs), "
+            f"default corpus -> {size / MB:.0f} MB corpus:"
+        ),
+        (
+            f"  own (anonymous) memory: {anon_small / 2**20:,.0f} -> {anon_big / 2**20:,.0f} MiB "
+            f"(x{anon_big / anon_small:.2f})"
+        ),
+        (
+            "  resident incl. mapped page cache of the token files: "
+            f"{rss_small / 2**20:,.0f} -> {rss_big / 2**20:,.0f} MiB (x{rss_big / rss_small:.2f})"
+        ),
     ]
     targets = [
         Target(
