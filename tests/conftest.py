@@ -1,6 +1,7 @@
-"""Shared fixtures: an isolated cache, small corpora, a real HTTP server on 127.0.0.1, a Prefect server.
+"""Shared fixtures: an isolated cache, small corpora, an HTTP server, a Prefect server.
 
-Plain helpers (the tiny model, make_text, run_env ...) are in helpers.py: ``from helpers import ...``.
+The HTTP server is a real one, on 127.0.0.1. Plain helpers (the tiny model,
+make_text, run_env ...) are in helpers.py: ``from helpers import ...``.
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ def small_corpus(tmp_path) -> Path:
 
 
 class CorpusServer:
-    """Routes: /<name> -> bytes in ``files`` (with an ETag; HEAD too); /status/<code>; /slow/<seconds>; /flaky (500 once)."""
+    """Routes: /<name>, /status/<code>, /slow/<seconds> and /flaky (500 once).
+
+    /<name> serves the bytes in ``files``, with an ETag; HEAD works too.
+    """
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
@@ -79,9 +83,8 @@ class CorpusServer:
                     return
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
-                self.send_header(
-                    "ETag", f'"{hashlib.sha256(body).hexdigest()[:16]}"'
-                )  # as real servers (and GitHub raw) do
+                # as real servers (and GitHub raw) do
+                self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()[:16]}"')
                 self.end_headers()
                 if not head_only:
                     self.wfile.write(body)
@@ -161,9 +164,8 @@ def prefect_server(tmp_path_factory):
             yield local
             from prefect.logging.handlers import APILogWorker
 
-            APILogWorker.drain_all(
-                timeout=10
-            )  # send the last run logs while the server is still up
+            # send the last run logs while the server is still up
+            APILogWorker.drain_all(timeout=10)
     finally:
         stop(state)
         for k, v in saved.items():

@@ -1,14 +1,16 @@
 """A torchrun worker for tests that must look inside every rank (not only rank 0's files).
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_probe.py \
-        --result OUT.json --tokens DIR --out-dir RUN [--rank0-delay-s S] [--hide-newest-checkpoint-on-rank1] [key=value ...]
+        --result OUT.json --tokens DIR --out-dir RUN [--rank0-delay-s S] \
+        [--hide-newest-checkpoint-on-rank1] [key=value ...]
 
 It runs the real ``charrnn.train.train`` on each rank, then all-gathers every
 rank's parameters and writes, from rank 0, the largest difference between
-ranks, each rank's step and each rank's dropout decision. The probes stand for what happens in production:
-``--rank0-delay-s`` for rank 0's W&B set-up before training (rank 0 starts its
-clock later), ``--hide-newest-checkpoint-on-rank1`` for node-local or stale
-storage on which another rank does not see the newest checkpoint.
+ranks, each rank's step and each rank's dropout decision. The probes stand for
+what happens in production: ``--rank0-delay-s`` for rank 0's W&B set-up before
+training (rank 0 starts its clock later), ``--hide-newest-checkpoint-on-rank1``
+for node-local or stale storage on which another rank does not see the newest
+checkpoint.
 """
 
 from __future__ import annotations
@@ -75,9 +77,8 @@ def main() -> None:
         Path(args.result).write_text(
             json.dumps({"max_param_gap": gap, "steps": steps, "dropout": dropout})
         )
-    destroy_process_group(
-        together=True
-    )  # as the CLI does: a rank leaving early can make gloo abort a peer
+    # as the CLI does: a rank leaving early can make gloo abort a peer
+    destroy_process_group(together=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Plain helpers for the tests: the one tiny model, corpora, subprocess environments, process checks.
+"""Plain test helpers: the one tiny model, corpora, subprocess environments, process checks.
 
 Fixtures live in ``conftest.py``; everything here is an ordinary function or
 constant, imported with ``from helpers import ...``. That works as ``from
@@ -33,19 +33,28 @@ requires_cpu_bf16 = pytest.mark.skipif(
 # The one tiny model and data layout: trains in seconds on one CPU core. Every test form of it
 # (a Config, or key=value overrides for the CLI, torchrun and the flows) is made from this dict.
 TINY: dict[str, object] = {
-    "data.val_fraction": 0.1, "data.test_fraction": 0.05,
-    "model.embedding_dim": 16, "model.hidden_size": 32, "model.num_layers": 2,
-    "train.batch_size": 8, "train.seq_len": 32, "train.warmup_steps": 5,
+    "data.val_fraction": 0.1,
+    "data.test_fraction": 0.05,
+    "model.embedding_dim": 16,
+    "model.hidden_size": 32,
+    "model.num_layers": 2,
+    "train.batch_size": 8,
+    "train.seq_len": 32,
+    "train.warmup_steps": 5,
     "train.device": "cpu",
     "train.precision": "fp32",  # exact comparisons hold on every CPU; bf16 has its own tests
     # Validation where a test asks for it (eval_interval, or evals_per_run spread over the
-    # run): the default schedule, early stopping and best.pt have their own tests (test_validation.py).
+    # run): the default schedule, early stopping and best.pt have their own tests
+    # (test_validation.py).
     "train.evals_per_run": 0,
-}  # fmt: skip
+}
 
 
 def _dotted(name: str) -> str:
-    """``seq_len`` -> ``train.seq_len``: the section that has the field (names are unique across sections)."""
+    """``seq_len`` -> ``train.seq_len``: the section that has the field.
+
+    Field names are unique across sections.
+    """
     if "." in name:
         return name
     sections = [section for section, model in SECTIONS.items() if name in model.model_fields]
@@ -59,18 +68,30 @@ def tiny_settings(**changes: object) -> dict[str, object]:
 
 
 def tiny_overrides(**changes: object) -> list[str]:
-    """The tiny model as ``key=value`` overrides (``charrnn train``, ``charrnn launch``, the flows' ``overrides``)."""
+    """The tiny model as ``key=value`` overrides.
+
+    For ``charrnn train``, ``charrnn launch`` and the flows' ``overrides``.
+    """
     return [f"{key}={value}" for key, value in tiny_settings(**changes).items()]
 
 
 def tiny_config(corpus: Path | str, out_dir: Path, **train) -> Config:
-    """The tiny model as a Config for an in-process run of 20 steps; ``train`` sets ``cfg.train`` fields."""
+    """The tiny model as a Config for an in-process run of 20 steps.
+
+    ``train`` sets ``cfg.train`` fields.
+    """
     cfg = Config()
     run = tiny_settings(
-        corpus=str(corpus), out_dir=str(out_dir), dropout=0.1, log_interval=5, eval_interval=10,
-        checkpoint_interval=10, eval_batch_size=16, max_steps=20,
+        corpus=str(corpus),
+        out_dir=str(out_dir),
+        dropout=0.1,
+        log_interval=5,
+        eval_interval=10,
+        checkpoint_interval=10,
+        eval_batch_size=16,
+        max_steps=20,
         mode="disabled",  # W&B has its own tests (test_tracking.py)
-    )  # fmt: skip
+    )
     for key, value in run.items():
         section, field = key.split(".")
         setattr(getattr(cfg, section), field, value)
@@ -140,7 +161,10 @@ def cache_listing(root: Path) -> list[str]:
 
 
 def run_env(**extra: str) -> dict[str, str]:
-    """The environment for a child ``charrnn``/``torchrun``/``prefect`` process: one thread, W&B off unless asked."""
+    """The environment for a child ``charrnn``/``torchrun``/``prefect`` process.
+
+    One thread, W&B off unless asked.
+    """
     env = child_env()  # without the WANDB_SERVICE that in-process W&B use (the pipeline tests) sets
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("WANDB_MODE", "disabled")  # W&B has its own tests
@@ -200,7 +224,10 @@ def task_states(flow_run_id) -> dict[str, list[str]]:
 
 
 def wandb_records(run_dir: Path) -> list[dict]:
-    """Every record of one offline W&B run directory, read with the SDK's own reader (`wandb leet inspect --json`)."""
+    """Every record of one offline W&B run directory.
+
+    Read with the SDK's own reader (`wandb leet inspect --json`).
+    """
     wandb_cli = Path(sys.executable).with_name("wandb")
     run_file = next(Path(run_dir).glob("run-*.wandb"))
     out = subprocess.run(
@@ -214,7 +241,10 @@ def wandb_records(run_dir: Path) -> list[dict]:
 
 
 def offline_runs(out: Path) -> list[Path]:
-    """The offline W&B run directories under ``out/wandb``, oldest first (their names are timestamped)."""
+    """The offline W&B run directories under ``out/wandb``, oldest first.
+
+    Sorted by name: the names are timestamped.
+    """
     return sorted((Path(out) / "wandb").glob("offline-run-*"))
 
 

@@ -1,4 +1,7 @@
-"""The benchmark suite runs end to end and records itself in a results file (figures are not checked: no timings in tests)."""
+"""The benchmark suite runs end to end and records itself in a results file.
+
+Figures are not checked: no timings in tests.
+"""
 
 from __future__ import annotations
 
@@ -45,9 +48,8 @@ def test_quick_suite_writes_every_section_and_keeps_the_rest_of_the_file(tmp_pat
     assert "| benchmark | target | figure | required | met |" in text
     assert (tmp_path / "quality_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    _bench(
-        "--quick", "--only", "generation", "--out", str(out), cache=tmp_path / "cache"
-    )  # replaces the suite's section (the quickest one)
+    # replaces the suite's section (the quickest one)
+    _bench("--quick", "--only", "generation", "--out", str(out), cache=tmp_path / "cache")
     text = out.read_text(encoding="utf-8")
     assert (
         text.count("<!-- suite:begin") == 1

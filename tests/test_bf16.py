@@ -49,7 +49,8 @@ def test_bf16_training_converges(small_corpus, tmp_path):
     result = train(cfg, tokens)
     losses = _losses(Path(result.run_dir))
     assert result.step == 80
-    # Uniform guessing over the vocabulary scores ln(V); 80 steps of bf16 training must beat it clearly.
+    # Uniform guessing over the vocabulary scores ln(V); 80 steps of bf16 training must beat
+    # it clearly.
     assert losses[80] < math.log(tokens.vocab.size) - 0.8, losses
     assert result.val["loss_nats"] < math.log(tokens.vocab.size) - 0.8
 
@@ -87,7 +88,7 @@ def test_bf16_evaluation_matches_fp32(small_corpus, tmp_path):
     val = load_split(tokens, "val")
     fp32 = evaluate_tokens(model, val, num_streams=16)
     bf16 = evaluate_tokens(model, val, num_streams=16, autocast_dtype=torch.bfloat16)
-    # bf16 keeps 8 bits of mantissa: measured |gap| 3e-4 nats/char on this tiny model (2-core EPYC, avx512_bf16); 0.02 is the
-    # same bound bench.bf16_guard holds training to.
+    # bf16 keeps 8 bits of mantissa: measured |gap| 3e-4 nats/char on this tiny model
+    # (2-core EPYC, avx512_bf16); 0.02 is the same bound bench.bf16_guard holds training to.
     assert abs(bf16.loss_nats - fp32.loss_nats) < 0.02, (bf16, fp32)
     assert bf16.chars == fp32.chars

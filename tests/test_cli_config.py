@@ -1,4 +1,7 @@
-"""The CLI's config handling: `charrnn config`, `evaluate`'s --config/key=value and data.unk_policy, `launch`'s early checks."""
+"""The CLI's config handling: `charrnn config`, `evaluate`'s options, `launch`'s early checks.
+
+`evaluate`'s options here: --config, key=value and data.unk_policy.
+"""
 
 from __future__ import annotations
 
@@ -105,8 +108,8 @@ def test_launch_refuses_a_batch_that_does_not_split_before_torchrun_starts(
     assert code == 2 and not no_torchrun
     assert err.count("error:") == 1 and "Traceback" not in err
     assert (
-        "train.batch_size=3 (global streams) is not divisible by the 2 training processes (--nproc-per-node 2 x --nnodes 1)"
-        in err
+        "train.batch_size=3 (global streams) is not divisible by the 2 training processes "
+        "(--nproc-per-node 2 x --nnodes 1)" in err
     )
     assert "multiple of 2 (2, 4)" in err
 
@@ -159,7 +162,10 @@ def test_launch_refuses_a_batch_that_does_not_split_before_torchrun_starts(
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A two-step run trained with data.unk_policy=error (prepare and train do not read it; evaluate does)."""
+    """A two-step run trained with data.unk_policy=error.
+
+    Prepare and train do not read the policy; evaluate does.
+    """
     from charrnn.data.prepare import prepare
     from charrnn.train.trainer import train
 
@@ -177,9 +183,8 @@ def checkpoint(tmp_path_factory):
 def test_evaluate_applies_unk_policy_to_a_text_file(capsys, checkpoint, tmp_path):
     ckpt, root = checkpoint
     text = tmp_path / "held_out.txt"
-    text.write_text(
-        "ROMEO:\nseñor so €\nyes 😀 ñ\n", encoding="utf-8"
-    )  # é is in this vocabulary; ñ, € and 😀 are not
+    # é is in this vocabulary; ñ, € and 😀 are not
+    text.write_text("ROMEO:\nseñor so €\nyes 😀 ñ\n", encoding="utf-8")
 
     # The checkpoint's own policy (error) applies unless the command line says otherwise.
     for extra in ([], ["data.unk_policy=error"]):
@@ -202,9 +207,8 @@ def test_evaluate_applies_unk_policy_to_a_text_file(capsys, checkpoint, tmp_path
         capsys, "evaluate", ckpt, "--split", str(text), "--json", "--config", str(config)
     )
     assert code == 0, err
-    assert (
-        json.loads(out)["chars"] == len(text.read_text(encoding="utf-8")) - 1
-    )  # the unseen characters count, as <unk>
+    # the unseen characters count, as <unk>
+    assert json.loads(out)["chars"] == len(text.read_text(encoding="utf-8")) - 1
     code, out, err = _run(
         capsys,
         "evaluate",
@@ -217,7 +221,8 @@ def test_evaluate_applies_unk_policy_to_a_text_file(capsys, checkpoint, tmp_path
     )
     assert code == 0, err
 
-    # The prepared splits were encoded with the training vocabulary: the policy does not reject them.
+    # The prepared splits were encoded with the training vocabulary: the policy does not
+    # reject them.
     code, out, err = _run(
         capsys,
         "evaluate",

@@ -27,11 +27,8 @@ def test_yaml_then_overrides(tmp_path):
         cfg.data.corpus,
         cfg.train.compile,
     ) == (128, 0.003, 32, "x.txt", True)
-    assert cfg.train.model_fields_set == {
-        "lr",
-        "batch_size",
-        "compile",
-    }  # what the file and the command line set
+    # what the file and the command line set
+    assert cfg.train.model_fields_set == {"lr", "batch_size", "compile"}
 
 
 def test_round_trip_through_yaml(tmp_path):
@@ -45,9 +42,8 @@ def test_round_trip_through_yaml(tmp_path):
 
 
 def test_yaml_1_1_floats_and_number_strings():
-    path_free = load_config(
-        None, ["lr=3e-3", "data.corpus=123", "track.run_id=2024"]
-    )  # YAML 1.1: 3e-3 is a string
+    # YAML 1.1: 3e-3 is a string
+    path_free = load_config(None, ["lr=3e-3", "data.corpus=123", "track.run_id=2024"])
     assert (
         path_free.train.lr == 0.003
         and path_free.data.corpus == "123"
@@ -102,7 +98,8 @@ def test_a_list_field_given_a_plain_string_says_to_write_a_list(override, exampl
         (["hidden_size=0"], r"model\.hidden_size=0 is out of range: must be an integer >= 1"),
         (
             ["precision=fp16"],
-            r"train\.precision='fp16' is not allowed: use one of: auto, fp32, bf16(.|\n)*train\.precision=auto\|fp32\|bf16",
+            r"train\.precision='fp16' is not allowed: use one of: auto, fp32, bf16"
+            r"(.|\n)*train\.precision=auto\|fp32\|bf16",
         ),
         (
             ["lr_schedule=foo"],
@@ -179,10 +176,8 @@ def test_assignment_and_construction_in_code_are_checked():
         TrainConfig(batch_size=0)
     with pytest.raises(ConfigError, match=r"leaves no training split"):
         cfg.data.val_fraction = 0.99
-    cfg.data.val_fraction, cfg.data.test_fraction = (
-        0.1,
-        0.05,
-    )  # fine in either order while the sum stays below 1
+    # fine in either order while the sum stays below 1
+    cfg.data.val_fraction, cfg.data.test_fraction = 0.1, 0.05
     assert (
         apply_overrides(cfg, ["lr=1e-2"]) is cfg
         and cfg.train.lr == 0.01

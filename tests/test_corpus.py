@@ -156,6 +156,5 @@ def test_two_processes_fetch_one_corpus(tmp_path, cache_dir):
         digests = pool.map(_fetch_in_process, [(source, str(cache_dir))] * 2)
     assert digests[0] == digests[1]
     assert cache_listing(cache_dir) == [f"corpora/{digests[0]}.json", f"corpora/{digests[0]}.txt"]
-    assert not [
-        p for p in (cache_dir / "corpora").iterdir() if p.name.startswith(".")
-    ]  # no temp files left
+    # no temp files left
+    assert not [p for p in (cache_dir / "corpora").iterdir() if p.name.startswith(".")]

@@ -1,4 +1,7 @@
-"""bench/ddp_scaling.py end to end on the tiny model: real torchrun and real independent trainers (no timings checked)."""
+"""bench/ddp_scaling.py end to end on the tiny model: real torchrun, real independent trainers.
+
+No timings are checked.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +20,20 @@ REPO = Path(__file__).resolve().parent.parent
 def test_times_one_process_ddp_and_independent_processes_side_by_side(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(make_text(30_000), encoding="utf-8")
-    cmd = [sys.executable, str(REPO / "bench" / "ddp_scaling.py"), "--steps", "100", "--rounds", "1", "--procs", "2", "--precisions", "fp32",
-           f"corpus={corpus}", *tiny_overrides()]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(REPO / "bench" / "ddp_scaling.py"),
+        "--steps",
+        "100",
+        "--rounds",
+        "1",
+        "--procs",
+        "2",
+        "--precisions",
+        "fp32",
+        f"corpus={corpus}",
+        *tiny_overrides(),
+    ]
     done = subprocess.run(
         cmd,
         cwd=tmp_path,

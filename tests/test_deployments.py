@@ -22,7 +22,10 @@ TRAIN, WATCH = "train-pipeline/train", "corpus-watch/corpus-watch"
 
 @pytest.fixture(scope="module")
 def deployed(prefect_server, tmp_path_factory):
-    """`prefect deploy` of train (tiny model, W&B off, temp dirs) and corpus-watch, plus a process worker."""
+    """`prefect deploy` of train and corpus-watch, plus a process worker.
+
+    train runs the tiny model, with W&B off and temp dirs.
+    """
     from charrnn.distributed.launch import kill_group
     from flows.local import create_work_pool, deploy, start_worker
 
@@ -103,9 +106,8 @@ def test_changed_corpus_triggers_training_and_unchanged_does_not(deployed, http_
     url = http_server.url("watched.txt")
     sources = {"watched": url}
     http_server.files["watched.txt"] = make_text(40_000, seed=4).encode()
-    assert (
-        wait_final(start(WATCH, sources=sources).id).state.name == "Completed"
-    )  # first sight: baseline only
+    # first sight: baseline only
+    assert wait_final(start(WATCH, sources=sources).id).state.name == "Completed"
     time.sleep(5)
     assert train_runs_of(url) == []
 

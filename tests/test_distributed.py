@@ -26,7 +26,8 @@ TINY = tiny_overrides(
 # bf16 gradient compression: largest parameter gap after 20 steps, measured 3.5e-3 on a 2-core
 # EPYC (bf16 keeps 8 bits of mantissa; Adam turns each rounded gradient into a full-size step).
 TOLERANCE_BF16_COMPRESSION = 1.5e-2
-# tiny_overrides pins precision=fp32: the exactness checks below would not hold under bf16 autocast (test_bf16.py covers it)
+# tiny_overrides pins precision=fp32: the exactness checks below would not hold under bf16
+# autocast (test_bf16.py covers it)
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +38,20 @@ def tokens_dir(tmp_path_factory) -> tuple[str, str]:
     corpus.write_text(make_text(80_000, seed=3))
     cache = str(root / "cache")
     out = subprocess.run(
-        [sys.executable, "-m", "charrnn", "prepare", f"data.corpus={corpus}", "data.val_fraction=0.1", "data.test_fraction=0.05"],
-        env=run_env(CHARRNN_CACHE=cache), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "charrnn",
+            "prepare",
+            f"data.corpus={corpus}",
+            "data.val_fraction=0.1",
+            "data.test_fraction=0.05",
+        ],
+        env=run_env(CHARRNN_CACHE=cache),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)["tokens"]["dir"], cache
 
@@ -68,7 +80,10 @@ def _train(args: list[str], cache: str) -> subprocess.CompletedProcess:
 
 
 def _one_and_two_processes(tokens_dir, tmp_path: Path, *extra: str) -> tuple[dict, dict, str]:
-    """The same 20 steps in one process and in two (half batches each): (one's checkpoint, two's, two's output)."""
+    """The same 20 steps in one process and in two (half batches each).
+
+    Returns (one's checkpoint, two's, two's output).
+    """
     tokens, cache = tokens_dir
     common = [
         "--tokens",
@@ -98,13 +113,15 @@ def test_two_processes_with_half_batches_equal_one_process(tokens_dir, tmp_path)
     assert b["world_size"] == 2
     for name, tensor in a["model"].items():
         torch.testing.assert_close(b["model"][name], tensor, atol=1e-5, rtol=0, msg=name)
-    torch.testing.assert_close(
-        b["hidden"][0], a["hidden"][0], atol=1e-5, rtol=0
-    )  # gathered state, in stream order
+    # gathered state, in stream order
+    torch.testing.assert_close(b["hidden"][0], a["hidden"][0], atol=1e-5, rtol=0)
 
 
 def test_bf16_gradient_compression_stays_within_its_tolerance(tokens_dir, tmp_path):
-    """train.grad_compression=bf16 averages gradients in bf16: close to one process, not equal (fp32 stays exact, above)."""
+    """train.grad_compression=bf16 averages gradients in bf16: close to one process, not equal.
+
+    fp32 stays exact (above).
+    """
     a, b, _ = _one_and_two_processes(tokens_dir, tmp_path, "grad_compression=bf16")
     gaps = {
         name: (b["model"][name] - tensor).abs().max().item() for name, tensor in a["model"].items()
@@ -113,9 +130,8 @@ def test_bf16_gradient_compression_stays_within_its_tolerance(tokens_dir, tmp_pa
         "largest parameter gap after 20 steps with bf16 gradient compression:", max(gaps.values())
     )
     assert max(gaps.values()) < TOLERANCE_BF16_COMPRESSION, gaps
-    assert (
-        max(gaps.values()) > 0
-    )  # the hook ran: bf16 rounding leaves a trace that exact fp32 averaging does not
+    # the hook ran: bf16 rounding leaves a trace that exact fp32 averaging does not
+    assert max(gaps.values()) > 0
 
 
 def test_validation_schedule_and_best_are_the_same_for_one_and_two_processes(tokens_dir, tmp_path):
@@ -140,7 +156,10 @@ def test_validation_schedule_and_best_are_the_same_for_one_and_two_processes(tok
 
 @requires_cpu_bf16
 def test_bf16_two_processes_agree_with_one_within_tolerance(tokens_dir, tmp_path):
-    """Under bf16 autocast each rank rounds its own half-batch, so DDP is close to one process, not equal."""
+    """Under bf16 autocast each rank rounds its own half-batch.
+
+    DDP is therefore close to one process, not equal.
+    """
     a, b, output = _one_and_two_processes(tokens_dir, tmp_path, "precision=auto")
     assert "precision bf16 autocast" in output
     # Measured on a 2-core EPYC (avx512_bf16): largest parameter gap after 20 steps at lr 7e-3
@@ -178,8 +197,23 @@ def _worker_pids(out_dir: Path) -> dict[int, int]:
 def test_killed_worker_is_restarted_and_resumes(tokens_dir, tmp_path):
     tokens, cache = tokens_dir
     out = tmp_path / "run"
-    args = ["--nproc-per-node", "2", "--max-restarts", "1", "--", "--out-dir", str(out), "--tokens", tokens, *TINY,
-            "batch_size=8", "max_steps=120", "checkpoint_interval=20", "eval_interval=40", "keep_last=10"]  # fmt: skip
+    args = [
+        "--nproc-per-node",
+        "2",
+        "--max-restarts",
+        "1",
+        "--",
+        "--out-dir",
+        str(out),
+        "--tokens",
+        tokens,
+        *TINY,
+        "batch_size=8",
+        "max_steps=120",
+        "checkpoint_interval=20",
+        "eval_interval=40",
+        "keep_last=10",
+    ]
     proc = subprocess.Popen(
         [sys.executable, "-m", "charrnn", "launch", *args],
         env=run_env(CHARRNN_CACHE=cache),
@@ -217,8 +251,25 @@ def _free_port() -> int:
 def test_two_agents_rendezvous_over_c10d(tokens_dir, tmp_path):
     tokens, cache = tokens_dir
     endpoint = f"127.0.0.1:{_free_port()}"
-    args = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-endpoint", endpoint, "--rdzv-id", "test-job", "--",
-            "--out-dir", str(tmp_path / "run"), "--tokens", tokens, *TINY, "batch_size=8", "max_steps=20", "checkpoint_interval=20"]  # fmt: skip
+    args = [
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        "--rdzv-endpoint",
+        endpoint,
+        "--rdzv-id",
+        "test-job",
+        "--",
+        "--out-dir",
+        str(tmp_path / "run"),
+        "--tokens",
+        tokens,
+        *TINY,
+        "batch_size=8",
+        "max_steps=20",
+        "checkpoint_interval=20",
+    ]
     env = run_env(CHARRNN_CACHE=cache)
     agents = [
         subprocess.Popen(
@@ -362,15 +413,30 @@ def _probe(args: list[str], cache: str, result: Path, timeout: float = 240) -> d
 
 
 def test_every_rank_uses_the_same_learning_rate_under_a_time_budget(tokens_dir, tmp_path):
-    """Rank 0 reaches the loop later (W&B set-up, here a 1.5 s delay); a per-rank clock gave each rank its own lr."""
+    """Rank 0 reaches the loop later (W&B set-up, here a 1.5 s delay).
+
+    A per-rank clock gave each rank its own lr.
+    """
     tokens, cache = tokens_dir
-    args = ["--tokens", tokens, "--out-dir", str(tmp_path / "run"), "--rank0-delay-s", "1.5",
-            *TINY, "batch_size=8", "time_budget_s=4", "max_steps=0", "warmup_steps=0", "checkpoint_interval=100000", "eval_interval=0"]  # fmt: skip
+    args = [
+        "--tokens",
+        tokens,
+        "--out-dir",
+        str(tmp_path / "run"),
+        "--rank0-delay-s",
+        "1.5",
+        *TINY,
+        "batch_size=8",
+        "time_budget_s=4",
+        "max_steps=0",
+        "warmup_steps=0",
+        "checkpoint_interval=100000",
+        "eval_interval=0",
+    ]
     found = _probe(args, cache, tmp_path / "probe.json")
     assert found["steps"][0] == found["steps"][1], found
-    assert found["max_param_gap"] == 0.0, (
-        found
-    )  # identical replicas: same gradients, same lr, every step
+    # identical replicas: same gradients, same lr, every step
+    assert found["max_param_gap"] == 0.0, found
     # model.dropout=auto, decided from the agreed clock at step 50: the same rate on every rank
     # (DDP would average gradients of differently regularised replicas without complaint)
     assert found["steps"][0][0] > 50 and found["dropout"][0] == found["dropout"][1], found
@@ -378,7 +444,10 @@ def test_every_rank_uses_the_same_learning_rate_under_a_time_budget(tokens_dir, 
 
 
 def test_ranks_resume_from_the_checkpoint_rank0_chose(tokens_dir, tmp_path):
-    """Rank 1 cannot see the newest checkpoint (node-local or stale storage): it must still resume where rank 0 does."""
+    """Rank 1 cannot see the newest checkpoint: it must still resume where rank 0 does.
+
+    The hidden checkpoint stands for node-local or stale storage.
+    """
     tokens, cache = tokens_dir
     run = ["--tokens", tokens, "--out-dir", str(tmp_path / "run")]
     common = [
@@ -399,13 +468,15 @@ def test_ranks_resume_from_the_checkpoint_rank0_chose(tokens_dir, tmp_path):
     assert found["max_param_gap"] == 0.0, found
 
 
-STRESS_RUNS = int(
-    os.environ.get("CHARRNN_STRESS_RUNS", "3")
-)  # CI's share; run more by hand (bench/RELIABILITY.md)
+# CI's share; run more by hand (bench/RELIABILITY.md)
+STRESS_RUNS = int(os.environ.get("CHARRNN_STRESS_RUNS", "3"))
 
 
 def test_two_process_runs_back_to_back_exit_cleanly(tokens_dir, tmp_path):
-    """An abort at exit (`terminate called without an active exception`) was seen once in ~15 runs: none here."""
+    """An abort at exit was seen once in ~15 runs: none here.
+
+    The abort: `terminate called without an active exception`.
+    """
     tokens, cache = tokens_dir
     for i in range(STRESS_RUNS):
         done = _launch(

@@ -1,4 +1,7 @@
-"""model.dropout=auto: the rule, the decision on a clock (every rank the same), and a real run that records and keeps it."""
+"""model.dropout=auto: the rule, the decision on a clock, and a real run that records and keeps it.
+
+The decision on a clock is the same on every rank.
+"""
 
 from __future__ import annotations
 
@@ -107,13 +110,11 @@ def test_resume_keeps_the_decision_of_the_checkpoint():
     assert (resumed.rate, resumed.planned_epochs) == (decided.rate, 10.0)
     undecided = DropoutPlan.from_config("auto")
     undecided.load_payload(DropoutPlan.from_config("auto").to_payload(), shape_rate=0.0)
-    assert (
-        not undecided.decided
-    )  # a checkpoint from before the decision: decide later in this session
+    # a checkpoint from before the decision: decide later in this session
+    assert not undecided.decided
     older = DropoutPlan.from_config("auto")
-    older.load_payload(
-        None, shape_rate=0.3
-    )  # a checkpoint written before model.dropout=auto existed
+    # a checkpoint written before model.dropout=auto existed
+    older.load_payload(None, shape_rate=0.3)
     assert older.rate == 0.3
 
 
@@ -140,26 +141,22 @@ def test_a_timed_run_records_its_decision_in_the_log_and_every_checkpoint_and_ke
     assert final["model_shape"]["dropout"] == record["rate"]
     batcher = StreamBatcher(load_split(tokens, "train"), cfg.train.batch_size, cfg.train.seq_len)
     done_epochs = first.step / batcher.windows_per_epoch
-    assert (
-        0.5 < record["planned_epochs"] / done_epochs < 2
-    )  # the projection from 40 steps is about what the run did
+    # the projection from 40 steps is about what the run did
+    assert 0.5 < record["planned_epochs"] / done_epochs < 2
     assert (
         f"dropout {record['rate']:g} (auto: ~{record['planned_epochs']:.1f} epochs planned"
         in caplog.text
     )
-    early = load_checkpoint(
-        list_checkpoints(Path(first.run_dir))[0]
-    )  # step 25: before the decision
+    # step 25: before the decision
+    early = load_checkpoint(list_checkpoints(Path(first.run_dir))[0])
     assert (
         early["step"] == 25
         and early["dropout"]["rate"] is None
         and early["model_shape"]["dropout"] == 0.0
     )
 
-    cfg.train.resume, cfg.train.time_budget_s = (
-        True,
-        6.0,
-    )  # a longer budget would plan more epochs: the decision stands
+    # a longer budget would plan more epochs: the decision stands
+    cfg.train.resume, cfg.train.time_budget_s = True, 6.0
     second = train(cfg, tokens)
     assert second.resumed_from == first.step and second.step > first.step
     assert load_checkpoint(Path(second.checkpoint))["dropout"] == record

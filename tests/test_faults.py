@@ -1,4 +1,7 @@
-"""Faults: a full disk while checkpointing, kills that leave files behind, a killed torchrun agent, a refused corpus."""
+"""Faults: a full disk while checkpointing, kills that leave files behind, and more.
+
+Also a killed torchrun agent and a refused corpus.
+"""
 
 from __future__ import annotations
 
@@ -29,12 +32,15 @@ from charrnn.io.checkpoint import (
     verify_checkpoint,
 )
 
-# --------------------------------------------------------------------------- (A) disk full
+# -------------------------------------------------- (A) disk full
 
 
 @contextlib.contextmanager
 def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
-    """A real tmpfs of ``size`` mounted at ``path`` (root only; the test is skipped where mounting is refused)."""
+    """A real tmpfs of ``size`` mounted at ``path``.
+
+    Root only: the test is skipped where mounting is refused.
+    """
     path.mkdir(parents=True, exist_ok=True)
     if shutil.which("mount") is None:
         pytest.skip("no mount command")
@@ -69,9 +75,8 @@ def fill(path: Path, leave_bytes: int) -> None:
 
 
 def _payload(seed: int) -> dict:
-    return {
-        "step_tensor": torch.randn(256 * 1024, generator=torch.Generator().manual_seed(seed))
-    }  # 1 MiB
+    # 1 MiB
+    return {"step_tensor": torch.randn(256 * 1024, generator=torch.Generator().manual_seed(seed))}
 
 
 @pytest.mark.parametrize("leave_bytes", [0, 16384], ids=["full", "room-for-the-checksum-only"])
@@ -87,7 +92,8 @@ def test_disk_full_while_checkpointing_names_the_last_good_checkpoint(tmp_path, 
         assert f"last good checkpoint: {first} (step 1)" in message
         assert "free space" in message and "run again with --resume" in message
         assert err.value.where == str(run / "checkpoints" / "step-00000002.pt")
-        # Nothing damaged: no temp file, no half checkpoint, the earlier checkpoint and best.pt intact.
+        # Nothing damaged: no temp file, no half checkpoint, the earlier checkpoint and best.pt
+        # intact.
         assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
             "step-00000001.pt",
             "step-00000001.pt.sha256",
@@ -99,7 +105,7 @@ def test_disk_full_while_checkpointing_names_the_last_good_checkpoint(tmp_path, 
         assert torch.equal(load_checkpoint(first)["step_tensor"], _payload(1)["step_tensor"])
 
 
-# --------------------------------------------------------------------------- (B) leftovers of killed saves
+# -------------------------------------------------- (B) leftovers of killed saves
 
 
 def _leftovers(run: Path) -> dict[str, int]:
@@ -117,7 +123,10 @@ def _leftovers(run: Path) -> dict[str, int]:
 
 
 def _writing(folder: Path, before: set[str]) -> bool:
-    """A new checkpoint payload temp file is being filled (its checksum's temp comes first and is tiny)."""
+    """A new checkpoint payload temp file is being filled.
+
+    Its checksum's temp file comes first and is tiny.
+    """
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(folder):
             if (
@@ -132,7 +141,10 @@ def _writing(folder: Path, before: set[str]) -> bool:
 
 
 def _kill_mid_save(args: list[str], run: Path, log: Path, timeout_s: float = 90) -> bool:
-    """Start training and SIGKILL it while it writes a checkpoint; True if that left new files behind."""
+    """Start training and SIGKILL it while it writes a checkpoint.
+
+    True if that left new files behind.
+    """
     before = set(_leftovers(run))
     with open(log, "ab") as out:
         proc = subprocess.Popen(args, env=run_env(), stdout=out, stderr=out)
@@ -141,7 +153,8 @@ def _kill_mid_save(args: list[str], run: Path, log: Path, timeout_s: float = 90)
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 pytest.fail(
-                    f"training exited ({proc.returncode}) before it could be killed:\n{log.read_text()[-3000:]}"
+                    f"training exited ({proc.returncode}) before it could be killed:\n"
+                    f"{log.read_text()[-3000:]}"
                 )
             if _writing(run / "checkpoints", before):
                 proc.kill()
@@ -165,18 +178,34 @@ def test_repeated_sigkills_during_checkpointing_leave_nothing_after_remove_stale
     # A wide model makes each save (~40 MB with the optimiser state) last far longer than a step,
     # so a kill timed by the temp file's appearance lands inside the write.
     args = [
-        sys.executable, "-m", "charrnn", "train", "--resume", "--out-dir", str(run), f"data.corpus={small_corpus}",
-        "hidden_size=512", "embedding_dim=16", "batch_size=4", "seq_len=8", "checkpoint_interval=1", "keep_last=2",
-        "eval_interval=0", "log_interval=1", "time_budget_s=0", "data.val_fraction=0.1", "data.test_fraction=0.05", "device=cpu",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "charrnn",
+        "train",
+        "--resume",
+        "--out-dir",
+        str(run),
+        f"data.corpus={small_corpus}",
+        "hidden_size=512",
+        "embedding_dim=16",
+        "batch_size=4",
+        "seq_len=8",
+        "checkpoint_interval=1",
+        "keep_last=2",
+        "eval_interval=0",
+        "log_interval=1",
+        "time_budget_s=0",
+        "data.val_fraction=0.1",
+        "data.test_fraction=0.05",
+        "device=cpu",
+    ]
     caught = sum(
         _kill_mid_save([*args, "max_steps=100000"], run, tmp_path / "train.log") for _ in range(4)
     )
     assert caught >= 2, f"only {caught} of 4 kills left files behind:\n{_leftovers(run)}"
     leaked = _leftovers(run)
-    assert any(name.endswith(".tmp") and size > 1 << 20 for name, size in leaked.items()), (
-        leaked
-    )  # full-size temps
+    # full-size temps
+    assert any(name.endswith(".tmp") and size > 1 << 20 for name, size in leaked.items()), leaked
 
     # A clean run on top: its checkpoints are newer than every leftover, so all of them are stale.
     newest = load_checkpoint(list_checkpoints(run)[-1])["step"] if list_checkpoints(run) else 0
@@ -188,9 +217,8 @@ def test_repeated_sigkills_during_checkpointing_leave_nothing_after_remove_stale
         timeout=180,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert set(leaked) <= set(
-        _leftovers(run)
-    )  # training itself does not clean up (the loop calls remove_stale_files)
+    # training itself does not clean up (the loop calls remove_stale_files)
+    assert set(leaked) <= set(_leftovers(run))
 
     removed = remove_stale_files(run)
     assert {str(p.relative_to(run)) for p in removed} == set(leaked)
@@ -216,33 +244,29 @@ def test_remove_stale_files_keeps_checkpoints_and_anything_newer_than_the_newest
     ck = run / "checkpoints"
     newest = (ck / "step-00000020.pt").stat().st_mtime
     stale = [
-        _touch(
-            ck / ".step-00000015.pt.ab12cd.tmp", newest + 60
-        ),  # a lower step: dead even if written later
-        _touch(
-            ck / ".step-00000020.pt.ab12cd.tmp", newest - 60
-        ),  # the newest step, but older than its checkpoint
+        # a lower step: dead even if written later
+        _touch(ck / ".step-00000015.pt.ab12cd.tmp", newest + 60),
+        # the newest step, but older than its checkpoint
+        _touch(ck / ".step-00000020.pt.ab12cd.tmp", newest - 60),
         _touch(ck / ".step-00000030.pt.sha256.ef34gh.tmp", newest - 60),
-        _touch(ck / "step-00000005.pt.sha256", newest - 60),  # its checkpoint was pruned
+        # its checkpoint was pruned
+        _touch(ck / "step-00000005.pt.sha256", newest - 60),
         _touch(run / ".best.pt.xy56zz.tmp", newest - 60),
         _touch(run / ".best.pt.sha256.xy56zz.tmp", newest - 60),
     ]
     kept = [
-        _touch(
-            ck / ".step-00000030.pt.ij78kl.tmp", newest + 60
-        ),  # a save that may be in progress elsewhere
+        # a save that may be in progress elsewhere
+        _touch(ck / ".step-00000030.pt.ij78kl.tmp", newest + 60),
         _touch(ck / ".step-00000020.pt.mn90op.tmp", newest + 60),
-        _touch(
-            ck / "step-00000030.pt.sha256", newest + 60
-        ),  # newer than the newest valid checkpoint: kept
-        _touch(
-            ck / "step-00000007.pt", newest - 60
-        ),  # a checkpoint without checksum: loading skips it, we never delete one
-        _touch(run / "notes.tmp", newest - 60),  # not ours
+        # newer than the newest valid checkpoint: kept
+        _touch(ck / "step-00000030.pt.sha256", newest + 60),
+        # a checkpoint without checksum: loading skips it, we never delete one
+        _touch(ck / "step-00000007.pt", newest - 60),
+        # not ours
+        _touch(run / "notes.tmp", newest - 60),
     ]
-    (ck / "step-00000010.pt.sha256").write_text(
-        "0" * 64 + "  step-00000010.pt\n"
-    )  # a corrupt checkpoint stays too
+    # a corrupt checkpoint stays too
+    (ck / "step-00000010.pt.sha256").write_text("0" * 64 + "  step-00000010.pt\n")
     with caplog.at_level(logging.INFO, logger="charrnn"):
         removed = remove_stale_files(run)
     assert sorted(removed) == sorted(stale)
@@ -264,7 +288,7 @@ def test_remove_stale_files_without_a_valid_checkpoint_removes_nothing(tmp_path)
     assert all(p.exists() for p in leftovers)
 
 
-# --------------------------------------------------------------------------- (D) a refused corpus is not cached
+# -------------------------------------------------- (D) a refused corpus is not cached
 
 
 @pytest.mark.slow
@@ -279,14 +303,26 @@ def test_a_refused_corpus_leaves_the_cache_as_it_was(tmp_path, cache_dir):
     fifty.write_text(("To be, or not to be, that is the question:\n" * 2)[:50], encoding="utf-8")
     assert len(fifty.read_bytes()) == 50
     done = subprocess.run(
-        [sys.executable, "-m", "charrnn", "prepare", f"data.corpus={fifty}", "data.val_fraction=0.05", "data.test_fraction=0.05"],
-        env=run_env(), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "charrnn",
+            "prepare",
+            f"data.corpus={fifty}",
+            "data.val_fraction=0.05",
+            "data.test_fraction=0.05",
+        ],
+        env=run_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     assert "training split has 46 characters" in done.stderr and str(fifty) in done.stderr
     assert cache_listing(cache_dir) == before
 
-    # Refused in-process too: a split too short (12 characters, val_fraction 0.1), and a batch too wide.
+    # Refused in-process too: a split too short (12 characters, val_fraction 0.1), and a batch
+    # too wide.
     twelve = tmp_path / "twelve.txt"
     twelve.write_text("ROMEO:\nWhat?", encoding="utf-8")
     with pytest.raises(CorpusError, match="too short for a val split"):
@@ -296,7 +332,7 @@ def test_a_refused_corpus_leaves_the_cache_as_it_was(tmp_path, cache_dir):
     assert cache_listing(cache_dir) == before
 
 
-# --------------------------------------------------------------------------- (C) a killed torchrun agent leaves no orphans
+# -------------------------------------------------- (C) a killed torchrun agent leaves no orphans
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -307,7 +343,10 @@ def _cmdline(pid: int) -> list[str]:
 
 
 def _launch_tree(launcher: int, out_dir: Path) -> tuple[int | None, list[int]]:
-    """(torchrun agent pid, worker pids) under ``launcher``; workers run in sessions of their own but are the agent's children."""
+    """(torchrun agent pid, worker pids) under ``launcher``.
+
+    Workers run in sessions of their own but are the agent's children.
+    """
     agent = next(
         (pid for pid in process_tree(launcher) if "torch.distributed.run" in _cmdline(pid)), None
     )
@@ -326,10 +365,28 @@ def test_killing_the_torchrun_agent_stops_its_workers_and_the_launcher(small_cor
     run = tmp_path / "run"
     _, tokens = prepare(tiny_config(small_corpus, run))
     args = [
-        sys.executable, "-m", "charrnn", "launch", "--nproc-per-node", "2", "--",
-        "--out-dir", str(run), "--tokens", tokens.dir, "hidden_size=32", "embedding_dim=16", "batch_size=8", "seq_len=16",
-        "max_steps=1000000", "time_budget_s=600", "checkpoint_interval=1000000", "eval_interval=0", "log_interval=10", "device=cpu",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "charrnn",
+        "launch",
+        "--nproc-per-node",
+        "2",
+        "--",
+        "--out-dir",
+        str(run),
+        "--tokens",
+        tokens.dir,
+        "hidden_size=32",
+        "embedding_dim=16",
+        "batch_size=8",
+        "seq_len=16",
+        "max_steps=1000000",
+        "time_budget_s=600",
+        "checkpoint_interval=1000000",
+        "eval_interval=0",
+        "log_interval=10",
+        "device=cpu",
+    ]
     log = tmp_path / "launch.log"
     with open(log, "wb") as out:
         launcher = subprocess.Popen(
@@ -371,7 +428,8 @@ def test_killing_the_torchrun_agent_stops_its_workers_and_the_launcher(small_cor
 def test_launcher_stops_waiting_when_an_exited_agent_left_its_output_open():
     from charrnn.distributed.launch import _stream_output
 
-    # `sh` prints, leaves a child that holds the pipe open, and exits 3: as a killed agent with a stuck worker.
+    # `sh` prints, leaves a child that holds the pipe open, and exits 3: as a killed agent with
+    # a stuck worker.
     proc = subprocess.Popen(
         ["sh", "-c", "echo before; sleep 120 & exit 3"],
         stdout=subprocess.PIPE,

@@ -1,6 +1,8 @@
-"""The generalisation benchmark: its shared evaluator is exact, its corpora are cached once, a cell runs end to end.
+"""The generalisation benchmark: its shared evaluator, its corpora, one cell.
 
-No timings or figures are checked; no network or apt is used (``--corpus-file``).
+Its shared evaluator is exact, its corpora are cached once, a cell runs end to
+end. No timings or figures are checked; no network or apt is used
+(``--corpus-file``).
 """
 
 from __future__ import annotations
@@ -33,9 +35,8 @@ def test_window_plan_scores_every_target_once_with_enough_context(n, window, str
         span = min(window, n - 1)
         assert start >= 0 and start + span <= n - 1
         if i > 0:
-            assert (
-                first >= window - stride
-            )  # each later score sees at least window - stride characters
+            # each later score sees at least window - stride characters
+            assert first >= window - stride
         scored += range(start + first + 1, start + span + 1)  # target indices
     assert scored == list(range(1, n))
 

@@ -64,14 +64,20 @@ def _fused_and_stepwise_logits():
 
 
 def test_fused_and_stepwise_agree_on_gpu():
-    """The same model both ways, in true fp32: TF32 off in cuDNN for this test (see cudnn_rnn_tf32)."""
+    """The same model both ways, in true fp32: TF32 off in cuDNN for this test.
+
+    See cudnn_rnn_tf32.
+    """
     with cudnn_rnn_tf32(False):
         fused, stepwise = _fused_and_stepwise_logits()
     torch.testing.assert_close(stepwise, fused, atol=1e-4, rtol=1e-4)
 
 
 def test_fused_and_stepwise_agree_on_gpu_with_default_tf32():
-    """With PyTorch's defaults (TF32 in the cuDNN LSTM, as training runs): within TF32's ~1e-3, bounded at 2e-2."""
+    """With PyTorch's defaults: within TF32's ~1e-3, bounded at 2e-2.
+
+    The defaults use TF32 in the cuDNN LSTM, as training runs.
+    """
     with cudnn_rnn_tf32(True):
         fused, stepwise = _fused_and_stepwise_logits()
     torch.testing.assert_close(stepwise, fused, atol=2e-2, rtol=0)
@@ -123,7 +129,10 @@ def test_lstm_under_bf16_autocast_runs_in_the_reported_dtype():
     reason="needs cuDNN >= 9.13 bf16 RNNs",
 )
 def test_bf16_lstm_weight_buffer_is_used_as_is():
-    """The flat bf16 buffer run_lstm builds matches cuDNN's layout, so cuDNN does not re-copy it each call."""
+    """The flat bf16 buffer run_lstm builds matches cuDNN's layout.
+
+    cuDNN therefore does not re-copy it each call.
+    """
     model = CharLSTM(ModelShape(60, 32, 128, 3, 0.0)).cuda()
     tokens = torch.randint(0, 60, (8, 50), device="cuda")
     with (

@@ -1,4 +1,7 @@
-"""The cluster files in infra/: rendered from the charrnn config, valid against the schemas, running `charrnn launch`.
+"""The cluster files in infra/.
+
+They are rendered from the charrnn config, valid against the schemas, and run
+`charrnn launch`.
 
 Kubernetes objects are validated with `kubernetes-validate` (the Kubernetes
 OpenAPI schemas, strict); the PyTorchJob custom resource has no schema there,
@@ -90,9 +93,8 @@ def test_the_validation_catches_a_broken_manifest():
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
     broken = copy.deepcopy(job)
-    broken["spec"]["template"]["spec"]["containers"][0]["gpus"] = (
-        1  # not a field: strict mode refuses it
-    )
+    # not a field: strict mode refuses it
+    broken["spec"]["template"]["spec"]["containers"][0]["gpus"] = 1
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
 
@@ -131,9 +133,10 @@ def test_pods_run_exactly_what_charrnn_launch_would(manifest, endpoint):
             )
             assert json.loads(printed.stdout) == expected
             assert container["resources"]["limits"]["nvidia.com/gpu"] == spec.gpus_per_node
+            # /dev/shm
             assert any(
                 v.get("emptyDir", {}).get("medium") == "Memory" for v in template["spec"]["volumes"]
-            )  # /dev/shm
+            )
 
 
 def test_the_job_config_is_the_local_config():
@@ -174,9 +177,8 @@ def test_dockerfile_parses_and_runs_as_a_non_root_user():
     assert users and users[-1] not in ("root", "0")
     for copy_ in (i for i in instructions if i["instruction"] == "COPY"):
         *sources, _ = copy_["value"].split()
-        assert all((ROOT / s).exists() for s in sources), copy_[
-            "value"
-        ]  # build context: the repository root
+        # build context: the repository root
+        assert all((ROOT / s).exists() for s in sources), copy_["value"]
     assert "torch==2.13.0" in parser.content and ".[corpus,prefect]" in parser.content
 
 

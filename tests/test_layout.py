@@ -1,4 +1,7 @@
-"""``--nproc-per-node auto``: one process per GPU, else the CPU layout measured fastest (bench/RESULTS.md)."""
+"""``--nproc-per-node auto``: one process per GPU, else the CPU layout measured fastest.
+
+The measurements are in bench/RESULTS.md.
+"""
 
 from __future__ import annotations
 

@@ -64,7 +64,10 @@ def test_model_step_matches_forward_from_a_carried_state():
 
 
 def test_stepper_carries_its_own_state_like_forward():
-    """Generation's engine over many steps, for 1 and 3 layers: the same logits and final state as the fused path."""
+    """Generation's engine over many steps: the same logits and final state as the fused path.
+
+    For 1 and 3 layers.
+    """
     for num_layers in (1, 3):
         model = _model(num_layers)
         tokens = torch.randint(0, 50, (5, 150))
@@ -76,30 +79,27 @@ def test_stepper_carries_its_own_state_like_forward():
             stepwise = torch.stack([stepper.advance(tokens[:, t]) for t in range(30, 150)], 1)
         torch.testing.assert_close(stepwise, fused, atol=1e-5, rtol=0)
         torch.testing.assert_close(stepper.state(), (h_n, c_n), atol=1e-5, rtol=0)
-        assert all(
-            torch.equal(a, b) for a, b in zip(state, given, strict=True)
-        )  # the caller's state is left as it was
+        # the caller's state is left as it was
+        assert all(torch.equal(a, b) for a, b in zip(state, given, strict=True))
 
 
 def test_stepper_packs_weights_on_cpu_from_two_fp32_streams_or_where_bf16_is_native():
     cpu = torch.device("cpu")
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch build has no oneDNN")
+    # one fp32 row: addmm's call is cheaper
     assert uses_packed_weights(cpu, torch.float32, 2) and not uses_packed_weights(
         cpu, torch.float32, 1
-    )  # one fp32 row: addmm's call is cheaper
+    )
     assert uses_packed_weights(cpu, torch.bfloat16, 1) == cpu_has_native_bf16()
-    assert not uses_packed_weights(
-        torch.device("meta"), torch.float32, 64
-    )  # CUDA and other devices: addmm
+    # CUDA and other devices: addmm
+    assert not uses_packed_weights(torch.device("meta"), torch.float32, 64)
     with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", "TF32 acceleration on top of oneDNN"
-        )  # flags() restores a TF32 setting this build lacks
+        # flags() restores a TF32 setting this build lacks
+        warnings.filterwarnings("ignore", "TF32 acceleration on top of oneDNN")
         with torch.backends.mkldnn.flags(enabled=False):
-            assert not uses_packed_weights(
-                cpu, torch.float32, 64
-            )  # oneDNN switched off by the user
+            # oneDNN switched off by the user
+            assert not uses_packed_weights(cpu, torch.float32, 64)
 
 
 @pytest.mark.parametrize(
@@ -137,22 +137,22 @@ def test_packed_stepper_is_the_addmm_stepper(monkeypatch, dtype, num_layers, str
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_uniform_dropout_is_nn_dropouts_distribution(dtype):
-    """The head's dropout: each value kept with probability 1 - p and scaled by 1 / (1 - p), independently; the gradient is the same mask."""
+    """The head's dropout: each value kept with probability 1 - p and scaled by 1 / (1 - p).
+
+    Each value independently; the gradient is the same mask.
+    """
     torch.manual_seed(0)
     p, n = 0.3, 1_000_000
     drop = UniformDropout(p)
     x = torch.ones(n, dtype=dtype, requires_grad=True)
     y = drop(x)
     kept = y != 0
-    assert (
-        abs(kept.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5
-    )  # 5 standard errors
-    assert torch.equal(
-        y[kept], torch.full_like(y[kept], 1 / (1 - p))
-    )  # the scale, rounded to dtype
-    assert (
-        y.max() == torch.nn.functional.dropout(torch.ones(1000, dtype=dtype), p, True).max()
-    )  # as F.dropout rounds it
+    # 5 standard errors
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5
+    # the scale, rounded to dtype
+    assert torch.equal(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
+    # as F.dropout rounds it
+    assert y.max() == torch.nn.functional.dropout(torch.ones(1000, dtype=dtype), p, True).max()
     pairs = torch.stack(
         [kept[:-1], kept[1:]]
     ).float()  # neighbours independent: P(both kept) = (1 - p)^2

@@ -75,9 +75,8 @@ def two_hosts():
             for pid in host.pids():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            subprocess.run(
-                ["ip", "netns", "del", host.netns], capture_output=True, timeout=30
-            )  # takes the veth pair with it
+            # takes the veth pair with it
+            subprocess.run(["ip", "netns", "del", host.netns], capture_output=True, timeout=30)
     assert not any(
         n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         for n in (a.netns, b.netns)

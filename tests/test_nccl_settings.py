@@ -1,4 +1,4 @@
-"""NCCL failure settings chosen in charrnn.distributed: applied for NCCL only, never over the user's own.
+"""NCCL failure settings chosen in charrnn.distributed: for NCCL only, never over the user's own.
 
 No NCCL here: torch.distributed's init is replaced by a recorder, which is
 enough to see what reaches it (env, timeouts). What a real NCCL job does when
@@ -89,9 +89,8 @@ def test_user_values_win_under_any_of_their_names():
         "TORCH_NCCL_DUMP_ON_TIMEOUT": "0",
     }
 
-    environ = {
-        "NCCL_ASYNC_ERROR_HANDLING": "2"
-    }  # the deprecated spelling still counts as the user's choice
+    # the deprecated spelling still counts as the user's choice
+    environ = {"NCCL_ASYNC_ERROR_HANDLING": "2"}
     apply_nccl_env_defaults(environ)
     assert (
         "TORCH_NCCL_ASYNC_ERROR_HANDLING" not in environ
@@ -118,9 +117,8 @@ def test_nccl_gets_the_settings_before_init_and_the_short_timeout_after(fake_dis
         and env_at_init["TORCH_NCCL_DUMP_ON_TIMEOUT"] == "1"
     )
     assert env_at_init["TORCH_FR_BUFFER_SIZE"] == "2000"
-    assert (
-        env_at_init["TORCH_NCCL_BLOCKING_WAIT"] is None
-    )  # a user choice (see NOTES-for-README.md), not ours
+    # a user choice (see NOTES-for-README.md), not ours
+    assert env_at_init["TORCH_NCCL_BLOCKING_WAIT"] is None
 
 
 def test_nccl_keeps_what_the_user_set(fake_dist, clean_env):

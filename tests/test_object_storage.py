@@ -1,8 +1,9 @@
-"""Run directories on object storage: a real S3-compatible server (moto in server mode) on 127.0.0.1.
+"""Run directories on object storage: a real S3-compatible server on 127.0.0.1.
 
-Train into ``s3://bucket/...``, SIGKILL the training mid-run, throw away the
-local staging copy (as if the job moved to another machine), and resume from
-the object store: the run ends at the same step count it was asked for.
+The server is moto in server mode. Train into ``s3://bucket/...``, SIGKILL the
+training mid-run, throw away the local staging copy (as if the job moved to
+another machine), and resume from the object store: the run ends at the same
+step count it was asked for.
 """
 
 from __future__ import annotations
@@ -72,9 +73,24 @@ def s3(monkeypatch, tmp_path):
 
 def _train(config: Path, tokens: str, url: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "charrnn", "train", "--config", str(config), "--tokens", tokens, "--out-dir", url, *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=run_env(),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "charrnn",
+            "train",
+            "--config",
+            str(config),
+            "--tokens",
+            tokens,
+            "--out-dir",
+            url,
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=run_env(),
+    )
 
 
 def test_train_kill_and_resume_from_object_storage(s3, small_corpus, tmp_path):
@@ -106,7 +122,8 @@ def test_train_kill_and_resume_from_object_storage(s3, small_corpus, tmp_path):
     published = sorted(s3.glob("charrnn-runs/jobs/tiny/checkpoints/step-*.pt.sha256"))
     assert published, "no checkpoint reached the object store before the kill"
 
-    # A new machine: no staging copy. Plus an upload that never completed (no sidecar) and a corrupt one.
+    # A new machine: no staging copy. Plus an upload that never completed (no sidecar) and a
+    # corrupt one.
     shutil.rmtree(staging_dir(url))
     s3.pipe("charrnn-runs/jobs/tiny/checkpoints/step-09999998.pt", b"half an upload")
     s3.pipe("charrnn-runs/jobs/tiny/checkpoints/step-09999999.pt", b"corrupt")

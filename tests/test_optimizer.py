@@ -1,4 +1,4 @@
-"""The optimiser: weight decay on the matrices only, and checkpoints from before that resume exactly."""
+"""The optimiser: weight decay on the matrices only; checkpoints from before that resume exactly."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def test_weight_decay_applies_to_matrices_and_spares_biases():
 
 
 def test_a_one_group_optimizer_state_resumes_into_the_grouped_optimizer_exactly():
-    """A checkpoint written before the groups existed: same moments per parameter, same next update."""
+    """A checkpoint from before the groups existed: same moments per parameter, same next update."""
     t = Config.model_validate({"train": {"weight_decay": 0.0}}).train
     old_model, new_model = _model(), _model()
     old_opt = torch.optim.AdamW(
@@ -59,9 +59,8 @@ def test_a_one_group_optimizer_state_resumes_into_the_grouped_optimizer_exactly(
         _step(old_model, old_opt, seed)
     new_model.load_state_dict(old_model.state_dict())
     new_opt = make_optimizer(new_model, t)
-    saved = copy.deepcopy(
-        old_opt.state_dict()
-    )  # as torch.load gives it: tensors not shared with old_opt
+    # as torch.load gives it: tensors not shared with old_opt
+    saved = copy.deepcopy(old_opt.state_dict())
     assert len(saved["param_groups"]) == 1 and len(new_opt.param_groups) == 2
 
     new_opt.load_state_dict(regroup_optimizer_state(saved, new_model, new_opt))

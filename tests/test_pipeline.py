@@ -1,4 +1,6 @@
-"""train_pipeline against a real Prefect server: content caching, retries that resume, artifacts, champion/challenger.
+"""train_pipeline against a real Prefect server.
+
+Covered: content caching, retries that resume, artifacts, champion/challenger.
 
 The flows run in this process; training runs under real torchrun processes;
 the corpus comes from a real HTTP server on 127.0.0.1.
@@ -55,7 +57,10 @@ def run_pipeline(tmp_path: Path, corpus: str, **params):
 
 
 def token_entries() -> dict[str, int]:
-    """The library's token cache: entry -> mtime of its meta.json (a rebuilt or new entry changes it)."""
+    """The library's token cache: entry -> mtime of its meta.json.
+
+    A rebuilt or new entry changes it.
+    """
     from charrnn.data.corpus import cache_root
 
     return {str(p): p.stat().st_mtime_ns for p in (cache_root(None) / "tokens").glob("*/meta.json")}
@@ -130,9 +135,8 @@ def test_train_task_retries_and_resumes_after_a_killed_worker(prefect_server, se
         ]
     assert train_run.run_count == 2 and train_run.state.name == "Completed"
     summary = json.loads((Path(result["run_dir"]) / "train_summary.json").read_text())
-    assert (
-        summary["resumed_from"] >= 20 and summary["step"] == 3000
-    )  # continued from a checkpoint, not from scratch
+    # continued from a checkpoint, not from scratch
+    assert summary["resumed_from"] >= 20 and summary["step"] == 3000
     assert json.loads((Path(result["run_dir"]) / "launch.json").read_text())["attempt"] == 2
 
 
@@ -141,11 +145,8 @@ def test_report_run_creates_report_samples_and_wandb_artifacts(
 ):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    overrides = [
-        *TINY_OVERRIDES,
-        "train.evals_per_run=4",
-        "train.patience=0",
-    ]  # validations at steps 5, 10, 15, 20
+    # validations at steps 5, 10, 15, 20
+    overrides = [*TINY_OVERRIDES, "train.evals_per_run=4", "train.patience=0"]
     result, flow_run_id = run_pipeline(
         tmp_path,
         served.url("corpus.txt"),
@@ -200,41 +201,35 @@ def test_report_run_creates_report_samples_and_wandb_artifacts(
 
     link = artifacts["charrnn-wandb"]
     offline = sorted((Path(result["run_dir"]) / "wandb").glob("offline-run-*"))
-    assert (
-        len(offline) == 2
-    )  # training's process and publish's: one W&B run id, merged by `wandb sync`
+    # training's process and publish's: one W&B run id, merged by `wandb sync`
+    assert len(offline) == 2
+    # a path, not a dead link
     assert (
         link.type == "markdown"
         and str(offline[-1].resolve()) in link.data
         and "file://" not in link.data
-    )  # a path, not a dead link
+    )
     assert "wandb sync" in link.data and result["tracking"]["wandb_run_id"] in offline[0].name
     _check_one_wandb_history(offline)
 
 
 def _check_one_wandb_history(offline: list[Path]) -> None:
-    """Training's and publishing's offline directories of one run: the records `wandb sync` merges into one run."""
+    """Training's and publishing's offline directories of one run.
+
+    The records `wandb sync` merges into one run.
+    """
     records = [wandb_records(run) for run in offline]
     rows = [row for run in records for row in history_rows(run)]
-    assert [row["_step"] for row in rows] == list(
-        range(len(rows))
-    )  # one step axis: publishing adds no rows
+    # one step axis: publishing adds no rows
+    assert [row["_step"] for row in rows] == list(range(len(rows)))
     steps = [row["trainer/step"] for row in rows]
     assert steps == sorted(steps)
-    assert sorted({row["trainer/step"] for row in rows if "val/bpc" in row}) == [
-        5,
-        10,
-        15,
-        20,
-    ]  # val points during training
+    # val points during training
+    assert sorted({row["trainer/step"] for row in rows if "val/bpc" in row}) == [5, 10, 15, 20]
     tables = sorted((offline[0] / "files" / "media" / "table").glob("samples_*.table.json"))
     samples = [row for path in tables for row in json.loads(path.read_text())["data"]]
-    assert sorted({row[0] for row in samples}) == [
-        5,
-        10,
-        15,
-        20,
-    ]  # one samples increment per validation
+    # one samples increment per validation
+    assert sorted({row[0] for row in samples}) == [5, 10, 15, 20]
     for step in (5, 10, 15, 20):
         texts = [row[3] for row in samples if row[0] == step]
         assert len(texts) == len(set(texts)) == 6  # 2 prompts x 3 temperatures, each its own text
@@ -244,16 +239,14 @@ def _check_one_wandb_history(offline: list[Path]) -> None:
         for r in run
         if r["type"] == "artifact" and r["artifact"]["type"] == "model"
     ]
-    assert models and all(
-        "val_bpc" in json.loads(m["metadata"]) for m in models
-    )  # each checkpoint here follows a validation
+    # each checkpoint here follows a validation
+    assert models and all("val_bpc" in json.loads(m["metadata"]) for m in models)
 
 
 def test_champion_challenger_promotes_only_a_better_model(prefect_server, served, tmp_path):
     url = served.url("corpus.txt")
-    registry = (
-        tmp_path / "registry" / "lines" / "corpus" / "production.json"
-    )  # corpus.txt: the line "corpus"
+    # corpus.txt: the line "corpus"
+    registry = tmp_path / "registry" / "lines" / "corpus" / "production.json"
     champion, _ = run_pipeline(tmp_path, url, max_steps=150)
     assert (
         champion["promoted"] and json.loads(registry.read_text())["run_dir"] == champion["run_dir"]
@@ -278,12 +271,10 @@ def test_two_model_lines_promote_independently(prefect_server, served, tmp_path)
     served.files["other.txt"] = make_text(40_000, seed=7).encode()
     lines = tmp_path / "registry" / "lines"
     first, _ = run_pipeline(tmp_path, served.url("corpus.txt"), max_steps=10, model_name="alpha")
-    second, _ = run_pipeline(
-        tmp_path, served.url("other.txt"), max_steps=10
-    )  # default line: the file stem, "other"
-    assert (
-        first["promoted"] and second["promoted"]
-    )  # each the first champion of its own line, not a challenger of the other's
+    # default line: the file stem, "other"
+    second, _ = run_pipeline(tmp_path, served.url("other.txt"), max_steps=10)
+    # each the first champion of its own line, not a challenger of the other's
+    assert first["promoted"] and second["promoted"]
     assert (first["model_name"], second["model_name"]) == ("alpha", "other")
     assert (
         json.loads((lines / "alpha" / "production.json").read_text())["run_dir"] == first["run_dir"]

@@ -1,4 +1,7 @@
-"""Precision plumbing that runs on a CPU: autocast_dtype, which dtype the LSTM computes in, the explicit-dtype LSTM path.
+"""Precision plumbing that runs on a CPU.
+
+Covered: autocast_dtype, which dtype the LSTM computes in, the explicit-dtype
+LSTM path.
 
 The CUDA side (cuDNN bf16 RNNs, the fp16 autocast kernel it replaces) is in
 tests/test_gpu.py, skipped without a GPU.
@@ -37,9 +40,8 @@ def _model() -> CharLSTM:
 
 def test_lstm_compute_dtype_on_cpu_follows_autocast():
     assert lstm_compute_dtype("cpu", None) == torch.float32
-    assert (
-        lstm_compute_dtype("cpu", torch.bfloat16) == torch.bfloat16
-    )  # oneDNN's bf16 LSTM under CPU autocast
+    # oneDNN's bf16 LSTM under CPU autocast
+    assert lstm_compute_dtype("cpu", torch.bfloat16) == torch.bfloat16
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer without a GPU")
@@ -56,7 +58,10 @@ def test_cpu_autocast_is_not_taken_over():
 
 
 def test_cpu_forward_under_autocast_is_exactly_nn_lstm_under_autocast():
-    """The CPU numerics are unchanged: forward is embed -> nn.LSTM -> head under CPU autocast, as before."""
+    """The CPU numerics are unchanged.
+
+    Forward is embed -> nn.LSTM -> head under CPU autocast, as before.
+    """
     model = _model()
     tokens = torch.randint(0, 40, (4, 50))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -98,7 +103,10 @@ def test_run_lstm_in_bf16_computes_in_bf16_and_trains_the_fp32_weights():
 
 
 def test_forward_runs_the_lstm_outside_autocast_when_told_to(monkeypatch):
-    """The branch CUDA bf16 autocast takes, exercised on a CPU: the LSTM in the explicit dtype, the head still under autocast."""
+    """The branch CUDA bf16 autocast takes, exercised on a CPU.
+
+    The LSTM runs in the explicit dtype, the head still under autocast.
+    """
     seen = []
 
     def pretend_cuda_bf16(device):
@@ -129,7 +137,10 @@ def test_forward_runs_the_lstm_outside_autocast_when_told_to(monkeypatch):
 
 
 def _fake_cuda(monkeypatch, *, native: bool) -> None:
-    """A CUDA device whose bf16 is native (sm >= 8.0) or emulated (V100, T4: bf16 tensors work, no bf16 tensor cores)."""
+    """A CUDA device whose bf16 is native (sm >= 8.0) or emulated.
+
+    Emulated as on V100 and T4: bf16 tensors work, no bf16 tensor cores.
+    """
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
     monkeypatch.setattr(
@@ -162,19 +173,19 @@ def test_cpu_bf16_follows_onednn(monkeypatch, has_bf16):
 
 
 def test_emulated_cpu_bf16_does_not_count():
-    """oneDNN also runs bf16 on AVX-512 CPUs without bf16 instructions, emulated at about half fp32's training speed: that is fp32 for auto."""
+    """oneDNN also runs bf16 on AVX-512 CPUs without bf16 instructions.
+
+    It is emulated there, at about half fp32's training speed: that is fp32 for auto.
+    """
     skylake = {"avx512_f": True, "avx512_vnni": True, "avx512_bf16": False, "amx_bf16": False}
     assert not native_bf16(True, "x86_64", skylake)
     assert native_bf16(True, "x86_64", skylake | {"avx512_bf16": True})  # Zen 4, Cooper Lake
-    assert native_bf16(
-        True, "AMD64", skylake | {"amx_bf16": True}
-    )  # Sapphire Rapids (Windows spells the machine AMD64)
-    assert not native_bf16(
-        False, "x86_64", skylake | {"avx512_bf16": True}
-    )  # no oneDNN bf16 kernels at all
-    assert native_bf16(True, "aarch64", {}) and not native_bf16(
-        False, "aarch64", {}
-    )  # Arm: oneDNN's check is the instruction check
+    # Sapphire Rapids (Windows spells the machine AMD64)
+    assert native_bf16(True, "AMD64", skylake | {"amx_bf16": True})
+    # no oneDNN bf16 kernels at all
+    assert not native_bf16(False, "x86_64", skylake | {"avx512_bf16": True})
+    # Arm: oneDNN's check is the instruction check
+    assert native_bf16(True, "aarch64", {}) and not native_bf16(False, "aarch64", {})
 
 
 @pytest.mark.skipif(

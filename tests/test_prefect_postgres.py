@@ -1,4 +1,7 @@
-"""Production Prefect: `prefect server start` on a real PostgreSQL, `prefect deploy`, a worker, a completed `train` run.
+"""Production Prefect on a real PostgreSQL.
+
+`prefect server start` on a real PostgreSQL, `prefect deploy`, a worker, a
+completed `train` run.
 
 The test starts its own PostgreSQL cluster (Debian's `postgresql` package,
 installed by `make test` when missing) on a free 127.0.0.1 port in a temp
@@ -36,7 +39,8 @@ def _as_postgres(*cmd: str, **kwargs) -> subprocess.CompletedProcess:
 def postgres():
     if not PG_BIN:
         pytest.fail(
-            "PostgreSQL is not installed: `make test` installs Debian's postgresql package (apt-get install postgresql)"
+            "PostgreSQL is not installed: `make test` installs Debian's postgresql package "
+            "(apt-get install postgresql)"
         )
     from flows.local import free_port
 
@@ -51,8 +55,19 @@ def postgres():
         _as_postgres(
             f"{bin_dir}/initdb", "-D", str(data), "-A", "trust", "-U", "charrnn", "--no-sync"
         )
-        _as_postgres(f"{bin_dir}/pg_ctl", "-D", str(data), "-l", str(data / "server.log"), "-w", "-t", "60",
-                     "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start")  # fmt: skip
+        _as_postgres(
+            f"{bin_dir}/pg_ctl",
+            "-D",
+            str(data),
+            "-l",
+            str(data / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
+            "start",
+        )
         _as_postgres(
             f"{bin_dir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "charrnn", "prefect"
         )
@@ -145,9 +160,17 @@ def test_train_deployment_on_a_postgresql_backed_server(postgres, http_server, t
 
         # The run is in PostgreSQL, not in a SQLite file.
         rows = subprocess.run(
-            [f"{PG_BIN[-1]}/psql", postgres.replace("postgresql+asyncpg", "postgresql"), "-tAc", f"select state_name from flow_run where id = '{run.id}'"],
-            capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
+            [
+                f"{PG_BIN[-1]}/psql",
+                postgres.replace("postgresql+asyncpg", "postgresql"),
+                "-tAc",
+                f"select state_name from flow_run where id = '{run.id}'",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         assert rows.stdout.strip() == "Completed"
         assert not list(state.rglob("*.db"))
     finally:

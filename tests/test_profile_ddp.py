@@ -1,4 +1,7 @@
-"""bench/profile_ddp.py end to end on the tiny model: real torchrun, 1 and 2 processes, a trace per layout (no timings checked)."""
+"""bench/profile_ddp.py end to end on the tiny model: real torchrun, 1 and 2 processes.
+
+A trace per layout; no timings are checked.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_op_names_fall_into_their_kinds():
-    assert (
-        kind_of("aten::mkldnn_rnn_layer_backward") == "LSTM backward (oneDNN)"
-    )  # not forward, whose name it contains
+    # not forward, whose name it contains
+    assert kind_of("aten::mkldnn_rnn_layer_backward") == "LSTM backward (oneDNN)"
     assert kind_of("aten::mkldnn_rnn_layer") == "LSTM forward (oneDNN)"
     assert kind_of("c10d::allreduce_") == "all-reduce wait (DDP/gloo)"
     assert kind_of("aten::_fused_adamw_").startswith("optimizer")
@@ -30,8 +32,22 @@ def test_profiles_one_and_two_processes_and_finds_the_all_reduce_only_under_ddp(
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(make_text(30_000), encoding="utf-8")
     out = tmp_path / "profiles"
-    cmd = [sys.executable, str(REPO / "bench" / "profile_ddp.py"), "--procs", "2", "--steps", "3", "--warmup", "1", "--precision", "fp32",
-           "--out", str(out), f"corpus={corpus}", *tiny_overrides()]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(REPO / "bench" / "profile_ddp.py"),
+        "--procs",
+        "2",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--precision",
+        "fp32",
+        "--out",
+        str(out),
+        f"corpus={corpus}",
+        *tiny_overrides(),
+    ]
     done = subprocess.run(
         cmd,
         cwd=tmp_path,

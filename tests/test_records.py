@@ -1,4 +1,7 @@
-"""The typed records that cross task boundaries survive Prefect's persisted results (a cache hit returns them equal)."""
+"""The typed records that cross task boundaries survive Prefect's persisted results.
+
+A cache hit returns them equal.
+"""
 
 from __future__ import annotations
 

@@ -23,7 +23,10 @@ from charrnn.train.trainer import train
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict[str, tuple]:
-    """Tiny models on two corpora: (checkpoint, tokens, corpus, held-out bpc) for a good and a worse one on "a", one on "b"."""
+    """Tiny models on two corpora: a good and a worse one on "a", one on "b".
+
+    Each as (checkpoint, tokens, corpus, held-out bpc).
+    """
     root = tmp_path_factory.mktemp("lines")
     cache = pytest.MonkeyPatch.context()
     models = {}
@@ -61,9 +64,8 @@ def _promote(registry: Path, model, line: str):
 def test_lines_promote_independently_and_never_displace_each_other(trained, tmp_path):
     registry = tmp_path / "registry"
     a = _promote(registry, trained["a-worse"], "a")
-    b = _promote(
-        registry, trained["b"], "b"
-    )  # another corpus, another line: its own first champion
+    # another corpus, another line: its own first champion
+    b = _promote(registry, trained["b"], "b")
     assert a.promoted and b.promoted and a.model_name == "a" and b.production.model_name == "b"
     assert read_production(registry, "a").checkpoint_sha256 == a.production.checkpoint_sha256
     assert read_production(registry, "b").checkpoint_sha256 == b.production.checkpoint_sha256
@@ -97,9 +99,8 @@ def test_a_pre_lines_pointer_is_its_corpus_line_only(trained, tmp_path):
     del legacy["model_name"]  # as written before model lines
     (registry / "production.json").write_text(json.dumps(legacy))
     shutil.rmtree(registry / "lines")
-    assert (
-        read_production(registry, "a").checkpoint == promoted.checkpoint
-    )  # corpus a.txt -> line "a"
+    # corpus a.txt -> line "a"
+    assert read_production(registry, "a").checkpoint == promoted.checkpoint
     assert read_production(registry, "b") is None  # other lines never see it
     assert _promote(registry, trained["b"], "b").decision.champion_bpc is None
 

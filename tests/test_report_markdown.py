@@ -1,4 +1,7 @@
-"""The run report's markdown (report.md and the charrnn-report artifact): samples and the learning curve."""
+"""The run report's markdown: samples and the learning curve.
+
+The markdown is report.md and the charrnn-report artifact.
+"""
 
 from __future__ import annotations
 
@@ -75,7 +78,10 @@ def _report(run_dir: Path) -> RunReport:
 
 
 def _write_metrics(run_dir: Path, steps: int, log: int = 10, evaluate: int = 20) -> None:
-    """A metrics.jsonl shaped as training writes it: train rows every ``log`` steps, val rows every ``evaluate``."""
+    """A metrics.jsonl shaped as training writes it.
+
+    Train rows every ``log`` steps, val rows every ``evaluate``.
+    """
     lines = []
     for step in range(log, steps + 1, log):
         lines.append(
@@ -92,9 +98,10 @@ def _write_metrics(run_dir: Path, steps: int, log: int = 10, evaluate: int = 20)
             )
     lines.append({"step": steps, "test/loss_nats": 3.0, "test/bpc": 4.3})
     run_dir.mkdir(parents=True, exist_ok=True)
+    # a torn last line
     (run_dir / "metrics.jsonl").write_text(
         "".join(json.dumps(line) + "\n" for line in lines) + '{"step": 9'
-    )  # a torn last line
+    )
 
 
 def _table_rows(markdown: str) -> list[list[str]]:
@@ -137,28 +144,21 @@ def test_report_curve_rows_are_few_ordered_and_end_at_the_last_step(tmp_path):
     steps = [int(row[0].replace(",", "")) for row in rows]
     assert len(rows) == 12 and steps == sorted(steps) and len(set(steps)) == 12
     assert steps[0] == 20 and steps[-1] == 500
-    assert rows[-1] == [
-        "500",
-        f"{5.0 - 0.5:.4f}",
-        f"{5.1 - 0.5:.4f}",
-    ]  # train and val bits/char at that step
-    assert (
-        "- train `█" in markdown and "4.500 bits/char" in markdown
-    )  # sparklines fall from █ towards ▁
+    # train and val bits/char at that step
+    assert rows[-1] == ["500", f"{5.0 - 0.5:.4f}", f"{5.1 - 0.5:.4f}"]
+    # sparklines fall from █ towards ▁
+    assert "- train `█" in markdown and "4.500 bits/char" in markdown
 
 
 def test_curve_pairs_val_steps_with_the_latest_train_loss(tmp_path):
-    _write_metrics(
-        tmp_path, steps=60, log=15, evaluate=20
-    )  # train at 15, 30, 45, 60; val where step % 20 == 0: 60 only
+    # train at 15, 30, 45, 60; val where step % 20 == 0: 60 only
+    _write_metrics(tmp_path, steps=60, log=15, evaluate=20)
     points = read_curve(tmp_path / "metrics.jsonl")
     assert points == [CurvePoint(60, 5.0 - 0.06, 5.1 - 0.06)]
 
     lines = [json.dumps({"step": s, "train/bpc": 5.0 - s / 100}) for s in (10, 20, 30)]
-    lines += [
-        json.dumps({"step": 25, "val/bpc": 4.9}),
-        json.dumps({"step": 20, "train/bpc": 1.0}),
-    ]  # a resumed run repeats step 20
+    # a resumed run repeats step 20
+    lines += [json.dumps({"step": 25, "val/bpc": 4.9}), json.dumps({"step": 20, "train/bpc": 1.0})]
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines))
     assert read_curve(tmp_path / "metrics.jsonl") == [CurvePoint(25, 1.0, 4.9)]
 

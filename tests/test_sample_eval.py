@@ -188,9 +188,8 @@ def test_inverse_cdf_sampling_follows_the_distribution():
     assert freq[1] == 0 and freq[3] == 0  # zero-probability tokens never come out
     assert torch.allclose(freq, probs[0], atol=0.015)
     one_hot = torch.zeros(3, 5).index_fill_(1, torch.tensor([4]), 1.0)  # all mass on the last token
-    extremes = torch.tensor(
-        [[torch.finfo(torch.float32).tiny], [0.5], [1 - 2**-24]]
-    )  # the smallest and largest draws
+    # the smallest and largest draws
+    extremes = torch.tensor([[torch.finfo(torch.float32).tiny], [0.5], [1 - 2**-24]])
     assert sample_tokens(one_hot, extremes).tolist() == [[4], [4], [4]]
 
 
@@ -207,9 +206,8 @@ def test_batched_streams_are_seeded_independent_rows_and_every_column_is_streame
     settings = SampleSettings(length=40, num_samples=16, seed=3, temperature=1.5)
     columns: list[list[str]] = []
     streamed = generate(model, vocab, "ROMEO:\n", settings, on_chars=columns.append)
-    assert (
-        generate(model, vocab, "ROMEO:\n", settings) == streamed
-    )  # the same with and without on_chars
+    # the same with and without on_chars
+    assert generate(model, vocab, "ROMEO:\n", settings) == streamed
     assert len(columns) == 40 and all(len(col) == 16 for col in columns)
     assert ["".join(col[row] for col in columns) for row in range(16)] == streamed
     assert len(set(streamed)) == 16  # one uniform draw per row and step: no two rows alike
@@ -262,7 +260,9 @@ def _stepwise(
 
 
 def test_bf16_products_with_an_fp32_cell_state_stay_the_same_model(trained):
-    """Generation's bf16 path (bf16 matrix products, fp32 gates and cell state) against the fused fp32 model.
+    """Generation's bf16 path against the fused fp32 model.
+
+    The bf16 path: bf16 matrix products, fp32 gates and cell state.
 
     bf16 matmuls run on every CPU (emulated where there are no bf16 instructions),
     so this holds everywhere. Measured on this tiny trained model over 4 x 400
@@ -287,9 +287,8 @@ def test_bf16_products_with_an_fp32_cell_state_stay_the_same_model(trained):
     assert abs(nats[0] - nats[1]) < 2e-3, nats
     gap = (fused.log_softmax(-1) - stepwise.log_softmax(-1)).abs().amax(-1)  # [stream, step]
     assert gap.max() < 0.06, gap.max()
-    assert (
-        gap[:, -100:].mean() < 2 * gap[:, :100].mean() + 2e-3
-    )  # no drift that grows with the sample: c stays fp32
+    # no drift that grows with the sample: c stays fp32
+    assert gap[:, -100:].mean() < 2 * gap[:, :100].mean() + 2e-3
     exact, _ = _stepwise(model, inputs, torch.float32)
     torch.testing.assert_close(exact, fused, atol=1e-5, rtol=0)  # fp32 is still exact
 
@@ -301,9 +300,8 @@ def test_auto_generates_in_bf16_where_the_cpu_has_it(trained):
         matmul_dtype("auto", "cpu", streams=64) == torch.bfloat16
         and matmul_dtype("fp32", "cpu", streams=64) == torch.float32
     )
-    assert (
-        matmul_dtype("auto", "cpu", streams=1) == torch.float32
-    )  # one stream reads weights: bf16 was slower there
+    # one stream reads weights: bf16 was slower there
+    assert matmul_dtype("auto", "cpu", streams=1) == torch.float32
     assert matmul_dtype("bf16", "cpu", streams=1) == torch.bfloat16  # asked for: always
     out = _charrnn(
         "sample",

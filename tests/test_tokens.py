@@ -36,9 +36,8 @@ def test_vectorised_utf8_decoding_matches_python():
     assert utf8_codepoints(raw).tolist() == [ord(c) for c in text]
     ascii_raw = np.frombuffer(b"just ascii\n", dtype=np.uint8)
     assert utf8_codepoints(ascii_raw) is ascii_raw  # zero copy
-    vocab = Vocab.from_text(
-        "plain ascii\nÇa — 日本 🎭"
-    )  # some of the text's characters are unseen: <unk>
+    # some of the text's characters are unseen: <unk>
+    vocab = Vocab.from_text("plain ascii\nÇa — 日本 🎭")
     assert vocab.encode_utf8(raw, dtype=np.uint16).tolist() == vocab.encode(text).tolist()
     assert UNK_ID in vocab.encode_utf8(raw)
 
@@ -80,7 +79,10 @@ def test_token_files_reassemble_the_corpus_with_newlines(tmp_path):
 
 @pytest.mark.parametrize("document_mode", [True, False], ids=["one-row", "row-per-line"])
 def test_blocks_cut_only_at_character_boundaries(tmp_path, monkeypatch, document_mode):
-    """Tiny blocks force cuts inside multi-byte characters and across rows; the files must not notice."""
+    """Tiny blocks force cuts inside multi-byte characters and across rows.
+
+    The files must not notice.
+    """
     from charrnn.data import tokens as tokens_mod
 
     monkeypatch.setattr(tokens_mod, "BLOCK_BYTES", 7)

@@ -1,4 +1,7 @@
-"""W&B tracking with real offline runs, read back with the SDK's own reader (`wandb leet inspect`)."""
+"""W&B tracking with real offline runs.
+
+They are read back with the SDK's own reader (`wandb leet inspect`).
+"""
 
 from __future__ import annotations
 
@@ -16,8 +19,18 @@ pytest.importorskip("wandb")
 pytestmark = pytest.mark.slow
 
 SECRET = "charrnn0test0secret0" + "a1b2c3d4e5f60718293a"  # 40 characters, shaped like a W&B key
-TINY = ["hidden_size=32", "embedding_dim=16", "seq_len=16", "batch_size=8", "time_budget_s=0", "log_interval=10",
-        "eval_interval=10", "checkpoint_interval=10", "track.sample_length=30", "track.sample_temperatures=[0.5, 1.0]"]  # fmt: skip
+TINY = [
+    "hidden_size=32",
+    "embedding_dim=16",
+    "seq_len=16",
+    "batch_size=8",
+    "time_budget_s=0",
+    "log_interval=10",
+    "eval_interval=10",
+    "checkpoint_interval=10",
+    "track.sample_length=30",
+    "track.sample_temperatures=[0.5, 1.0]",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +44,22 @@ def _train(
     out: Path, corpus: Path, *extra: str, env: dict | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "charrnn", "train", "--out-dir", str(out), f"data.corpus={corpus}", *TINY, *extra],
+        [
+            sys.executable,
+            "-m",
+            "charrnn",
+            "train",
+            "--out-dir",
+            str(out),
+            f"data.corpus={corpus}",
+            *TINY,
+            *extra,
+        ],
         env=env or run_env(WANDB_MODE="offline", CHARRNN_CACHE=str(out.parent / "cache")),
-        capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_offline_run_holds_metrics_config_samples_and_artefacts(corpus, tmp_path):
@@ -80,9 +105,8 @@ def test_offline_run_holds_metrics_config_samples_and_artefacts(corpus, tmp_path
     assert {row[1] for row in rows} == {0.5, 1.0} and all(
         row[3].startswith(row[2].replace("⏎", "\n")) for row in rows
     )
-    assert all(
-        "⏎" in row[2] for row in rows
-    )  # the default prompts end in a newline: shown, not a blank
+    # the default prompts end in a newline: shown, not a blank
+    assert all("⏎" in row[2] for row in rows)
     for step in (
         10,
         20,
@@ -170,9 +194,8 @@ def test_killed_run_resumes_the_same_wandb_run(corpus, tmp_path):
     resumed = _train(out, corpus, "max_steps=30", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     runs = offline_runs(out)
-    assert (
-        len(runs) == 2
-    )  # W&B writes one offline directory per process; `wandb sync` merges them by id
+    # W&B writes one offline directory per process; `wandb sync` merges them by id
+    assert len(runs) == 2
     run_id = json.loads(resumed.stdout)["tracking"]["wandb_run_id"]
     # W&B names each offline directory after the run id; the SIGKILLed process may not have
     # flushed its records, so the resumed run's own log is where the id is read back.
@@ -223,7 +246,10 @@ def test_api_key_is_never_written(corpus, tmp_path):
 
 
 def test_publishing_continues_training_history_without_rewriting_it(corpus, tmp_path, monkeypatch):
-    """Training's directory and publish's share one step axis and one samples table; every model artefact is scored."""
+    """Training's directory and publish's share one step axis and one samples table.
+
+    Every model artefact is scored.
+    """
     from charrnn.config import load_config
     from charrnn.tracking import publish_to_wandb
 
@@ -234,8 +260,18 @@ def test_publishing_continues_training_history_without_rewriting_it(corpus, tmp_
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     scores = {"val": trained["val"], "test": trained["test"]}
-    published = publish_to_wandb(load_config(None, ["track.mode=offline"]).track, out, step=trained["step"], scores=scores, samples=[(0.8, "A\n", "A\nbc")],
-                                 checkpoint=Path(trained["best_checkpoint"]), promoted=True, model_name="line-a", metadata={"corpus_uri": str(corpus)}, dataset_ref=None)  # fmt: skip
+    published = publish_to_wandb(
+        load_config(None, ["track.mode=offline"]).track,
+        out,
+        step=trained["step"],
+        scores=scores,
+        samples=[(0.8, "A\n", "A\nbc")],
+        checkpoint=Path(trained["best_checkpoint"]),
+        promoted=True,
+        model_name="line-a",
+        metadata={"corpus_uri": str(corpus)},
+        dataset_ref=None,
+    )
     runs = offline_runs(out)  # timestamped names: training's directory, then publish's
     assert (
         len(runs) == 2
@@ -244,9 +280,8 @@ def test_publishing_continues_training_history_without_rewriting_it(corpus, tmp_
     )
     training, publishing = (wandb_records(p) for p in runs)
 
-    assert (
-        history_rows(publishing) == []
-    )  # summary and an artefact only: nothing to restart _step or reuse an increment
+    # summary and an artefact only: nothing to restart _step or reuse an increment
+    assert history_rows(publishing) == []
     rows = history_rows(training) + history_rows(publishing)
     assert [row["_step"] for row in rows] == list(range(len(rows)))
     steps = [row["trainer/step"] for row in rows]

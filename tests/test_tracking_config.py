@@ -1,4 +1,7 @@
-"""What the tracker reads from the config (tags, sample prompts and temperatures), with W&B stubbed out: fast."""
+"""What the tracker reads from the config, with W&B stubbed out: fast.
+
+It reads tags, sample prompts and temperatures.
+"""
 
 from __future__ import annotations
 
@@ -51,6 +54,5 @@ def test_sample_rows_use_every_prompt_at_every_temperature(monkeypatch):
         (1.0, "A:\n", "A:\n<1.0>"),
         (1.0, "B|C", "B|C<1.0>"),
     ]
-    assert (
-        len(sample_rows(model, None, TrackConfig(), "cpu", seed=1)) == 6
-    )  # defaults: 2 prompts x 3 temperatures
+    # defaults: 2 prompts x 3 temperatures
+    assert len(sample_rows(model, None, TrackConfig(), "cpu", seed=1)) == 6

@@ -162,22 +162,19 @@ def test_bf16_on_a_cpu_without_bf16_kernels_is_refused_clearly(small_corpus, tmp
 def test_lr_schedule_shape(schedule):
     assert lr_factor(0, 0.0, 10, 0.1, schedule) == pytest.approx(0.1)
     assert lr_factor(9, 0.0, 10, 0.1, schedule) == pytest.approx(1.0)
-    assert lr_factor(50, 0.5, 10, 0.1, schedule) == pytest.approx(
-        0.55
-    )  # both pass the midpoint halfway
+    # both pass the midpoint halfway
+    assert lr_factor(50, 0.5, 10, 0.1, schedule) == pytest.approx(0.55)
     assert lr_factor(99, 1.0, 10, 0.1, schedule) == pytest.approx(0.1)
-    assert lr_factor(120, 1.3, 10, 0.1, schedule) == pytest.approx(
-        0.1
-    )  # past the horizon: held at the floor
+    # past the horizon: held at the floor
+    assert lr_factor(120, 1.3, 10, 0.1, schedule) == pytest.approx(0.1)
     quarter = {"linear": 0.1 + 0.9 * 0.75, "cosine": 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4))}
     assert lr_factor(30, 0.25, 10, 0.1, schedule) == pytest.approx(quarter[schedule])
 
 
 def test_unknown_lr_schedule_is_refused(small_corpus, tmp_path):
     with pytest.raises(ConfigError, match="train.lr_schedule='step' is not allowed") as err:
-        tiny_config(
-            small_corpus, tmp_path / "run", max_steps=5, lr_schedule="step"
-        )  # refused as it is set
+        # refused as it is set
+        tiny_config(small_corpus, tmp_path / "run", max_steps=5, lr_schedule="step")
     assert "linear, cosine" in str(err.value)
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
@@ -185,7 +182,10 @@ def test_unknown_lr_schedule_is_refused(small_corpus, tmp_path):
 def _training_in_progress(
     run: Path, corpus: Path, *extra: str
 ) -> tuple[subprocess.Popen, list[str]]:
-    """A real ``charrnn train`` of the tiny model in a subprocess, returned once it has logged three steps."""
+    """A real ``charrnn train`` of the tiny model in a subprocess.
+
+    Returned once it has logged three steps.
+    """
     args = [
         sys.executable,
         "-m",
@@ -256,7 +256,10 @@ def test_sigint_checkpoints_then_resume_finishes(small_corpus, tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_checkpoints_first_without_evaluating_and_exits_143(small_corpus, tmp_path):
-    """Docker gives 10 s and Kubernetes 30 s between SIGTERM and SIGKILL: the checkpoint must land first."""
+    """Docker gives 10 s and Kubernetes 30 s between SIGTERM and SIGKILL.
+
+    The checkpoint must land first.
+    """
     run = tmp_path / "run"
     proc, _ = _training_in_progress(
         run,
@@ -292,7 +295,10 @@ def test_a_run_resumed_at_its_end_reports_the_runs_own_throughput(small_corpus, 
 
 
 def test_logged_loss_does_not_depend_on_evaluation_or_checkpoint_cadence(small_corpus, tmp_path):
-    """Evaluations and checkpoints between log lines are left out of the throughput window, not the loss."""
+    """Evaluations and checkpoints between log lines are left out of the throughput window.
+
+    They are not left out of the loss.
+    """
     tokens = None
     logged = {}
     for name, cadence in (("rare", 1000), ("often", 3)):
@@ -310,7 +316,10 @@ def test_logged_loss_does_not_depend_on_evaluation_or_checkpoint_cadence(small_c
 
 
 def test_no_summary_keeps_stdout_empty_for_the_flow_log(small_corpus, tmp_path):
-    """The Prefect task streams worker output into the run log: the summary JSON stays in train_summary.json."""
+    """The Prefect task streams worker output into the run log.
+
+    The summary JSON stays in train_summary.json.
+    """
     args = [
         sys.executable,
         "-m",

@@ -1,4 +1,4 @@
-"""Validation during training: the schedule, the fixed subsample, early stopping, best.pt and resume."""
+"""Validation in training: the schedule, the fixed subsample, early stopping, best.pt and resume."""
 
 from __future__ import annotations
 
@@ -39,9 +39,8 @@ def test_schedule_validates_once_at_each_planned_fraction():
     fractions = [i / 100 for i in range(1, 101)]
     due = [f for f in fractions if schedule.due(0, f)]
     assert due == [0.25, 0.5, 0.75, 1.0]
-    skipping = EvalSchedule(
-        interval=0, count=4
-    )  # one slow step passes two fractions: one validation
+    # one slow step passes two fractions: one validation
+    skipping = EvalSchedule(interval=0, count=4)
     assert [skipping.due(0, f) for f in (0.2, 0.55, 0.6, 0.8)] == [False, True, False, True]
 
 
@@ -55,9 +54,8 @@ def test_schedule_resumes_past_the_fractions_already_done_and_intervals_win():
 
 
 def test_subsample_size_follows_training_between_validations():
-    assert (
-        val_chars_for(1_000, configured=0) == MIN_VAL_CHARS
-    )  # never too few to rank checkpoints by
+    # never too few to rank checkpoints by
+    assert val_chars_for(1_000, configured=0) == MIN_VAL_CHARS
     assert val_chars_for(10_000_000, configured=0) > MIN_VAL_CHARS
     assert val_chars_for(10_000_000, configured=5_000) == 5_000  # train.val_chars wins
 
@@ -69,9 +67,8 @@ def test_subsample_is_evenly_spread_fixed_slices_or_the_whole_split():
     slices = sample.reshape(10, 100)
     assert (np.diff(slices, axis=1) == 1).all()  # each slice contiguous
     assert slices[0, 0] == 0 and slices[-1, -1] == 9_999  # from the start to the end of the split
-    assert np.array_equal(
-        val_subsample(tokens, 1_000, streams=10), sample
-    )  # the same characters every time
+    # the same characters every time
+    assert np.array_equal(val_subsample(tokens, 1_000, streams=10), sample)
     assert np.array_equal(val_subsample(tokens, 20_000, streams=10), tokens)
 
 
@@ -93,7 +90,10 @@ def test_early_stopping_counts_validations_since_the_best_and_round_trips():
 
 @pytest.fixture
 def diverging_corpus(tmp_path) -> Path:
-    """Training text 'aab' repeated, validation text 'abb': the better the model learns one, the worse the other."""
+    """Training text 'aab' repeated, validation text 'abb'.
+
+    The better the model learns one, the worse the other.
+    """
     path = tmp_path / "diverging.txt"
     path.write_text("aab" * 5_700 + "abb" * 667 + "aab" * 333)  # 85 % train, 10 % val, 5 % test
     return path
@@ -115,17 +115,15 @@ def test_early_stopping_ends_the_run_and_scores_the_best_checkpoint(diverging_co
     records = _val_records(result.run_dir)
     assert [r["step"] for r in records] == list(range(5, result.step + 1, 5))
     assert min(records, key=lambda r: r["val/loss_nats"])["step"] == result.best_step
-    assert (
-        result.step == result.best_step + 2 * 5
-    )  # stopped after `patience` validations without a new best
+    # stopped after `patience` validations without a new best
+    assert result.step == result.best_step + 2 * 5
 
     best = load_checkpoint(Path(result.run_dir) / "best.pt")
     assert best["step"] == result.best_step and best["stale_evals"] == 0
     model, _, _ = load_model(Path(result.run_dir) / "best.pt")
     exact = evaluate_tokens(model, load_split(tokens, "val"), num_streams=cfg.train.eval_batch_size)
-    assert result.val["loss_nats"] == pytest.approx(
-        exact.loss_nats, abs=1e-9
-    )  # the final scores are best.pt's
+    # the final scores are best.pt's
+    assert result.val["loss_nats"] == pytest.approx(exact.loss_nats, abs=1e-9)
     assert result.last_val["loss_nats"] > result.val["loss_nats"]
     summary = json.loads((Path(result.run_dir) / "train_summary.json").read_text())
     assert (
@@ -156,7 +154,10 @@ def test_under_a_time_budget_validations_fall_at_the_planned_fractions(small_cor
 
 
 def test_resume_keeps_the_best_score_and_the_patience_count(diverging_corpus, tmp_path):
-    """A run stopped and resumed validates at the same steps, with the same best and patience, as one that ran straight."""
+    """A run stopped and resumed validates as one that ran straight.
+
+    At the same steps, with the same best and patience.
+    """
     common = dict(
         eval_interval=4, patience=50, log_interval=4, checkpoint_interval=12, lr_decay_steps=24
     )
@@ -175,9 +176,8 @@ def test_resume_keeps_the_best_score_and_the_patience_count(diverging_corpus, tm
         (r["step"], r["val/loss_nats"]) for r in _val_records(b.run_dir)
     ]
     end_a, end_b = load_checkpoint(Path(a.checkpoint)), load_checkpoint(Path(b.checkpoint))
-    assert (
-        end_a["stale_evals"] > 0 and middle["stale_evals"] < end_a["stale_evals"]
-    )  # the count went on across the resume
+    # the count went on across the resume
+    assert end_a["stale_evals"] > 0 and middle["stale_evals"] < end_a["stale_evals"]
     assert (
         end_a["best_step"],
         end_a["best_val_loss"],
@@ -187,7 +187,10 @@ def test_resume_keeps_the_best_score_and_the_patience_count(diverging_corpus, tm
 
 
 def test_default_schedule_logs_a_samples_increment_per_validation(tmp_path):
-    """Read back from a real offline W&B run: N validations give N rows of samples per prompt and temperature, all distinct."""
+    """N validations give N rows of samples per prompt and temperature, all distinct.
+
+    Read back from a real offline W&B run.
+    """
     pytest.importorskip("wandb")
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(make_text(60_000, seed=9))
@@ -202,9 +205,22 @@ def test_default_schedule_logs_a_samples_increment_per_validation(tmp_path):
         "track.sample_temperatures=[1.0]",
     ]
     done = subprocess.run(
-        [sys.executable, "-m", "charrnn", "train", "--out-dir", str(out), f"data.corpus={corpus}", *tiny_overrides(), *extra],
-        env=run_env(WANDB_MODE="offline", CHARRNN_CACHE=str(tmp_path / "cache")), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "charrnn",
+            "train",
+            "--out-dir",
+            str(out),
+            f"data.corpus={corpus}",
+            *tiny_overrides(),
+            *extra,
+        ],
+        env=run_env(WANDB_MODE="offline", CHARRNN_CACHE=str(tmp_path / "cache")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     (run,) = sorted((out / "wandb").glob("offline-run-*"))
     tables = sorted((run / "files" / "media" / "table").glob("samples_*.table.json"))

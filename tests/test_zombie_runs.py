@@ -1,4 +1,6 @@
-"""No zombie flow runs (flows/zombies.py), on a real `prefect server start` with a real process worker.
+"""No zombie flow runs (flows/zombies.py).
+
+The tests run on a real `prefect server start` with a real process worker.
 
 A worker and its flow run die together (SIGKILL of the whole process tree, as
 when the machine or its container goes): nobody reports the run, so only the
@@ -93,7 +95,10 @@ def _heartbeats(flow_run_id) -> int:
 
 @pytest.fixture
 def zombie_guard(prefect_server):
-    """The zombie automation with a test-sized window, scoped to a tag of this test only (so no other test's runs are touched)."""
+    """The zombie automation with a test-sized window, scoped to a tag of this test only.
+
+    That way no other test's runs are touched.
+    """
     from flows.zombies import ensure_zombie_automation
 
     tag = f"zombie-test-{uuid4().hex[:8]}"
@@ -129,13 +134,11 @@ def test_a_run_killed_with_its_worker_is_marked_crashed_and_frees_the_training_s
     from flows.zombies import HEARTBEAT_ENV, heartbeat_s
 
     monkeypatch.delenv(HEARTBEAT_ENV, raising=False)
-    assert (
-        heartbeat_s() == HEARTBEAT_S
-    )  # what start_worker gives its flow runs, as under `make serve`
+    # what start_worker gives its flow runs, as under `make serve`
+    assert heartbeat_s() == HEARTBEAT_S
 
-    create_work_pool(
-        prefect_server, POOL
-    )  # as `make serve` does: its `training` queue runs one flow at a time
+    # as `make serve` does: its `training` queue runs one flow at a time
+    create_work_pool(prefect_server, POOL)
     deployment_id = sleeper.from_source(str(TESTS), "test_zombie_runs.py:sleeper").deploy(
         "sleeper",
         work_pool_name=POOL,
@@ -175,9 +178,8 @@ def test_a_run_killed_with_its_worker_is_marked_crashed_and_frees_the_training_s
             time.sleep(0.2)
         assert pid in doomed and not [p for p in doomed if alive(p)]
 
-        second_worker = start_worker(
-            prefect_server, POOL, **env
-        )  # the machine is back (or another worker serves the pool)
+        # the machine is back (or another worker serves the pool)
+        second_worker = start_worker(prefect_server, POOL, **env)
         assert _wait_state(first.id, {"Crashed"}, WINDOW_S + 30) == "Crashed", (
             "the dead run was never marked crashed"
         )
@@ -192,7 +194,8 @@ def test_a_run_killed_with_its_worker_is_marked_crashed_and_frees_the_training_s
         crashed_at = _first_state_at(first.id, {"CRASHED"})
         submitted_at = _first_state_at(second.id, {"PENDING", "RUNNING"})
         assert submitted_at >= crashed_at, (
-            f"the second run left Scheduled at {submitted_at}, while the first held the slot (crashed {crashed_at})"
+            f"the second run left Scheduled at {submitted_at}, while the first held the slot "
+            f"(crashed {crashed_at})"
         )
         print(f"marked crashed {crashed_after:.0f}s after the kill (window {WINDOW_S}s)")
     finally:
@@ -202,7 +205,7 @@ def test_a_run_killed_with_its_worker_is_marked_crashed_and_frees_the_training_s
 
 
 def test_every_deployment_sends_heartbeats_the_automation_watches():
-    """prefect.yaml's deployments carry the tag the automation matches and the heartbeat its window allows."""
+    """prefect.yaml's deployments carry the automation's tag and the heartbeat its window allows."""
     from flows.zombies import AUTOMATION_NAME, DEFAULT_AFTER_S, TAG, check_window, zombie_automation
 
     deployments = yaml.safe_load((TESTS.parent / "prefect.yaml").read_text())["deployments"]
