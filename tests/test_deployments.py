@@ -36,13 +36,11 @@ def deployed(prefect_server, tmp_path_factory):
         "train",
         params={
             "overrides": TINY_OVERRIDES,
-            "nproc_per_node": 1,
             "max_steps": 20,
-            "wandb_mode": "disabled",
-            "runs_dir": str(root / "runs"),
-            "registry_dir": str(root / "registry"),
-            "train_retries": 0,
-            "sample_length": 50,
+            "launch": {"nproc_per_node": 1, "retries": 0},
+            "sampling": {"length": 50},
+            "storage": {"runs_dir": str(root / "runs"), "registry_dir": str(root / "registry")},
+            "tracking": {"wandb_mode": "disabled"},
         },
     )
     deploy(prefect_server, "corpus-watch")
@@ -144,8 +142,9 @@ def test_cancelling_a_training_run_leaves_no_process_behind(deployed, http_serve
         corpus=http_server.url("long.txt"),
         max_steps=0,
         time_budget_s=600.0,
-        launch={"nproc_per_node": 2},
-        storage={"runs_dir": str(runs_dir)},
+        # a run's group replaces the deployment's whole group: give every field it needs
+        launch={"nproc_per_node": 2, "retries": 0},
+        storage={"runs_dir": str(runs_dir), "registry_dir": str(deployed / "registry")},
     )
 
     deadline, pids = time.monotonic() + 180, set()

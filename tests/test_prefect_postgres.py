@@ -120,13 +120,11 @@ def test_train_deployment_on_a_postgresql_backed_server(postgres, http_server, t
             "train",
             params={
                 "overrides": TINY_OVERRIDES,
-                "nproc_per_node": 1,
                 "max_steps": 20,
-                "wandb_mode": "disabled",
-                "runs_dir": str(runs),
-                "registry_dir": str(tmp_path / "registry"),
-                "train_retries": 0,
-                "sample_length": 50,
+                "launch": {"nproc_per_node": 1, "retries": 0},
+                "sampling": {"length": 50},
+                "storage": {"runs_dir": str(runs), "registry_dir": str(tmp_path / "registry")},
+                "tracking": {"wandb_mode": "disabled"},
             },
         )
         worker = start_worker(
