@@ -296,10 +296,29 @@ class RuntimeConfig(_Section):
     log_interval: Int = Field(100, ge=1, description="steps between training log lines")
 
 
+class TrialConfig(_Section):
+    """Whether this run is a trial of a sweep (an Optuna study), which may stop it early."""
+
+    trial_study: str = Field(
+        "",
+        description="the Optuna study this run is a trial of (its storage URL comes from "
+        "CHARRNN_STUDY_STORAGE); empty: not a trial",
+    )
+    trial_number: Int = Field(
+        -1, ge=-1, description="the trial's number in trial_study; -1: not a trial"
+    )
+
+
 # Pydantic orders inherited fields from the last base to the first: listed bottom-up, the
 # keys come out in the order of the parts above.
 class TrainConfig(
-    RuntimeConfig, ValidationConfig, HorizonConfig, OptimiserConfig, BatchConfig, RunFilesConfig
+    TrialConfig,
+    RuntimeConfig,
+    ValidationConfig,
+    HorizonConfig,
+    OptimiserConfig,
+    BatchConfig,
+    RunFilesConfig,
 ):
     """The [train] section: its keys are those of its parts."""
 

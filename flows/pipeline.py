@@ -26,7 +26,7 @@ from charrnn.data.tokens import TokenSet
 from charrnn.distributed.launch import LaunchSpec
 from charrnn.distributed.machine import auto_nproc
 from charrnn.evaluation.sample import SampleSettings
-from charrnn.registry.lines import model_line, pointer_path
+from charrnn.registry.lines import Decision, Promotion, model_line, pointer_path
 from charrnn.registry.report import RunReport, RunResult
 from charrnn.registry.runs import find_trained, record_result, training_key
 from flows.params import LaunchParams, NotNegative, SamplingParams, StorageParams, TrackingParams
@@ -92,6 +92,7 @@ def train_pipeline(
     time_budget_s: Annotated[float, Field(ge=0)] | None = None,
     max_steps: NotNegative | None = None,
     skip_if_trained: bool = False,
+    promote: bool = True,
     launch: LaunchParams = LaunchParams(),
     sampling: SamplingParams = SamplingParams(),
     storage: StorageParams = StorageParams(),
@@ -114,6 +115,8 @@ def train_pipeline(
         max_steps: step budget (overrides train.max_steps).
         skip_if_trained: report an earlier completed run of the same tokens and settings
             instead of training again.
+        promote: challenge the line's production model (false for a sweep's trials: only
+            the sweep's best trial challenges it).
         launch: processes, machines, torchrun restarts and task retries.
         sampling: the samples written after training.
         storage: where runs and the champion/challenger registry live.
@@ -141,6 +144,7 @@ def train_pipeline(
         launch=launch,
         sampling=sampling,
         storage=storage,
+        promote=promote,
     )
     record_result(storage.runs_dir, key, result)
     return result
@@ -164,6 +168,7 @@ def train_and_report(
     launch: LaunchParams,
     sampling: SamplingParams,
     storage: StorageParams,
+    promote: bool = True,
 ) -> RunResult:
     """A new run directory: train, score, sample, champion/challenger, report; the run's result."""
     tokens, line = prepared.tokens, prepared.model_name
@@ -187,9 +192,12 @@ def train_and_report(
         seed=cfg.train.seed,
     )
     samples = write_samples(scores, str(run_dir), list(sampling.prompts), settings)
-    promotion = promote_model(
-        storage.registry_dir, scores, tokens, prepared.corpus, trained, line, streams
-    )
+    if promote:
+        promotion = promote_model(
+            storage.registry_dir, scores, tokens, prepared.corpus, trained, line, streams
+        )
+    else:
+        promotion = not_challenged(scores, line)
     run = RunReport(
         run_name,
         str(run_dir.resolve()),
@@ -221,3 +229,17 @@ def train_and_report(
         chars_per_s=trained.chars_per_s,
         train_seconds=trained.train_seconds,
     )
+
+
+def not_challenged(scores, line: str) -> Promotion:
+    """The record of a run that did not challenge production (a sweep's trial)."""
+    held_out = scores.held_out or {}
+    decision = Decision(
+        promoted=False,
+        challenger_bpc=held_out.get("bpc", float("nan")),
+        champion_bpc=None,
+        held_out="not compared",
+        held_out_chars=0,
+        reason="a sweep trial: only the sweep's best trial challenges the production model",
+    )
+    return Promotion(decision=decision, model_name=line)

@@ -29,9 +29,7 @@ from charrnn.distributed.group import DistEnv
 from charrnn.errors import DivergenceError, PeerLostError
 from charrnn.evaluation.evaluate import LN2, EvalResult
 from charrnn.fsutil import atomic_write_json, atomic_write_text
-from charrnn.io.checkpoint import (
-    list_checkpoints,
-)
+from charrnn.io.checkpoint import list_checkpoints
 from charrnn.io.storage import RunDir
 from charrnn.model.lstm import CharLSTM, ModelShape
 from charrnn.model.precision import autocast_dtype
@@ -41,6 +39,7 @@ from charrnn.train.checkpointer import Checkpointer
 from charrnn.train.dropout import FULL_RATE, RAMP_EPOCHS, DropoutPlan
 from charrnn.train.meter import ThroughputMeter
 from charrnn.train.metrics import MetricsSink, memory_metrics
+from charrnn.train.pruning import TrialPruner
 from charrnn.train.schedule import AgreedClock, Budget, lr_factor
 from charrnn.train.state import TrainState, seed_everything
 from charrnn.train.validation import EarlyStopping
@@ -71,7 +70,8 @@ class TrainResult:
     # last model
     best_step: int | None = None
     last_val: dict | None = None  # exact full-split val score of the last model
-    stopped_early: str | None = None  # why early stopping ended the run
+    stopped_early: str | None = None  # why early stopping (or a sweep's pruner) ended the run
+    pruned_at: int | None = None  # the step a sweep's pruner stopped this trial at
     validations: int = 0  # validations during this session
     eval_seconds: float = 0.0  # their cost, inside train_seconds
 
@@ -282,7 +282,10 @@ class Trainer:
             self.sink = MetricsSink.disabled()
         chars_per_step = self.batcher.chars_per_step
         self.meter = ThroughputMeter(chars_per_step, device)
-        self.validator = Validator(cfg, tokens, env, device, self.sink, tracker, chars_per_step)
+        pruner = TrialPruner.from_config(t, env)
+        self.validator = Validator(
+            cfg, tokens, env, device, self.sink, tracker, chars_per_step, pruner=pruner
+        )
         self.checkpointer = Checkpointer(cfg, tokens, env, tracker, run_dir)
         # Every rank must take the same stop decision at the same step, or the next
         # collective hangs: the step horizon is deterministic, but the wall clock and
@@ -576,6 +579,7 @@ class Trainer:
             best_step=early.best_step if best.exists() else None,
             last_val=score.get("last_val"),
             stopped_early=validator.stopped_early,
+            pruned_at=validator.pruned_at,
             validations=validator.validations,
             eval_seconds=validator.seconds,
         )

@@ -24,6 +24,7 @@ from charrnn.evaluation.evaluate import EvalResult, evaluate_tokens, format_scor
 from charrnn.evaluation.sample import sample_rows
 from charrnn.tracking import Tracker
 from charrnn.train.metrics import MetricsSink, score_record
+from charrnn.train.pruning import TrialPruner
 from charrnn.train.state import TrainState
 from charrnn.train.validation import EvalSchedule, val_chars_for, val_subsample
 
@@ -42,6 +43,7 @@ class Validator:
         sink: MetricsSink,
         tracker: Tracker,
         chars_per_step: int,
+        pruner: TrialPruner | None = None,
     ):
         self.cfg, self.tokens, self.env, self.device = cfg, tokens, env, device
         self.sink, self.tracker, self.chars_per_step = sink, tracker, chars_per_step
@@ -52,6 +54,8 @@ class Validator:
         self.validations = 0  # in this session
         self.seconds = 0.0  # their cost, inside the training time
         self.stopped_early: str | None = None
+        self.pruner = pruner  # a sweep's trial: its study may stop the run
+        self.pruned_at: int | None = None
 
     def start_session(self, step: int, fraction: float) -> None:
         """A resumed run has passed the validations up to where it stopped: none is repeated."""
@@ -72,6 +76,8 @@ class Validator:
         started, early = time.perf_counter(), state.early_stopping
         val = self.score(state.model, self.text(state))
         best = early.observe(val.loss_nats, state.step)
+        if self.pruner and self.pruner.should_stop(self.validations + 1, val.loss_nats):
+            self.pruned_at = state.step
         standing = (
             "new best"
             if best
@@ -120,9 +126,12 @@ class Validator:
     def early_stop(self, state: TrainState) -> bool:
         """Whether patience has run out; the reason goes to the log, W&B and the summary."""
         early = state.early_stopping
-        if not early.exhausted:
+        if self.pruned_at is not None:
+            self.stopped_early = f"pruned at step {self.pruned_at}"
+        elif early.exhausted:
+            self.stopped_early = early.reason()
+        else:
             return False
-        self.stopped_early = early.reason()
         if self.env.is_main:
             log.warning("%s: stopping; best.pt is step %s", self.stopped_early, early.best_step)
         self.tracker.set_summary({"stopped_early": self.stopped_early})
