@@ -27,11 +27,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU wheel of 2.13.0 is on this machine's disk.
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[corpus,prefect]"
+	$(BIN)/pip install --quiet -e ".[corpus,prefect,sweep]"
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e ".[corpus,prefect,s3,dev]"
+	$(BIN)/pip install --quiet -e ".[corpus,prefect,sweep,s3,dev]"
 	touch $(TEST_STAMP)
 
 setup: $(STAMP)

@@ -1,6 +1,7 @@
 """``python -m flows``: run the pipeline, check watched corpora, or start/stop local Prefect.
 
     python -m flows run [--corpus URI] [--model-name LINE] [--nproc-per-node 2] [KEY=VALUE ...]
+    python -m flows sweep [--corpus URI] [--trials 12] [--budget-s 60] [--space FILE.yaml]
     python -m flows watch NAME=URI [NAME=URI ...]
     python -m flows serve [--port 4200]      # server + work pool + deployments + worker
     python -m flows stop
@@ -81,6 +82,48 @@ def cmd_run(args: argparse.Namespace) -> int:
         else "run `make serve` and open http://127.0.0.1:4200"
     )
     print(result.printout(f"flow runs, logs and artifacts in the UI: {where}"))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    api_url = _use_local_prefect(args.state_dir)
+    from prefect import tags
+
+    from flows.params import LaunchParams, StorageParams, TrackingParams
+    from flows.sweep import sweep
+    from flows.zombies import TAG
+
+    with tags(TAG):
+        result = sweep(
+            corpus=args.corpus,
+            trials=args.trials,
+            budget_s=args.budget_s,
+            space_file=args.space,
+            study=args.study,
+            study_storage=args.storage,
+            model_name=args.model_name,
+            config_file=args.config,
+            overrides=args.overrides,
+            launch=LaunchParams(nproc_per_node=args.nproc_per_node),
+            storage=StorageParams(
+                runs_dir=args.runs_dir,
+                registry_dir=args.registry_dir or str(Path(args.runs_dir) / "registry"),
+            ),
+            tracking=TrackingParams(wandb_mode=args.wandb_mode),
+        )
+    best = (
+        f"trial {result.best_trial}: {result.best_val_bpc:.4f} val bits/char "
+        f"({result.best_run_dir})"
+        if result.best_trial is not None
+        else "none"
+    )
+    print(f"=== sweep {result.study} finished: {result.trials} trials, {result.pruned} pruned")
+    print(f"best:    {best}")
+    print(f"model:   {'promoted to production' if result.promoted else 'production kept'}")
+    print(f"report:  {result.report}")
+    print(f"study:   {result.storage} (optuna-dashboard {result.storage})")
+    where = api_url.removesuffix("/api") if api_url else "run `make serve` and open the UI"
+    print(f"Prefect: the sweep and each trial's run: {where}")
     return 0
 
 
@@ -244,6 +287,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="config overrides, e.g. hidden_size=512 train.lr=3e-3",
     )
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "sweep",
+        help="search settings for a corpus and a budget; promote the best",
+        description="Run trials (each a train_pipeline run) until the study holds --trials "
+        "finished ones; poor trials are pruned; the best challenges production.",
+    )
+    p.add_argument("--corpus", default="shakespeare", help="corpus URI (default: shakespeare)")
+    p.add_argument("--trials", type=int, default=12, help="finished trials wanted (default: 12)")
+    p.add_argument(
+        "--budget-s", type=float, default=60.0, help="training seconds per trial (default: 60)"
+    )
+    p.add_argument("--space", help="YAML search space (default: the built-in space)")
+    p.add_argument("--study", help="study name (default: LINE-BUDGETs; the same name continues)")
+    p.add_argument(
+        "--storage",
+        help="study database URL, e.g. postgresql://USER@HOST/DB "
+        "(default: SQLite in RUNS_DIR/sweeps/studies.db)",
+    )
+    p.add_argument("--config", help="YAML config every trial starts from")
+    p.add_argument(
+        "--nproc-per-node", type=nproc_arg, default="auto", help="processes per trial (auto)"
+    )
+    p.add_argument(
+        "--wandb-mode", default="auto", choices=["auto", "online", "offline", "disabled"]
+    )
+    p.add_argument("--runs-dir", default="runs", help="runs directory (default: runs)")
+    p.add_argument("--registry-dir", default=None, help="registry (default: RUNS_DIR/registry)")
+    p.add_argument("--model-name", default=None, help="the line the best trial challenges")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for every trial")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser(
         "watch",

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
+import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -20,7 +23,7 @@ import torch
 
 # TINY_OVERRIDES, alive, process_tree, task_states: re-exported only until tests/test_pipeline.py
 # and tests/test_deployments.py import them from helpers (at the merge).
-from helpers import CPU_BF16, make_text
+from helpers import CPU_BF16, PG_BIN, make_text
 
 
 def pytest_report_header(config) -> str:
@@ -173,3 +176,74 @@ def prefect_server(tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def _as_postgres(*cmd: str, **kwargs) -> subprocess.CompletedProcess:
+    """initdb and postgres refuse to run as root: run them as the `postgres` system user."""
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    return subprocess.run(
+        [*prefix, *cmd], check=True, capture_output=True, text=True, timeout=120, **kwargs
+    )
+
+
+@pytest.fixture
+def postgres():
+    if not PG_BIN:
+        pytest.fail(
+            "PostgreSQL is not installed: `make test` installs Debian's postgresql package "
+            "(apt-get install postgresql)"
+        )
+    from flows.local import free_port
+
+    bin_dir, port = PG_BIN[-1], free_port()
+    root = Path(tempfile.mkdtemp(prefix="charrnn-pg-"))
+    root.chmod(0o755)
+    data = root / "data"
+    data.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres", "postgres")
+    try:
+        _as_postgres(
+            f"{bin_dir}/initdb", "-D", str(data), "-A", "trust", "-U", "charrnn", "--no-sync"
+        )
+        _as_postgres(
+            f"{bin_dir}/pg_ctl",
+            "-D",
+            str(data),
+            "-l",
+            str(data / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
+            "start",
+        )
+        _as_postgres(
+            f"{bin_dir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "charrnn", "prefect"
+        )
+        yield f"postgresql+asyncpg://charrnn@127.0.0.1:{port}/prefect"
+    finally:
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                f"{bin_dir}/pg_ctl",
+                "-D",
+                str(data),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ]
+            if os.geteuid() == 0
+            else [f"{bin_dir}/pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
+        shutil.rmtree(root, ignore_errors=True)

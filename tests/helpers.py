@@ -8,6 +8,7 @@ puts ``tests/`` on ``sys.path`` before it imports the rootdir conftest.
 
 from __future__ import annotations
 
+import glob
 import json
 import random
 import subprocess
@@ -102,6 +103,9 @@ def tiny_config(corpus: Path | str, out_dir: Path, **train) -> Config:
 
 # The tiny model for a whole pipeline run (the flow's own parameters set the steps and W&B).
 TINY_OVERRIDES = tiny_overrides(log_interval=10, checkpoint_interval=20, eval_batch_size=8)
+
+# PostgreSQL's programs (Debian's postgresql package; `make test` installs it).
+PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 
 # --------------------------------------------------------------------------- corpora and caches
 

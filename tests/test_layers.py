@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("evaluation", {"evaluation"}),
     ("train", {"train"}),
     ("registry", {"registry"}),
+    ("sweep", {"sweep"}),
     ("entry", {"cli", "__main__", "__init__"}),
 ]
 LAYER_OF = {part: i for i, (_, parts) in enumerate(LAYERS) for part in parts}

@@ -1,0 +1,1 @@
+"""Sweeps: a search space over config keys, the Optuna study of its trials, their summary."""

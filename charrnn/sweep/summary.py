@@ -1,0 +1,159 @@
+"""What a sweep found: a table of its trials, the best one, parameter importances and a picture.
+
+Everything here reads the study alone, so the summary of a study that several
+sweeps (or machines) filled is the same wherever it is written.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from charrnn.evaluation.evaluate import LN2
+from charrnn.fsutil import atomic_write_text
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    number: int
+    state: str  # COMPLETE, PRUNED, FAIL, RUNNING, WAITING
+    params: dict[str, Any]
+    val_nats: float | None  # the objective: the kept model's full val split, nats/char
+    steps: int | None
+    stopped: str  # why it stopped early ("pruned at step N", early stopping), or ""
+    run_dir: str
+
+    @property
+    def val_bpc(self) -> float | None:
+        return None if self.val_nats is None else self.val_nats / LN2
+
+
+def trial_rows(study) -> list[TrialRow]:
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        # a pruned trial's value is its last reported validation (on the subsample)
+        value = attrs.get("val_nats", trial.value)
+        rows.append(
+            TrialRow(
+                number=trial.number,
+                state=trial.state.name,
+                params=dict(trial.params),
+                val_nats=value if value is not None and math.isfinite(value) else None,
+                steps=attrs.get("steps"),
+                stopped=attrs.get("stopped", ""),
+                run_dir=attrs.get("run_dir", ""),
+            )
+        )
+    return rows
+
+
+def best_row(rows: list[TrialRow]) -> TrialRow | None:
+    """The best completed or pruned trial by its full val score (pruned ones were scored too)."""
+    scored = [r for r in rows if r.state in ("COMPLETE", "PRUNED") and r.val_nats is not None]
+    return min(scored, key=lambda r: r.val_nats) if scored else None
+
+
+def importances(study) -> dict[str, float]:
+    """Optuna's parameter importances (fANOVA); empty until two trials completed."""
+    import optuna
+    from optuna.trial import TrialState
+
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
+        return {}
+    try:
+        return dict(optuna.importance.get_param_importances(study))
+    except (RuntimeError, ValueError):  # e.g. every completed trial has the same value
+        return {}
+
+
+def markdown(name: str, rows: list[TrialRow], weights: dict[str, float], plot: str) -> str:
+    """The sweep's report: the trials table, the best trial, importances, the picture."""
+    keys = sorted({key for row in rows for key in row.params})
+    head = ["trial", "state", *keys, "val bits/char", "steps", "stopped"]
+    lines = [f"# Sweep `{name}`", "", f"{len(rows)} trials.", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for row in rows:
+        cells = [str(row.number), row.state, *(_cell(row.params.get(k)) for k in keys)]
+        bpc = f"{row.val_bpc:.4f}" if row.val_bpc is not None else "n/a"
+        cells += [bpc, str(row.steps or ""), row.stopped]
+        lines.append("| " + " | ".join(cells) + " |")
+    best = best_row(rows)
+    lines += ["", "## Best trial", ""]
+    if best is None:
+        lines.append("No trial has finished yet.")
+    else:
+        settings = ", ".join(f"`{k}={_cell(v)}`" for k, v in best.params.items())
+        lines.append(
+            f"Trial {best.number}: {best.val_bpc:.4f} bits/char on the val split, "
+            f"with {settings}; run directory `{best.run_dir}`."
+        )
+    lines += ["", "## Parameter importances (fANOVA)", ""]
+    lines += [f"- `{k}`: {v:.3f}" for k, v in weights.items()] or ["Too few completed trials."]
+    lines += ["", f"![val bits/char against each parameter]({plot})", ""]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def write_plot(rows: list[TrialRow], path: Path) -> Path:
+    """val bits/char against each parameter, one panel per parameter; pruned trials hollow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({key for row in rows for key in row.params})
+    fig, axes = plt.subplots(
+        1, max(len(keys), 1), figsize=(3 * max(len(keys), 1), 3), squeeze=False
+    )
+    for ax, key in zip(axes[0], keys, strict=False):
+        for state, style in (
+            ("COMPLETE", {"c": "C0"}),
+            ("PRUNED", {"facecolors": "none", "edgecolors": "C3"}),
+        ):
+            points = [
+                (r.params[key], r.val_bpc)
+                for r in rows
+                if r.state == state and key in r.params and r.val_bpc is not None
+            ]
+            if points:
+                ax.scatter(
+                    [_number(p[0]) for p in points],
+                    [p[1] for p in points],
+                    label=state.lower(),
+                    **style,
+                )
+        ax.set_xlabel(key)
+        ax.set_ylabel("val bits/char")
+    axes[0][0].legend(fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def _number(value: Any) -> float | str:
+    return (
+        float(value)
+        if isinstance(value, int | float) and not isinstance(value, bool)
+        else str(value)
+    )
+
+
+def write_report(name: str, study, out_dir: Path) -> tuple[Path, str]:
+    """``OUT/report.md`` and ``OUT/trials.png``; returns (report path, its markdown)."""
+    rows = trial_rows(study)
+    write_plot(rows, out_dir / "trials.png")
+    text = markdown(name, rows, importances(study), "trials.png")
+    atomic_write_text(out_dir / "report.md", text)
+    return out_dir / "report.md", text

@@ -1,0 +1,195 @@
+"""Sweeps: the space, the study (SQLite, PostgreSQL), pruning, a real sweep killed and resumed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import TINY_OVERRIDES, make_text, offline_runs, run_env, wandb_records
+
+from charrnn.distributed.group import DistEnv
+from charrnn.errors import ConfigError
+from charrnn.sweep.space import SearchSpace, load_space
+from charrnn.sweep.study import open_storage, open_study, recover
+from charrnn.train.pruning import STORAGE_ENV, TrialPruner
+
+optuna = pytest.importorskip("optuna")
+from optuna.trial import TrialState  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _space(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+# --------------------------------------------------------------------------- the space
+
+
+def test_the_default_space_loads_and_turns_a_trial_into_overrides():
+    space = load_space(None)
+    assert "model.hidden_size" in space.distributions() and "train.lr" in space.distributions()
+    overrides = SearchSpace.overrides({"train.lr": 0.005, "model.num_layers": 2})
+    assert overrides == ["train.lr=0.005", "model.num_layers=2"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("train.learning_rate: {low: 0.001, high: 0.01}\n", "unknown parameter"),
+        ("train.lr: {low: 0.01, high: 0.01}\n", "is empty"),
+        ("model.num_layers: {choices: []}\n", "choices is empty"),
+        ("train.time_budget_s: {low: 10, high: 20}\n", "cannot be searched"),
+        ("data.val_fraction: {low: 0.05, high: 0.2}\n", "cannot be searched"),
+        ("model.dropout: {low: 0.0, high: 1.5}\n", "which the config refuses"),
+        ("train.lr: {low: 0, high: 0.1, log: true}\n", "log range needs low > 0"),
+        ("train.lr: {lo: 0.001, high: 0.1}\n", "unknown range field"),
+        ("[not, a, mapping]\n", "non-empty mapping"),
+    ],
+)
+def test_a_bad_space_is_refused_with_what_to_fix(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_space(_space(tmp_path, text))
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def test_an_unreachable_storage_is_a_clear_error_without_the_password(refused_port):
+    url = f"postgresql://charrnn:s3cret-pw@127.0.0.1:{refused_port}/studies"
+    with pytest.raises(ConfigError) as err:
+        open_storage(url)
+    assert "cannot reach the study storage" in str(err.value)
+    assert "s3cret-pw" not in str(err.value) and "***" in str(err.value)
+
+
+def test_a_study_name_taken_by_another_space_is_refused_and_nothing_is_written(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path / 'studies.db'}")
+    first = _space(tmp_path, "train.lr: {low: 0.001, high: 0.01}\n")
+    open_study(storage, "s", load_space(first)).ask()
+    other = _space(tmp_path, "train.lr: {low: 0.001, high: 0.02}\n")
+    with pytest.raises(ConfigError, match="exists with another search space"):
+        open_study(storage, "s", load_space(other))
+    (only,) = optuna.get_all_study_summaries(storage)
+    assert only.n_trials == 1
+
+
+def test_recover_requeues_trials_of_a_dead_sweep_on_this_host_only(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path / 'studies.db'}")
+    study = open_study(storage, "s", load_space(_space(tmp_path, "train.lr: {choices: [1, 2]}\n")))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine, theirs = study.ask(), study.ask()
+    mine.set_user_attr("owner", f"{socket.gethostname()}:{dead.pid}")
+    theirs.set_user_attr("owner", f"another-host:{os.getpid()}")
+    assert recover(study) == [mine.number]
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[mine.number] == TrialState.FAIL and states[theirs.number] == TrialState.RUNNING
+    (waiting,) = study.get_trials(states=(TrialState.WAITING,))
+    assert waiting.params == {} and waiting.user_attrs["retry_of"] == mine.number
+
+
+def _prune_after_two_good_trials(url: str, tmp_path: Path, monkeypatch) -> list[bool]:
+    storage = open_storage(url)
+    study = open_study(storage, "p", load_space(_space(tmp_path, "train.lr: {choices: [1]}\n")))
+    for _ in range(2):  # the pruner's startup trials: good scores at every validation
+        trial = study.ask()
+        for validation in range(1, 9):
+            trial.report(1.0, validation)
+        study.tell(trial, 1.0)
+    monkeypatch.setenv(STORAGE_ENV, url)
+    number = study.ask().number
+    pruner = TrialPruner("p", number, DistEnv())
+    return [pruner.should_stop(validation, 3.0) for validation in range(1, 6)]
+
+
+def test_a_poor_trial_is_pruned_once_past_the_warm_up_validations(tmp_path, monkeypatch):
+    decisions = _prune_after_two_good_trials(
+        f"sqlite:///{tmp_path / 's.db'}", tmp_path, monkeypatch
+    )
+    assert decisions == [False, False, False, True, True]
+
+
+@pytest.mark.slow
+def test_the_study_works_on_a_real_postgresql(postgres, tmp_path, monkeypatch):
+    url = postgres.replace("postgresql+asyncpg", "postgresql")
+    assert _prune_after_two_good_trials(url, tmp_path, monkeypatch)[-1] is True
+
+
+# --------------------------------------------------------------------------- a real sweep
+
+GOOD, BAD = 0.01, 0.00001
+
+
+@pytest.mark.slow
+@pytest.mark.prefect
+def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+    """A real sweep (Prefect, torchrun, SQLite study, W&B offline) killed with SIGKILL mid-trial."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(make_text(40_000, seed=1))
+    runs = tmp_path / "runs"
+    space = _space(tmp_path, f"train.lr: {{choices: [{GOOD}, {BAD}]}}\n")
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    study = open_study(open_storage(url), "t", load_space(space))
+    for lr in (GOOD, GOOD, BAD, BAD):  # the first two set the median; the bad ones fall below it
+        study.enqueue_trial({"train.lr": lr})
+    overrides = [*TINY_OVERRIDES, "train.evals_per_run=8", "train.max_steps=40", "train.patience=0"]
+    cmd = [
+        sys.executable, "-m", "flows", "--state-dir", str(tmp_path / "prefect"), "sweep",
+        "--corpus", str(corpus), "--trials", "4", "--budget-s", "600", "--space", str(space),
+        "--study", "t", "--storage", url, "--nproc-per-node", "1", "--wandb-mode", "offline",
+        "--runs-dir", str(runs), *overrides,
+    ]  # fmt: skip
+    env = run_env(CHARRNN_CACHE=str(tmp_path / "cache"), WANDB_MODE="offline")
+    trial_dir = runs / "sweeps" / "t"
+
+    # -- kill the sweep (its whole process group) once trial 1 is training
+    first = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(trial_dir.glob("*-t-trial-1/metrics.jsonl")):
+        assert first.poll() is None, "the sweep ended before trial 1 started"
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=30)
+    trials = {t.number: t.state for t in optuna.load_study(study_name="t", storage=url).trials}
+    assert trials[0] == TrialState.COMPLETE and trials[1] == TrialState.RUNNING
+
+    # -- the same command again finishes the study
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    final = optuna.load_study(study_name="t", storage=url)
+    states = [t.state for t in final.trials]
+    assert states.count(TrialState.FAIL) == 1 and states[1] == TrialState.FAIL
+    assert states.count(TrialState.PRUNED) >= 1
+    assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states) == 4
+    assert len(list(trial_dir.glob("*-t-trial-0"))) == 1  # trial 0 did not run again
+    retried = [t for t in final.trials if t.user_attrs.get("retry_of") == 1]
+    assert len(retried) == 1 and retried[0].params == {"train.lr": GOOD}
+    pruned = [t for t in final.trials if t.state == TrialState.PRUNED]
+    assert all(t.params == {"train.lr": BAD} for t in pruned)
+    assert all(t.user_attrs["stopped"].startswith("pruned at step") for t in pruned)
+    assert "=== sweep t finished: 4 trials" in done.stdout
+
+    # -- review: every finished trial's W&B run is in the study's group, its lr in the config
+    for trial in final.trials:
+        if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            continue
+        records = wandb_records(offline_runs(Path(trial.user_attrs["run_dir"]))[0])
+        (run,) = [r["run"] for r in records if "run" in r]
+        assert run["run_group"] == "t"
+        config = run["config"]["update"]
+        assert config["train"]["lr"] == trial.params["train.lr"]
+    report = (trial_dir / "report.md").read_text()
+    assert "| trial | state | train.lr |" in report and "PRUNED" in report
+    assert (trial_dir / "trials.png").stat().st_size > 0
+    assert "promoted to production" in done.stdout
+    assert (runs / "registry" / "lines" / "corpus" / "production.json").is_file()
