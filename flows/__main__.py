@@ -104,6 +104,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             model_name=args.model_name,
             config_file=args.config,
             overrides=args.overrides,
+            trial_deployment=args.trial_deployment,
             launch=LaunchParams(nproc_per_node=args.nproc_per_node),
             storage=StorageParams(
                 runs_dir=args.runs_dir,
@@ -307,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: SQLite in RUNS_DIR/sweeps/studies.db)",
     )
     p.add_argument("--config", help="YAML config every trial starts from")
+    p.add_argument(
+        "--trial-deployment",
+        help="run trials as runs of this deployment (e.g. train-pipeline/train; needs `make "
+        "serve`), as many at once as its queue allows (default: one at a time, here)",
+    )
     p.add_argument(
         "--nproc-per-node", type=nproc_arg, default="auto", help="processes per trial (auto)"
     )

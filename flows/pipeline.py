@@ -31,7 +31,15 @@ from charrnn.registry.report import RunReport, RunResult
 from charrnn.registry.runs import find_trained, record_result, training_key
 from flows.params import LaunchParams, NotNegative, SamplingParams, StorageParams, TrackingParams
 from flows.report import report_run
-from flows.tasks import download, promote_model, score_model, tokenise, train_model, write_samples
+from flows.tasks import (
+    download,
+    promote_model,
+    score_model,
+    tell_study,
+    tokenise,
+    train_model,
+    write_samples,
+)
 
 
 def build_config(
@@ -212,6 +220,8 @@ def train_and_report(
         line,
     )
     report, tracking, wandb = report_run(run, samples)
+    if cfg.train.trial_study:
+        tell_study(cfg, trained, scores)
     return RunResult(
         run_dir=run.run_dir,
         checkpoint=scores.checkpoint,

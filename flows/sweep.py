@@ -11,20 +11,22 @@ production model of its line, like any other run.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 from pydantic import Field
 
 from charrnn.config import load_config
 from charrnn.registry.lines import challenge_and_promote, model_line
-from charrnn.registry.runs import load_train_summary
 from charrnn.sweep.space import SearchSpace, load_space
 from charrnn.sweep.study import (
     default_storage,
     finished,
+    has_password,
     open_storage,
     open_study,
     owner,
@@ -54,6 +56,44 @@ class SweepResult:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class TrialPlan:
+    """What every trial of one sweep shares: where it runs, on what, and for how long."""
+
+    study: str
+    study_url: str
+    corpus: str
+    line: str
+    budget_s: float
+    config_file: str | None
+    overrides: list[str]
+    launch: LaunchParams
+    storage: StorageParams  # the trials' own: RUNS/sweeps/STUDY/
+    tracking: TrackingParams
+    deployment: str | None  # run trials as runs of this deployment; None: in this process
+
+    def parameters(self, number: int, settings: list[str]) -> dict:
+        """``train_pipeline``'s parameters for trial ``number`` with ``settings`` (overrides)."""
+        return {
+            "corpus": self.corpus,
+            "model_name": self.line,
+            "config_file": self.config_file,
+            "overrides": [
+                *self.overrides,
+                *settings,
+                f"train.trial_study={self.study}",
+                f"train.trial_number={number}",
+                f"track.group={self.study}",
+            ],
+            "time_budget_s": self.budget_s,
+            "promote": False,
+            "launch": self.launch,
+            "sampling": SamplingParams(num_samples=1, length=200),
+            "storage": self.storage,
+            "tracking": self.tracking,
+        }
+
+
 @flow(
     name="sweep",
     log_prints=True,
@@ -70,6 +110,7 @@ def sweep(
     model_name: str | None = None,
     config_file: str | None = None,
     overrides: list[str] | None = None,
+    trial_deployment: str | None = None,
     launch: LaunchParams = LaunchParams(),
     storage: StorageParams = StorageParams(),
     tracking: TrackingParams = TrackingParams(),
@@ -89,6 +130,9 @@ def sweep(
         model_name: the model line the best trial challenges; default: the corpus's name.
         config_file: YAML config every trial starts from.
         overrides: key=value overrides every trial starts from.
+        trial_deployment: run each trial as a run of this deployment (e.g.
+            train-pipeline/train), as many at once as its work queue's concurrency limit
+            allows; default: one at a time in this flow's process.
         launch: processes per trial, as for train_pipeline.
         storage: where runs and the registry live; trials go to RUNS/sweeps/STUDY/.
         tracking: W&B mode and project; every trial joins the group named after the study.
@@ -97,101 +141,128 @@ def sweep(
     line = model_line(model_name, corpus)
     # -- check everything before any trial: the space, the base config, the study
     space = load_space(space_file)
-    load_config(config_file, list(overrides or []))
+    base = load_config(config_file, list(overrides or []))
     name = study or f"{line}-{budget_s:g}s"
     url = study_storage or default_storage(storage.runs_dir)
-    db = open_storage(url)
-    opened = open_study(db, name, space)
+    opened = open_study(open_storage(url), name, space, first=space.base_point(base))
     os.environ[STORAGE_ENV] = url  # the trials' training processes report to the same study
     if again := recover(opened):
         logger.warning("trials %s were left running by a killed sweep: running them again", again)
-    logger.info(
-        "study %s in %s: %d of %d trials finished",
-        name,
-        redacted(url),
-        len(finished(opened)),
-        trials,
+    done = len(finished(opened))
+    logger.info("study %s in %s: %d of %d trials finished", name, redacted(url), done, trials)
+    # -- the trials: each a train_pipeline run that tells the study its outcome
+    plan = TrialPlan(
+        study=name,
+        study_url=url,
+        corpus=corpus,
+        line=line,
+        budget_s=budget_s,
+        config_file=config_file,
+        overrides=list(overrides or []),
+        launch=launch,
+        storage=StorageParams(
+            runs_dir=str(Path(storage.runs_dir) / "sweeps" / name),
+            registry_dir=storage.registry_dir,
+        ),
+        tracking=tracking,
+        deployment=trial_deployment,
     )
-    # -- the trials
-    trial_dirs = StorageParams(
-        runs_dir=str(Path(storage.runs_dir) / "sweeps" / name), registry_dir=storage.registry_dir
-    )
-    failures = 0
-    while len(finished(opened)) < trials:
-        trial = opened.ask(space.distributions())
-        trial.set_user_attr("owner", owner())
-        ok = run_trial(
-            opened,
-            trial,
-            name,
-            corpus,
-            line,
-            budget_s,
-            config_file,
-            list(overrides or []),
-            launch,
-            trial_dirs,
-            tracking,
-        )
-        failures += not ok
-        if failures > max(2, trials // 2):
-            raise RuntimeError(f"{failures} trials of study {name} failed: see their runs' logs")
+    run_trials(opened, space, plan, trials)
     return finish(opened, name, url, corpus, config_file, overrides, storage, line)
 
 
-def run_trial(
-    study, trial, name, corpus, line, budget_s, config_file, overrides, launch, dirs, tracking
-) -> bool:
-    """One trial as a ``train_pipeline`` subflow; its verdict goes to the study. False: failed."""
+def run_trials(study, space: SearchSpace, plan: TrialPlan, trials: int) -> None:
+    """Ask, start and wait for trials, ``slots`` at a time, until ``trials`` have finished."""
+    slots = trial_slots(plan.deployment)
+    running: dict[int, UUID] = {}
+    failures = 0
+    while len(finished(study)) < trials:
+        while len(running) < slots and len(finished(study)) + len(running) < trials:
+            trial = study.ask(space.distributions())
+            trial.set_user_attr("owner", owner())
+            settings = SearchSpace.overrides(trial.params)
+            get_run_logger().info("trial %d: %s", trial.number, " ".join(settings))
+            running[trial.number] = start_trial(plan, trial.number, settings)
+        for number, state in wait_for_any(running):
+            del running[number]
+            if not state.is_completed():
+                failures += 1
+                fail_trial(study, number, state)
+        if failures > max(2, trials // 2):
+            raise RuntimeError(
+                f"{failures} trials of study {plan.study} failed: see their runs' logs"
+            )
+
+
+def trial_slots(deployment: str | None) -> int:
+    """Trials at once: 1 in this process; else the deployment's queue (and pool) limit."""
+    if deployment is None:
+        return 1
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        d = client.read_deployment_by_name(deployment)
+        queue = client.read_work_queue_by_name(d.work_queue_name, work_pool_name=d.work_pool_name)
+        pool = client.read_work_pool(d.work_pool_name)
+    limits = [n for n in (queue.concurrency_limit, pool.concurrency_limit) if n]
+    slots = min(limits) if limits else 1
+    get_run_logger().info(
+        "trials run %d at a time: %s",
+        slots,
+        f"the concurrency limit of {d.work_pool_name}/{d.work_queue_name}"
+        if limits
+        else f"{d.work_pool_name}/{d.work_queue_name} sets no concurrency limit",
+    )
+    return slots
+
+
+def start_trial(plan: TrialPlan, number: int, settings: list[str]) -> UUID:
+    """Trial ``number``'s run: in this process (done on return), or a deployment run."""
+    run_name = f"{plan.study}-trial-{number}"
+    params = plan.parameters(number, settings)
+    if plan.deployment is None:
+        state = train_pipeline.with_options(flow_run_name=run_name)(**params, return_state=True)
+        return state.state_details.flow_run_id
+    from prefect.deployments import run_deployment
+
+    env = {} if has_password(plan.study_url) else {STORAGE_ENV: plan.study_url}
+    run = run_deployment(
+        plan.deployment,
+        parameters={
+            k: v.model_dump(mode="json") if hasattr(v, "model_dump") else v
+            for k, v in params.items()
+        },
+        flow_run_name=run_name,
+        job_variables={"env": env},
+        timeout=0,
+        as_subflow=True,
+    )
+    return run.id
+
+
+def wait_for_any(running: dict[int, UUID], poll_s: float = 2.0) -> list[tuple[int, object]]:
+    """(trial number, final state) of the runs that have ended; waits until one has."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        while True:
+            ended = []
+            for number, run_id in running.items():
+                state = client.read_flow_run(run_id).state
+                if state is not None and state.is_final():
+                    ended.append((number, state))
+            if ended:
+                return ended
+            time.sleep(poll_s)
+
+
+def fail_trial(study, number: int, state) -> None:
+    """A trial whose run failed: FAIL in the study, unless its run told the study first."""
     from optuna.trial import TrialState
 
-    logger = get_run_logger()
-    settings = SearchSpace.overrides(trial.params)
-    logger.info("trial %d: %s", trial.number, " ".join(settings))
-    trial_overrides = [
-        *overrides,
-        *settings,
-        f"train.trial_study={name}",
-        f"train.trial_number={trial.number}",
-        f"track.group={name}",
-    ]
-    state = train_pipeline.with_options(flow_run_name=f"{name}-trial-{trial.number}")(
-        corpus=corpus,
-        model_name=line,
-        config_file=config_file,
-        overrides=trial_overrides,
-        time_budget_s=budget_s,
-        promote=False,
-        launch=launch,
-        sampling=SamplingParams(num_samples=1, length=200),
-        storage=dirs,
-        tracking=tracking,
-        return_state=True,
-    )
-    if not state.is_completed():
-        study.tell(trial.number, state=TrialState.FAIL)
-        logger.warning("trial %d failed (%s)", trial.number, state.message)
-        return False
-    result = state.result()
-    summary = load_train_summary(result.run_dir)
-    held_out = result.test or result.val or {}
-    facts = {
-        "run_dir": result.run_dir,
-        "checkpoint": result.checkpoint,
-        "steps": summary.step,
-        "stopped": summary.stopped_early or "",
-        "val_nats": (result.val or {}).get("loss_nats"),
-        "held_out_bpc": held_out.get("bpc"),
-        "wandb_run_id": summary.tracking.get("wandb_run_id"),
-    }
-    for key, value in facts.items():
-        trial.set_user_attr(key, value)
-    if summary.pruned_at is not None:
-        study.tell(trial.number, state=TrialState.PRUNED)
-        logger.info("trial %d: %s", trial.number, summary.stopped_early)
-    else:
-        study.tell(trial.number, facts["val_nats"])
-    return True
+    if study.trials[number].state == TrialState.RUNNING:
+        study.tell(number, state=TrialState.FAIL)
+    get_run_logger().warning("trial %d failed (%s)", number, state.message)
 
 
 def finish(study, name, url, corpus, config_file, overrides, storage, line) -> SweepResult:

@@ -269,3 +269,25 @@ def promote_model(
         wandb_run_id=trained.tracking.get("wandb_run_id"),
         num_streams=num_streams,
     )
+
+
+@task(name="tell_study")
+def tell_study(cfg: Config, trained: TrainResult, scores: Scores) -> None:
+    """A sweep's trial: its outcome to the study (complete with its val score, or pruned)."""
+    from charrnn.sweep.study import TrialOutcome, record_outcome
+    from charrnn.train.pruning import study_storage
+
+    t = cfg.train
+    outcome = TrialOutcome(
+        run_dir=str(Path(trained.run_dir).resolve()),
+        checkpoint=scores.checkpoint,
+        steps=trained.step,
+        val_nats=(scores.val or {}).get("loss_nats"),
+        held_out_bpc=(scores.held_out or {}).get("bpc"),
+        stopped=trained.stopped_early or "",
+        pruned=trained.pruned_at is not None,
+        wandb_run_id=trained.tracking.get("wandb_run_id"),
+    )
+    record_outcome(study_storage(t.trial_study), t.trial_study, t.trial_number, outcome)
+    verdict = outcome.stopped if outcome.pruned else f"val {outcome.val_nats:.4f} nats/char"
+    get_run_logger().info("trial %d of study %s: %s", t.trial_number, t.trial_study, verdict)

@@ -1,9 +1,10 @@
 """Deployments from prefect.yaml on a real `prefect server start` with a real process worker.
 
-Covers: an on-demand `train` run completes; a changed watched corpus makes
-`corpus-watch` emit `charrnn.corpus.updated`, whose trigger starts a `train`
-run of that corpus, and an unchanged corpus starts nothing; cancelling a
-training run leaves no torchrun or worker process behind.
+Covers: an on-demand `train` run completes; a deployed sweep runs its trials as
+`train` runs on the training queue, as many at once as the queue's limit; a
+changed watched corpus makes `corpus-watch` emit `charrnn.corpus.updated`, whose
+trigger starts a `train` run of that corpus, and an unchanged corpus starts
+nothing; cancelling a training run leaves no torchrun or worker process behind.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from helpers import TINY_OVERRIDES, alive, make_text, process_tree
 pytestmark = [pytest.mark.prefect, pytest.mark.slow, pytest.mark.distributed]
 
 TRAIN, WATCH = "train-pipeline/train", "corpus-watch/corpus-watch"
+SWEEP = "sweep/sweep"
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,7 @@ def deployed(prefect_server, tmp_path_factory):
         },
     )
     deploy(prefect_server, "corpus-watch")
+    deploy(prefect_server, "sweep")
     worker = start_worker(
         prefect_server,
         CHARRNN_CACHE=str(root / "cache"),
@@ -165,3 +168,53 @@ def test_cancelling_a_training_run_leaves_no_process_behind(deployed, http_serve
     while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not [pid for pid in pids if alive(pid)], "processes outlived the cancelled flow run"
+
+
+def test_a_deployed_sweep_runs_its_trials_on_the_training_queue_up_to_its_limit(
+    deployed, http_server, prefect_server
+):
+    """Two trials with the queue's limit at 2: both run at once, as children of the sweep."""
+    import optuna
+
+    from flows.local import TRAINING_QUEUE, WORK_POOL, run_cli
+
+    http_server.files["swept.txt"] = make_text(40_000, seed=8).encode()
+    space = deployed / "space.yaml"
+    space.write_text("train.lr: {choices: [0.01, 0.005]}\n")
+    url = f"sqlite:///{deployed / 'studies.db'}"
+    limit = ["work-queue", "set-concurrency-limit", TRAINING_QUEUE]
+    run_cli(prefect_server, *limit, "2", "--pool", WORK_POOL)
+    try:
+        sweep_run = start(
+            SWEEP,
+            corpus=http_server.url("swept.txt"),
+            trials=2,
+            budget_s=600,
+            space_file=str(space),
+            study="deployed",
+            study_storage=url,
+            overrides=TINY_OVERRIDES,
+            launch={"nproc_per_node": 1, "retries": 0},
+            storage={"runs_dir": str(deployed / "runs"), "registry_dir": str(deployed / "reg")},
+            tracking={"wandb_mode": "disabled"},
+        )
+        final = wait_final(sweep_run.id, 400)
+    finally:
+        run_cli(prefect_server, *limit, "1", "--pool", WORK_POOL)
+    assert final.state.name == "Completed", final.state
+    with _client() as client:
+        trials = [r for r in client.read_flow_runs() if r.name.startswith("deployed-trial-")]
+        parents = {client.read_task_run(r.parent_task_run_id).flow_run_id for r in trials}
+    assert len(trials) == 2 and all(r.state.name == "Completed" for r in trials)
+    assert parents == {sweep_run.id}, "the trials are not the sweep's children"
+    assert {r.deployment_id for r in trials} == {train_runs_id()}
+    first_end = min(r.end_time for r in trials)
+    assert max(r.start_time for r in trials) < first_end, "the two trials did not run at once"
+    study = optuna.load_study(study_name="deployed", storage=url)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert all(Path(t.user_attrs["checkpoint"]).is_file() for t in study.trials)
+
+
+def train_runs_id():
+    with _client() as client:
+        return client.read_deployment_by_name(TRAIN).id

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from helpers import TINY_OVERRIDES, make_text, offline_runs, run_env, wandb_records
 
+from charrnn.config import load_config
 from charrnn.distributed.group import DistEnv
 from charrnn.errors import ConfigError
 from charrnn.sweep.space import SearchSpace, load_space
-from charrnn.sweep.study import open_storage, open_study, recover
+from charrnn.sweep.study import has_password, open_storage, open_study, recover
 from charrnn.train.pruning import STORAGE_ENV, TrialPruner
 
 optuna = pytest.importorskip("optuna")
@@ -60,6 +61,26 @@ def test_a_bad_space_is_refused_with_what_to_fix(tmp_path, text, message):
         load_space(_space(tmp_path, text))
 
 
+def test_the_base_settings_are_the_first_trial_where_the_space_holds_them(tmp_path):
+    space = load_space(
+        _space(
+            tmp_path,
+            "train.lr: {low: 0.001, high: 0.01, log: true}\n"
+            "model.hidden_size: {low: 320, high: 512, step: 64}\n"  # 256 lies outside
+            "model.num_layers: {choices: [1, 2]}\n"
+            "model.dropout: {low: 0.0, high: 0.3}\n",  # auto is no number of the range
+        )
+    )
+    point = space.base_point(load_config(None, ["lr=0.004"]))
+    assert point == {"train.lr": 0.004, "model.num_layers": 2}
+    storage = open_storage(f"sqlite:///{tmp_path / 'studies.db'}")
+    study = open_study(storage, "s", space, first=point)
+    first = study.ask(space.distributions())
+    assert {k: first.params[k] for k in point} == point and first.user_attrs["base"] is True
+    open_study(storage, "s", space, first=point)  # an existing study gets no second base trial
+    assert study.get_trials(states=(TrialState.WAITING,)) == []
+
+
 # --------------------------------------------------------------------------- the study
 
 
@@ -69,6 +90,13 @@ def test_an_unreachable_storage_is_a_clear_error_without_the_password(refused_po
         open_storage(url)
     assert "cannot reach the study storage" in str(err.value)
     assert "s3cret-pw" not in str(err.value) and "***" in str(err.value)
+
+
+def test_only_a_storage_url_without_a_password_may_travel_in_a_trial_runs_parameters():
+    assert has_password("postgresql://charrnn:s3cret@db.internal:5432/studies")
+    assert not has_password("postgresql://charrnn@db.internal:5432/studies")
+    assert not has_password("sqlite:////srv/runs/sweeps/studies.db")
+    assert has_password("not a url at all")  # unreadable: treated as secret
 
 
 def test_a_study_name_taken_by_another_space_is_refused_and_nothing_is_written(tmp_path):

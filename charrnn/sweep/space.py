@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from charrnn.config import SECTIONS, load_config, resolve_key
+from charrnn.config import SECTIONS, Config, load_config, resolve_key
 from charrnn.errors import CharRNNError, ConfigError
 
 # What the sweep itself decides for every trial: where it runs, how long, and on what.
@@ -48,6 +48,16 @@ class Param:
     choices: tuple[Any, ...] | None = None
     integer: bool = False
 
+    def holds(self, value: Any) -> bool:
+        """Whether ``value`` is one this range can draw."""
+        if self.choices is not None:
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if not self.low <= value <= self.high:
+            return False
+        return not self.integer or (value - self.low) % (self.step or 1) == 0
+
     def distribution(self):
         import optuna.distributions as d
 
@@ -66,6 +76,21 @@ class SearchSpace:
 
     def distributions(self) -> dict[str, Any]:
         return {p.key: p.distribution() for p in self.params}
+
+    def base_point(self, cfg: Config) -> dict[str, Any]:
+        """The base config's values of the searched keys that the space holds.
+
+        A study's first trial: the settings a run would get without a sweep, so the
+        report shows what the sweep gained and the pruner's median starts from a sane run.
+        Keys whose base value lies outside the space (or is ``auto``) are left to the sampler.
+        """
+        point = {}
+        for p in self.params:
+            section, _, name = p.key.partition(".")
+            value = getattr(getattr(cfg, section), name)
+            if p.holds(value):
+                point[p.key] = value
+        return point
 
     def to_dict(self) -> dict[str, dict]:
         """The space as its file would write it (what a study records and compares)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from charrnn.errors import ConfigError
@@ -80,8 +81,12 @@ def check_study(storage, name: str, space: SearchSpace) -> bool:
     return True
 
 
-def open_study(storage, name: str, space: SearchSpace):
-    """The study ``name``, created with ``space`` when new (checked by :func:`check_study`)."""
+def open_study(storage, name: str, space: SearchSpace, first: dict | None = None):
+    """The study ``name``, created with ``space`` when new (checked by :func:`check_study`).
+
+    A new study's first trial is ``first`` (the base settings, see
+    :meth:`SearchSpace.base_point`) where given.
+    """
     import optuna
 
     exists = check_study(storage, name, space)
@@ -94,6 +99,8 @@ def open_study(storage, name: str, space: SearchSpace):
     )
     if not exists:
         study.set_user_attr("space", space.to_dict())
+        if first:
+            study.enqueue_trial(first, user_attrs={"base": True})
     return study
 
 
@@ -136,3 +143,48 @@ def finished(study) -> list:
     from optuna.trial import TrialState
 
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What a finished trial's run tells its study: its scores and where its model is."""
+
+    run_dir: str
+    checkpoint: str
+    steps: int
+    val_nats: float | None  # the kept model's full val split: the objective
+    held_out_bpc: float | None  # test split (else val): what champion/challenger compares
+    stopped: str = ""  # why it stopped early ("pruned at step N", early stopping), or ""
+    pruned: bool = False
+    wandb_run_id: str | None = None
+
+
+def record_outcome(url: str, study_name: str, number: int, outcome: TrialOutcome) -> None:
+    """Store ``outcome`` on trial ``number`` and end it: pruned, or complete with its score.
+
+    The trial's own run calls this, in whatever process or machine ran it, so the
+    sweep only has to wait for the run to end.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = open_storage(url)
+    study_id = storage.get_study_id_from_name(study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+    for key, value in asdict(outcome).items():
+        storage.set_trial_user_attr(trial_id, key, value)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    if outcome.pruned:
+        study.tell(number, state=TrialState.PRUNED)
+    else:
+        study.tell(number, outcome.val_nats)
+
+
+def has_password(url: str) -> bool:
+    """Whether the URL carries a password (then it never goes into a run's parameters)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return bool(make_url(url).password)
+    except Exception:  # not a URL sqlalchemy reads: treat it as secret
+        return True

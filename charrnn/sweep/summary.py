@@ -24,6 +24,7 @@ class TrialRow:
     steps: int | None
     stopped: str  # why it stopped early ("pruned at step N", early stopping), or ""
     run_dir: str
+    base: bool = False  # the base settings, the study's first trial
 
     @property
     def val_bpc(self) -> float | None:
@@ -45,6 +46,7 @@ def trial_rows(study) -> list[TrialRow]:
                 steps=attrs.get("steps"),
                 stopped=attrs.get("stopped", ""),
                 run_dir=attrs.get("run_dir", ""),
+                base=bool(attrs.get("base")),
             )
         )
     return rows
@@ -76,7 +78,11 @@ def markdown(name: str, rows: list[TrialRow], weights: dict[str, float], plot: s
     lines = [f"# Sweep `{name}`", "", f"{len(rows)} trials.", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for row in rows:
-        cells = [str(row.number), row.state, *(_cell(row.params.get(k)) for k in keys)]
+        cells = [
+            f"{row.number} (base)" if row.base else str(row.number),
+            row.state,
+            *(_cell(row.params.get(k)) for k in keys),
+        ]
         bpc = f"{row.val_bpc:.4f}" if row.val_bpc is not None else "n/a"
         cells += [bpc, str(row.steps or ""), row.stopped]
         lines.append("| " + " | ".join(cells) + " |")
@@ -90,6 +96,12 @@ def markdown(name: str, rows: list[TrialRow], weights: dict[str, float], plot: s
             f"Trial {best.number}: {best.val_bpc:.4f} bits/char on the val split, "
             f"with {settings}; run directory `{best.run_dir}`."
         )
+        base = next((r for r in rows if r.base and r.val_bpc is not None), None)
+        if base is not None and base is not best:
+            lines.append(
+                f"The base settings (trial {base.number}) scored {base.val_bpc:.4f}: "
+                f"the sweep gained {base.val_bpc - best.val_bpc:.4f} bits/char."
+            )
     lines += ["", "## Parameter importances (fANOVA)", ""]
     lines += [f"- `{k}`: {v:.3f}" for k, v in weights.items()] or ["Too few completed trials."]
     lines += ["", f"![val bits/char against each parameter]({plot})", ""]

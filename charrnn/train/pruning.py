@@ -28,6 +28,18 @@ WARMUP_VALIDATIONS = 4
 STARTUP_TRIALS = 2
 
 
+def study_storage(study: str) -> str:
+    """The storage URL of a trial's study, from :data:`STORAGE_ENV`; an error when unset."""
+    url = os.environ.get(STORAGE_ENV, "")
+    if not url:
+        raise ConfigError(
+            f"train.trial_study={study!r} but {STORAGE_ENV} is not set",
+            fix=f"export {STORAGE_ENV}=<the study's storage URL> (the sweep flow sets it "
+            "for trials it runs itself; set it on the workers that run deployed trials)",
+        )
+    return url
+
+
 def median_pruner():
     """The sweep's pruner; a study does not store its pruner, so every process builds this one."""
     import optuna
@@ -59,13 +71,7 @@ class TrialPruner:
     def _open_trial(self):
         import optuna
 
-        storage = os.environ.get(STORAGE_ENV, "")
-        if not storage:
-            raise ConfigError(
-                f"train.trial_study={self.study_name!r} but {STORAGE_ENV} is not set",
-                fix=f"export {STORAGE_ENV}=<the study's storage URL> (the sweep flow sets it)",
-            )
-        rdb = optuna.storages.RDBStorage(storage)
+        rdb = optuna.storages.RDBStorage(study_storage(self.study_name))
         study = optuna.load_study(study_name=self.study_name, storage=rdb, pruner=median_pruner())
         try:
             study_id = rdb.get_study_id_from_name(self.study_name)
