@@ -18,6 +18,7 @@ from charrnn.distributed.group import DistEnv
 from charrnn.errors import ConfigError
 from charrnn.sweep.space import SearchSpace, load_space
 from charrnn.sweep.study import has_password, open_storage, open_study, recover
+from charrnn.sweep.summary import TrialRow, write_plot
 from charrnn.train.pruning import STORAGE_ENV, TrialPruner
 
 optuna = pytest.importorskip("optuna")
@@ -79,6 +80,29 @@ def test_the_base_settings_are_the_first_trial_where_the_space_holds_them(tmp_pa
     assert {k: first.params[k] for k in point} == point and first.user_attrs["base"] is True
     open_study(storage, "s", space, first=point)  # an existing study gets no second base trial
     assert study.get_trials(states=(TrialState.WAITING,)) == []
+
+
+def test_the_default_space_holds_every_default_so_its_first_trial_is_the_defaults():
+    point = load_space(None).base_point(load_config(None, []))
+    assert point == {
+        "model.hidden_size": 256,
+        "model.num_layers": 2,
+        "train.lr": 0.007,
+        "model.dropout": "auto",
+        "train.weight_decay": 0.1,
+        "train.seq_len": 16,
+        "train.batch_size": 64,
+    }
+
+
+def test_the_picture_takes_text_and_number_choices_on_one_axis(tmp_path):
+    rows = [
+        TrialRow(0, "COMPLETE", {"model.dropout": "auto", "train.lr": 0.007}, 1.6, 900, "", ""),
+        TrialRow(1, "PRUNED", {"model.dropout": 0.1, "train.lr": 0.01}, 1.9, 300, "pruned", ""),
+        TrialRow(2, "FAIL", {"model.dropout": 0.2, "train.lr": 0.02}, None, None, "", ""),
+    ]
+    png = write_plot(rows, tmp_path / "trials.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob(".*tmp"))
 
 
 # --------------------------------------------------------------------------- the study

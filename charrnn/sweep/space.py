@@ -121,7 +121,8 @@ DEFAULT_SPACE: dict[str, dict] = {
     "model.hidden_size": {"low": 128, "high": 512, "step": 64},
     "model.num_layers": {"choices": [1, 2, 3]},
     "train.lr": {"low": 0.002, "high": 0.02, "log": True},
-    "model.dropout": {"low": 0.0, "high": 0.3},
+    # auto among the choices: the base settings' own rule is one of the candidates
+    "model.dropout": {"choices": ["auto", 0.0, 0.1, 0.2, 0.3]},
     "train.weight_decay": {"low": 0.01, "high": 0.3, "log": True},
     "train.seq_len": {"choices": [16, 32, 64]},
     "train.batch_size": {"choices": [32, 64, 128]},

@@ -126,6 +126,7 @@ def write_plot(rows: list[TrialRow], path: Path) -> Path:
         1, max(len(keys), 1), figsize=(3 * max(len(keys), 1), 3), squeeze=False
     )
     for ax, key in zip(axes[0], keys, strict=False):
+        x = _axis([r.params[key] for r in rows if key in r.params])
         for state, style in (
             ("COMPLETE", {"c": "C0"}),
             ("PRUNED", {"facecolors": "none", "edgecolors": "C3"}),
@@ -137,7 +138,7 @@ def write_plot(rows: list[TrialRow], path: Path) -> Path:
             ]
             if points:
                 ax.scatter(
-                    [_number(p[0]) for p in points],
+                    [x(p[0]) for p in points],
                     [p[1] for p in points],
                     label=state.lower(),
                     **style,
@@ -154,12 +155,11 @@ def write_plot(rows: list[TrialRow], path: Path) -> Path:
     return path
 
 
-def _number(value: Any) -> float | str:
-    return (
-        float(value)
-        if isinstance(value, int | float) and not isinstance(value, bool)
-        else str(value)
-    )
+def _axis(values: list[Any]):
+    """A panel's x: numbers, or text for every value where any is not a number (``auto``)."""
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return float
+    return str
 
 
 def write_report(name: str, study, out_dir: Path) -> tuple[Path, str]:
