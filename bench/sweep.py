@@ -1,0 +1,191 @@
+"""A sweep against the defaults: the best model it finds for a corpus and a per-trial budget.
+
+Side by side in one run, on one corpus:
+
+* defaults: ``charrnn launch`` (the process layout every trial gets) with the
+  default settings for ``--budget-s`` seconds of training;
+* the sweep: ``python -m flows sweep --trials N --budget-s B`` (real Prefect,
+  a SQLite study, W&B offline), whose best trial challenges production;
+* with ``--equal-total``, the defaults again for the sum of the trials' budgets:
+  what the same machine time buys without a sweep.
+
+Every kept model is scored on the same full val split by
+``charrnn.evaluation.evaluate.evaluate_tokens``, so the figures are one metric.
+
+    python -m bench.sweep [--corpus shakespeare] [--trials 6] [--budget-s 60] [--equal-total]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import REPO, Report, Target, charrnn_cmd, quiet_env, run_measured
+from charrnn.config import EVAL_STREAMS
+from charrnn.data.tokens import load_split, open_token_set
+from charrnn.distributed.launch import child_env
+from charrnn.evaluation.evaluate import LN2, evaluate_tokens
+from charrnn.io.checkpoint import load_model
+from charrnn.sweep.summary import best_row, trial_rows
+
+# The issue's bar: the promoted model beats the defaults by this much, nats/char.
+MARGIN_NATS = 0.03
+
+
+def score(checkpoint: str | Path, val) -> float:
+    """Full val nats/char of a checkpoint (file or run directory)."""
+    model, _, _ = load_model(checkpoint)
+    return evaluate_tokens(model, val, num_streams=EVAL_STREAMS).loss_nats
+
+
+def train_defaults(tokens_dir: str, budget_s: float, out_dir: Path) -> Path:
+    """The default settings for ``budget_s`` s, in the layout a trial gets (``auto``)."""
+    cmd = charrnn_cmd(
+        "launch",
+        "--nproc-per-node",
+        "auto",
+        "--",
+        "--out-dir",
+        str(out_dir),
+        "--tokens",
+        tokens_dir,
+        f"time_budget_s={budget_s:g}",
+        "track.mode=disabled",
+    )
+    run_measured(cmd, env=quiet_env(), cwd=REPO)
+    return out_dir
+
+
+def run_sweep(corpus: str, trials: int, budget_s: float, root: Path) -> tuple[str, float]:
+    """The sweep as a user runs it; (its printout, wall seconds)."""
+    cmd = [
+        *(sys.executable, "-m", "flows", "--state-dir", str(root / "prefect"), "sweep"),
+        *("--corpus", corpus, "--trials", str(trials), "--budget-s", f"{budget_s:g}"),
+        *("--study", "bench", "--runs-dir", str(root / "runs"), "--wandb-mode", "offline"),
+    ]
+    start = time.perf_counter()
+    done, _, _ = run_measured(cmd, env=child_env(WANDB_MODE="offline"), cwd=REPO)
+    return done.stdout, time.perf_counter() - start
+
+
+def read_study(root: Path):
+    import optuna
+
+    url = f"sqlite:///{root / 'runs' / 'sweeps' / 'studies.db'}"
+    return optuna.load_study(study_name="bench", storage=url)
+
+
+def trial_lines(study, val) -> tuple[list[str], dict[int, float], float]:
+    """One line per trial, each kept model's full val score, and the trials' total seconds."""
+    lines, scores, total = [], {}, 0.0
+    for t in study.trials:
+        seconds = (t.datetime_complete - t.datetime_start).total_seconds()
+        total += seconds
+        settings = " ".join(f"{k.split('.')[1]}={v:.4g}" for k, v in t.params.items())
+        nats = scores[t.number] = score(t.user_attrs["checkpoint"], val)
+        stopped = t.user_attrs.get("stopped") or "ran to the end"
+        lines.append(
+            f"  trial {t.number}: {t.state.name:8s} {nats:.4f} nats/char, "
+            f"{t.user_attrs.get('steps')} steps, {seconds:.0f} s, {stopped}; {settings}"
+        )
+    return lines, scores, total
+
+
+def run(
+    *,
+    corpus: str = "shakespeare",
+    trials: int = 6,
+    budget_s: float = 60.0,
+    equal_total: bool = False,
+    keep: Path | None = None,
+) -> Report:
+    """The benchmark; ``keep``: a directory that keeps the runs and the study (else a temp one)."""
+    prepared, _, _ = run_measured(
+        charrnn_cmd("prepare", f"data.corpus={corpus}"), env=quiet_env(), cwd=REPO
+    )
+    tokens_dir = json.loads(prepared.stdout)["tokens"]["dir"]
+    val = load_split(open_token_set(tokens_dir), "val")
+    with contextlib.ExitStack() as stack:
+        if keep is None:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="charrnn-sweep-")))
+        else:
+            root = keep.resolve()
+            root.mkdir(parents=True, exist_ok=True)
+        # -- the defaults for one trial's budget
+        base = score(train_defaults(tokens_dir, budget_s, root / "defaults"), val)
+        # -- the sweep
+        printout, wall = run_sweep(corpus, trials, budget_s, root)
+        study = read_study(root)
+        lines, scores, total = trial_lines(study, val)
+        best = best_row(trial_rows(study)).number
+        promoted = "promoted to production" in printout
+        pruned = sum(t.state.name == "PRUNED" for t in study.trials)
+        gain = base - scores[best]
+        longer = None
+        if equal_total:
+            seconds = budget_s * len(study.trials)
+            longer = score(train_defaults(tokens_dir, seconds, root / "longer"), val)
+    body = [
+        f"corpus {corpus}, {len(study.trials)} trials of {budget_s:g} s, concurrency 1",
+        f"defaults, {budget_s:g} s:             {base:.4f} nats/char ({base / LN2:.4f} bits/char)",
+        f"best trial ({best}), {budget_s:g} s:      {scores[best]:.4f} nats/char "
+        f"({scores[best] / LN2:.4f} bits/char), {'promoted' if promoted else 'not promoted'}",
+        f"gain over the defaults:      {gain:+.4f} nats/char",
+        f"pruned trials:               {pruned}",
+        f"sweep wall {wall:.0f} s; trials {total:.0f} s in all ({wall / total:.2f}x)",
+        "",
+        *lines,
+    ]
+    if longer is not None:
+        body.insert(
+            4,
+            f"defaults, {budget_s * len(study.trials):g} s (equal total): {longer:.4f} nats/char",
+        )
+    targets = [
+        Target(
+            "gain of the promoted model", f"{gain:+.4f}", f">= {MARGIN_NATS}", gain >= MARGIN_NATS
+        ),
+        Target("pruned trials", str(pruned), ">= 1", pruned >= 1),
+        Target("best trial promoted", str(promoted), "True", promoted),
+        Target("sweep wall / trials' time", f"{wall / total:.2f}", "-", None),
+    ]
+    cmd = f"python -m bench.sweep --corpus {corpus} --trials {trials} --budget-s {budget_s:g}"
+    return Report(
+        f"Sweep against the defaults: {corpus}",
+        cmd + (" --equal-total" if equal_total else ""),
+        "\n".join(body),
+        targets,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--corpus", default="shakespeare")
+    parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--budget-s", type=float, default=60.0)
+    parser.add_argument(
+        "--equal-total",
+        action="store_true",
+        help="also train the defaults for the sum of the trials' budgets",
+    )
+    parser.add_argument("--keep", type=Path, help="keep the runs and the study in this directory")
+    args = parser.parse_args()
+    report = run(
+        corpus=args.corpus,
+        trials=args.trials,
+        budget_s=args.budget_s,
+        equal_total=args.equal_total,
+        keep=args.keep,
+    )
+    print(report.text())
+
+
+if __name__ == "__main__":
+    main()
