@@ -4,8 +4,11 @@ The study (Optuna, in SQLite or PostgreSQL) holds the trials, so a killed sweep
 started again continues where it stopped. Each trial trains for ``budget_s``
 seconds with settings drawn from the search space, reports every validation to
 the study (whose median pruner may stop it), and joins the W&B group named
-after the study. Trials never promote; the best one then challenges the
-production model of its line, like any other run.
+after the study; its own run tells the study how it ended. A trial runs as a
+subflow of this flow, one at a time, or as a run of a deployment on its work
+queue, as many at once as the queue's concurrency limit allows. Trials never
+promote; the best one then challenges the production model of its line, like
+any other run.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from uuid import UUID
 
 from prefect import flow, get_run_logger
 from pydantic import Field
+from pydantic_core import to_jsonable_python
 
 from charrnn.config import load_config
 from charrnn.registry.lines import challenge_and_promote, model_line
@@ -228,10 +232,7 @@ def start_trial(plan: TrialPlan, number: int, settings: list[str]) -> UUID:
     env = {} if has_password(plan.study_url) else {STORAGE_ENV: plan.study_url}
     run = run_deployment(
         plan.deployment,
-        parameters={
-            k: v.model_dump(mode="json") if hasattr(v, "model_dump") else v
-            for k, v in params.items()
-        },
+        parameters=to_jsonable_python(params),
         flow_run_name=run_name,
         job_variables={"env": env},
         timeout=0,
