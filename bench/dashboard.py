@@ -20,7 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.screenshots import Page, shoot
+from bench.screenshots import Page, find_chromium, shoot
 from flows.local import PROJECT_DIR, free_port
 
 
@@ -61,9 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         help="the PNG",
     )
     args = parser.parse_args(argv)
-    browser = shutil.which("chromium")
+    browser = find_chromium()
     if browser is None:
-        print("chromium is not installed (Debian: apt-get install chromium)", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="charrnn-dashboard-"))
     port = free_port()

@@ -66,9 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the server's state and the run directory (printed)",
     )
     args = parser.parse_args(argv)
-    browser = shutil.which("chromium")
+    browser = find_chromium()
     if browser is None:
-        print("chromium is not installed (Debian: apt-get install chromium)", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="charrnn-screenshots-"))
     local = start_server(work / "prefect", free_port())
@@ -181,6 +180,14 @@ def run_pages(local: LocalPrefect) -> list[Page]:
             height=REPORT_HEIGHT,
         ),
     ]
+
+
+def find_chromium() -> str | None:
+    """The chromium binary; None, having said how to install it, where there is none."""
+    browser = shutil.which("chromium")
+    if browser is None:
+        print("chromium is not installed (Debian: apt-get install chromium)", file=sys.stderr)
+    return browser
 
 
 def shoot(browser: str, page: Page, png: Path, work: Path) -> None:
