@@ -289,5 +289,10 @@ def tell_study(cfg: Config, trained: TrainResult, scores: Scores) -> None:
         wandb_run_id=trained.tracking.get("wandb_run_id"),
     )
     record_outcome(study_storage(t.trial_study), t.trial_study, t.trial_number, outcome)
-    verdict = outcome.stopped if outcome.pruned else f"val {outcome.val_nats:.4f} nats/char"
+    if outcome.pruned:
+        verdict = outcome.stopped
+    elif outcome.val_nats is None:
+        verdict = "failed: no val split to score it on"
+    else:
+        verdict = f"val {outcome.val_nats:.4f} nats/char"
     get_run_logger().info("trial %d of study %s: %s", t.trial_number, t.trial_study, verdict)

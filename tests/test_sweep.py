@@ -17,7 +17,14 @@ from charrnn.config import load_config
 from charrnn.distributed.group import DistEnv
 from charrnn.errors import ConfigError
 from charrnn.sweep.space import SearchSpace, load_space
-from charrnn.sweep.study import has_password, open_storage, open_study, recover
+from charrnn.sweep.study import (
+    TrialOutcome,
+    has_password,
+    open_storage,
+    open_study,
+    record_outcome,
+    recover,
+)
 from charrnn.sweep.summary import TrialRow, write_plot
 from charrnn.train.pruning import STORAGE_ENV, TrialPruner
 
@@ -147,6 +154,24 @@ def test_recover_requeues_trials_of_a_dead_sweep_on_this_host_only(tmp_path):
     assert states[mine.number] == TrialState.FAIL and states[theirs.number] == TrialState.RUNNING
     (waiting,) = study.get_trials(states=(TrialState.WAITING,))
     assert waiting.params == {} and waiting.user_attrs["retry_of"] == mine.number
+
+
+@pytest.mark.parametrize(
+    ("val_nats", "pruned", "state"),
+    [(1.5, False, TrialState.COMPLETE), (1.9, True, TrialState.PRUNED), (None, False, "FAIL")],
+)
+def test_a_trial_run_records_its_outcome_and_ends_its_trial(tmp_path, val_nats, pruned, state):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    study = open_study(
+        open_storage(url), "s", load_space(_space(tmp_path, "train.lr: {choices: [1]}\n"))
+    )
+    number = study.ask().number
+    outcome = TrialOutcome("runs/t", "runs/t/best.pt", 40, val_nats, 2.2, "", pruned, None)
+    record_outcome(url, "s", number, outcome)
+    (trial,) = optuna.load_study(study_name="s", storage=url).trials
+    assert trial.state == (TrialState.FAIL if state == "FAIL" else state)
+    assert trial.user_attrs["steps"] == 40 and trial.user_attrs["checkpoint"] == "runs/t/best.pt"
+    assert trial.value == (val_nats if state == TrialState.COMPLETE else None)
 
 
 def _prune_after_two_good_trials(url: str, tmp_path: Path, monkeypatch) -> list[bool]:

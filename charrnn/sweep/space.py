@@ -82,7 +82,8 @@ class SearchSpace:
 
         A study's first trial: the settings a run would get without a sweep, so the
         report shows what the sweep gained and the pruner's median starts from a sane run.
-        Keys whose base value lies outside the space (or is ``auto``) are left to the sampler.
+        Keys whose base value the space cannot draw (outside a range, ``auto`` where no
+        choice is ``auto``) are left to the sampler.
         """
         point = {}
         for p in self.params:

@@ -176,6 +176,8 @@ def record_outcome(url: str, study_name: str, number: int, outcome: TrialOutcome
     study = optuna.load_study(study_name=study_name, storage=storage)
     if outcome.pruned:
         study.tell(number, state=TrialState.PRUNED)
+    elif outcome.val_nats is None:  # no val split to score: nothing to compare it by
+        study.tell(number, state=TrialState.FAIL)
     else:
         study.tell(number, outcome.val_nats)
 
