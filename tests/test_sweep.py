@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -193,6 +194,38 @@ def test_a_poor_trial_is_pruned_once_past_the_warm_up_validations(tmp_path, monk
         f"sqlite:///{tmp_path / 's.db'}", tmp_path, monkeypatch
     )
     assert decisions == [False, False, False, True, True]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_every_rank_of_a_two_process_trial_stops_at_the_pruners_step(tmp_path):
+    """Real torchrun, 2 gloo ranks: rank 0 asks the study; both stop at the same step."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(make_text(40_000, seed=2))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    space = load_space(_space(tmp_path, "train.lr: {choices: [1]}\n"))
+    study = open_study(open_storage(url), "ddp", space)
+    for _ in range(2):  # the pruner's startup trials: far better than a tiny model can score
+        trial = study.ask()
+        for validation in range(1, 21):
+            trial.report(0.5, validation)
+        study.tell(trial, 0.5)
+    number = study.ask().number
+    env = run_env(CHARRNN_CACHE=str(tmp_path / "cache"), **{STORAGE_ENV: url})
+    cmd = [
+        sys.executable, "-m", "charrnn", "launch", "--nproc-per-node", "2", "--",
+        "--out-dir", str(tmp_path / "run"), f"data.corpus={corpus}", *TINY_OVERRIDES,
+        "train.max_steps=200", "train.evals_per_run=20", "train.patience=0",
+        "train.trial_study=ddp", f"train.trial_number={number}",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    # validations every 10 steps; the 4th (step 40) is the first the pruner may judge
+    assert summary["pruned_at"] == summary["step"] == 40
+    assert summary["stopped_early"] == "pruned at step 40"
+    trial = optuna.load_study(study_name="ddp", storage=url).trials[number]
+    assert sorted(trial.intermediate_values) == [1, 2, 3, 4]
 
 
 @pytest.mark.slow
