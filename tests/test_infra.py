@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -179,7 +180,10 @@ def test_dockerfile_parses_and_runs_as_a_non_root_user():
         *sources, _ = copy_["value"].split()
         # build context: the repository root
         assert all((ROOT / s).exists() for s in sources), copy_["value"]
-    assert "torch==2.13.0" in parser.content and ".[corpus,prefect]" in parser.content
+    assert "torch==2.13.0" in parser.content
+    # the image runs every deployment of prefect.yaml: training and the sweep with its trials
+    (extras,) = re.findall(r'pip install "\.\[([a-z0-9,]+)\]"', parser.content)
+    assert {"corpus", "prefect", "sweep"} <= set(extras.split(","))
 
 
 def test_compose_file_validates_against_the_compose_spec():
