@@ -148,7 +148,7 @@ def sweep(
     base = load_config(config_file, list(overrides or []))
     name = study or f"{line}-{budget_s:g}s"
     url = study_storage or default_storage(storage.runs_dir)
-    opened = open_study(open_storage(url), name, space, first=space.base_point(base))
+    opened = open_study(open_storage(url), name, space, first=space.base_point(base), trials=trials)
     os.environ[STORAGE_ENV] = url  # the trials' training processes report to the same study
     if again := recover(opened):
         logger.warning("trials %s were left running by a killed sweep: running them again", again)

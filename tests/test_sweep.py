@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -31,6 +32,8 @@ from charrnn.train.pruning import STORAGE_ENV, TrialPruner
 
 optuna = pytest.importorskip("optuna")
 from optuna.trial import TrialState  # noqa: E402
+
+from charrnn.sweep.sampler import PruneAwareGPSampler, sampler, startup_trials  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -140,6 +143,61 @@ def test_a_study_name_taken_by_another_space_is_refused_and_nothing_is_written(t
         open_study(storage, "s", load_space(other))
     (only,) = optuna.get_all_study_summaries(storage)
     assert only.n_trials == 1
+
+
+def _draws_near_the_best(chosen) -> int:
+    """Of 8 lr draws after 2 told trials (best at 1e-3), how many land within a decade of it."""
+    study = optuna.create_study(sampler=chosen)
+    lr = optuna.distributions.FloatDistribution(1e-4, 1.0, log=True)
+    study.enqueue_trial({"lr": 1e-3})
+    near = 0
+    for number in range(10):
+        trial = study.ask({"lr": lr})
+        distance = abs(math.log10(trial.params["lr"]) + 3)
+        study.tell(trial, 1.0 + distance)
+        near += number >= 2 and distance < 1
+    return near
+
+
+def test_a_short_sweep_models_its_study_from_a_third_of_its_trials():
+    assert [startup_trials(n) for n in (3, 6, 12, 30, 100)] == [2, 2, 4, 10, 10]
+    # a decade either side of 1e-3 is half of this log range: what random draws hit
+    seeds = range(6)
+    modelled = [_draws_near_the_best(sampler(6, seed=seed)) for seed in seeds]
+    at_random = [_draws_near_the_best(sampler(30, seed=seed)) for seed in seeds]
+    tpe = [_draws_near_the_best(optuna.samplers.TPESampler(seed=seed)) for seed in seeds]
+    assert sum(modelled) >= sum(at_random) + 5 and sum(modelled) >= sum(tpe) + 5, (
+        modelled,
+        at_random,
+        tpe,
+    )
+
+
+def _draws_after_pruning(chosen) -> list[float]:
+    """lr draws (log10) after two told trials; every draw above 1e-2 is pruned at a poor score."""
+    study = optuna.create_study(sampler=chosen)
+    lr = optuna.distributions.FloatDistribution(1e-4, 1.0, log=True)
+    for told, value in ((1e-3, 1.0), (1e-4, 2.0)):
+        study.enqueue_trial({"lr": told})
+        study.tell(study.ask({"lr": lr}), value)
+    draws = []
+    for _ in range(4):
+        trial = study.ask({"lr": lr})
+        draws.append(math.log10(trial.params["lr"]))
+        if trial.params["lr"] > 1e-2:
+            trial.report(9.0, 1)
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, 1.0 + abs(draws[-1] + 3))
+    return draws
+
+
+def test_the_sampler_learns_from_pruned_trials():
+    # Optuna's GP sampler models completed trials only: it draws the pruned settings again
+    plain = _draws_after_pruning(optuna.samplers.GPSampler(n_startup_trials=2, seed=0))
+    assert sum(x > -2 for x in plain) >= 3, plain
+    aware = _draws_after_pruning(PruneAwareGPSampler(n_startup_trials=2, seed=0))
+    assert sum(x > -2 for x in aware) <= 1 and min(abs(x + 3) for x in aware) < 0.5, aware
 
 
 def test_recover_requeues_trials_of_a_dead_sweep_on_this_host_only(tmp_path):

@@ -81,19 +81,23 @@ def check_study(storage, name: str, space: SearchSpace) -> bool:
     return True
 
 
-def open_study(storage, name: str, space: SearchSpace, first: dict | None = None):
+def open_study(storage, name: str, space: SearchSpace, first: dict | None = None, trials: int = 10):
     """The study ``name``, created with ``space`` when new (checked by :func:`check_study`).
 
     A new study's first trial is ``first`` (the base settings, see
-    :meth:`SearchSpace.base_point`) where given.
+    :meth:`SearchSpace.base_point`) where given. ``trials``: how many the sweep will
+    run, which sets how many :func:`~charrnn.sweep.sampler.sampler` draws at random.
     """
     import optuna
+
+    from charrnn.sweep.sampler import sampler
 
     exists = check_study(storage, name, space)
     study = optuna.create_study(
         study_name=name,
         storage=storage,
         direction=DIRECTION,
+        sampler=sampler(trials),
         pruner=median_pruner(),
         load_if_exists=exists,
     )
