@@ -38,6 +38,11 @@ from charrnn.sweep.summary import best_row, trial_rows
 MARGIN_NATS = 0.03
 
 
+def steps(run_dir: Path) -> int:
+    """The steps a run took, from its summary."""
+    return json.loads((run_dir / "train_summary.json").read_text(encoding="utf-8"))["step"]
+
+
 def score(checkpoint: str | Path, val) -> float:
     """Full val nats/char of a checkpoint (file or run directory)."""
     model, _, _ = load_model(checkpoint)
@@ -122,7 +127,8 @@ def run(
             root = keep.resolve()
             root.mkdir(parents=True, exist_ok=True)
         # -- the defaults for one trial's budget, outside the pipeline (W&B off)
-        alone = score(train_defaults(tokens_dir, budget_s, root / "defaults"), val)
+        alone_dir = train_defaults(tokens_dir, budget_s, root / "defaults")
+        alone = (score(alone_dir, val), steps(alone_dir))
         # -- the sweep; its first trial is the defaults again, inside the pipeline
         printout, wall = run_sweep(corpus, trials, budget_s, root)
         study = read_study(root)
@@ -130,7 +136,8 @@ def run(
         longer = None
         if equal_total:
             seconds = budget_s * len(study.trials)
-            longer = score(train_defaults(tokens_dir, seconds, root / "longer"), val)
+            longer_dir = train_defaults(tokens_dir, seconds, root / "longer")
+            longer = (score(longer_dir, val), steps(longer_dir))
     figures = Figures(
         study, scores, alone, longer, wall, total, "promoted to production" in printout
     )
@@ -153,8 +160,8 @@ class Figures:
 
     study: object
     scores: dict[int, float]  # trial number -> full val nats/char
-    alone: float  # the defaults outside the pipeline
-    longer: float | None  # the defaults for the trials' total budget
+    alone: tuple[float, int]  # the defaults outside the pipeline: nats/char, steps
+    longer: tuple[float, int] | None  # the defaults for the trials' total budget
     wall: float
     total: float  # the trials' own seconds, added up
     promoted: bool
@@ -172,13 +179,14 @@ class Figures:
             f"({best / LN2:.4f} bits/char), {'promoted' if self.promoted else 'not promoted'}",
             f"defaults, trial 0 (same pipeline):  {_nats(self.base)}, "
             f"gain {_gain(self.base, best)}",
-            f"defaults, charrnn launch, W&B off:  {_nats(self.alone)}, "
-            f"gain {_gain(self.alone, best)}",
+            f"defaults, charrnn launch, W&B off:  {_nats(self.alone[0])}, "
+            f"{self.alone[1]} steps, gain {_gain(self.alone[0], best)}",
         ]
         if self.longer is not None:
             lines.append(
                 f"defaults for the trials' {budget_s * len(self.scores):g} s: "
-                f"{_nats(self.longer)}, gain {_gain(self.longer, best)}"
+                f"{_nats(self.longer[0])}, {self.longer[1]} steps, "
+                f"gain {_gain(self.longer[0], best)}"
             )
         lines += [
             f"pruned trials: {self.pruned}",
@@ -197,7 +205,7 @@ class Figures:
                 f">= {MARGIN_NATS}",
                 None if same is None else same >= MARGIN_NATS,
             ),
-            Target("gain over the defaults, W&B off", _gain(self.alone, best), "-", None),
+            Target("gain over the defaults, W&B off", _gain(self.alone[0], best), "-", None),
             Target("pruned trials", str(self.pruned), ">= 1", self.pruned >= 1),
             Target("best trial promoted", str(self.promoted), "True", self.promoted),
             Target("sweep wall / trials' time", f"{self.wall / self.total:.2f}", "-", None),
