@@ -27,7 +27,7 @@ from charrnn.sweep.study import (
     record_outcome,
     recover,
 )
-from charrnn.sweep.summary import TrialRow, write_plot
+from charrnn.sweep.summary import TrialRow, _axis, write_plot
 from charrnn.train.pruning import STORAGE_ENV, TrialPruner
 
 optuna = pytest.importorskip("optuna")
@@ -114,6 +114,10 @@ def test_the_picture_takes_text_and_number_choices_on_one_axis(tmp_path):
     ]
     png = write_plot(rows, tmp_path / "trials.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob(".*tmp"))
+    # choices in order, whatever order the trials drew them in: numbers by value, then text
+    x, ticks = _axis(["auto", 0.2, 0.0, 0.2])
+    assert list(ticks) == ["0.0", "0.2", "auto"] and [x(v) for v in (0.2, "auto")] == [1.0, 2.0]
+    assert _axis([0.01, 0.002])[1] is None
 
 
 # --------------------------------------------------------------------------- the study

@@ -7,6 +7,7 @@ sweeps (or machines) filled is the same wherever it is written.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,7 @@ def write_plot(rows: list[TrialRow], path: Path) -> Path:
         1, max(len(keys), 1), figsize=(3 * max(len(keys), 1), 3), squeeze=False
     )
     for ax, key in zip(axes[0], keys, strict=False):
-        x = _axis([r.params[key] for r in rows if key in r.params])
+        x, ticks = _axis([r.params[key] for r in rows if key in r.params])
         for state, style in (
             ("COMPLETE", {"c": "C0"}),
             ("PRUNED", {"facecolors": "none", "edgecolors": "C3"}),
@@ -143,6 +144,8 @@ def write_plot(rows: list[TrialRow], path: Path) -> Path:
                     label=state.lower(),
                     **style,
                 )
+        if ticks is not None:
+            ax.set_xticks(list(ticks.values()), list(ticks))
         ax.set_xlabel(key)
         ax.set_ylabel("val bits/char")
     axes[0][0].legend(fontsize="small")
@@ -155,11 +158,22 @@ def write_plot(rows: list[TrialRow], path: Path) -> Path:
     return path
 
 
-def _axis(values: list[Any]):
-    """A panel's x: numbers, or text for every value where any is not a number (``auto``)."""
+def _axis(values: list[Any]) -> tuple[Callable[[Any], float], dict[str, float] | None]:
+    """A panel's x: (value -> position, tick labels or None).
+
+    Numbers are their own position. Where any value is text (``auto``), every
+    value is a choice, placed in order: numbers by value, then text, so the
+    panel reads left to right whatever order the trials drew them in.
+    """
     if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-        return float
-    return str
+        return float, None
+
+    def rank(value: Any) -> tuple:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        return (0, float(value), "") if number else (1, 0.0, str(value))
+
+    ticks = {str(v): float(i) for i, v in enumerate(sorted(set(values), key=rank))}
+    return (lambda value: ticks[str(value)]), ticks
 
 
 def write_report(name: str, study, out_dir: Path) -> tuple[Path, str]:
