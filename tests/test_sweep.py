@@ -27,7 +27,7 @@ from charrnn.sweep.study import (
     record_outcome,
     recover,
 )
-from charrnn.sweep.summary import TrialRow, _axis, write_plot
+from charrnn.sweep.summary import TrialRow, _axis, axis_scales, write_plot
 from charrnn.train.pruning import STORAGE_ENV, TrialPruner
 
 optuna = pytest.importorskip("optuna")
@@ -115,9 +115,21 @@ def test_the_picture_takes_text_and_number_choices_on_one_axis(tmp_path):
     png = write_plot(rows, tmp_path / "trials.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob(".*tmp"))
     # choices in order, whatever order the trials drew them in: numbers by value, then text
-    x, ticks = _axis(["auto", 0.2, 0.0, 0.2])
+    x, ticks = _axis(["auto", 0.2, 0.0, 0.2], "choice")
     assert list(ticks) == ["0.0", "0.2", "auto"] and [x(v) for v in (0.2, "auto")] == [1.0, 2.0]
-    assert _axis([0.01, 0.002])[1] is None
+    assert _axis([3, 1, 2], "choice")[1] == {"1": 0.0, "2": 1.0, "3": 2.0}
+    assert _axis([0.01, 0.002], "log")[1] is None
+
+
+def test_the_picture_reads_each_axis_from_the_space(tmp_path):
+    space = load_space(_space(tmp_path, "train.lr: {low: 0.001, high: 0.1, log: true}\n"
+                                        "model.num_layers: {choices: [1, 2]}\n"
+                                        "model.hidden_size: {low: 64, high: 128}\n"))  # fmt: skip
+    study = optuna.create_study()
+    study.tell(study.ask(space.distributions()), 1.0)
+    assert axis_scales(study) == {
+        "train.lr": "log", "model.num_layers": "choice", "model.hidden_size": "linear"
+    }  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the study

@@ -115,19 +115,26 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def write_plot(rows: list[TrialRow], path: Path) -> Path:
-    """val bits/char against each parameter, one panel per parameter; pruned trials hollow."""
+def write_plot(rows: list[TrialRow], path: Path, scales: dict[str, str] | None = None) -> Path:
+    """val bits/char against each parameter, one panel per parameter; pruned trials hollow.
+
+    ``scales``: each parameter's axis, as :func:`axis_scales` reads them from the
+    study; a parameter without one is a choice if any value is text, else linear.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     keys = sorted({key for row in rows for key in row.params})
     fig, axes = plt.subplots(
         1, max(len(keys), 1), figsize=(3 * max(len(keys), 1), 3), squeeze=False
     )
     for ax, key in zip(axes[0], keys, strict=False):
-        x, ticks = _axis([r.params[key] for r in rows if key in r.params])
+        values = [r.params[key] for r in rows if key in r.params]
+        scale = (scales or {}).get(key) or _scale(values)
+        x, ticks = _axis(values, scale)
         for state, style in (
             ("COMPLETE", {"c": "C0"}),
             ("PRUNED", {"facecolors": "none", "edgecolors": "C3"}),
@@ -146,6 +153,9 @@ def write_plot(rows: list[TrialRow], path: Path) -> Path:
                 )
         if ticks is not None:
             ax.set_xticks(list(ticks.values()), list(ticks))
+        elif scale == "log":
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # the minor labels overlap
         ax.set_xlabel(key)
         ax.set_ylabel("val bits/char")
     axes[0][0].legend(fontsize="small")
@@ -158,19 +168,40 @@ def write_plot(rows: list[TrialRow], path: Path) -> Path:
     return path
 
 
-def _axis(values: list[Any]) -> tuple[Callable[[Any], float], dict[str, float] | None]:
+def axis_scales(study) -> dict[str, str]:
+    """Each parameter's axis: ``choice`` (a ``choices`` entry), ``log`` or ``linear``."""
+    from optuna.distributions import CategoricalDistribution
+
+    scales = {}
+    for trial in study.get_trials(deepcopy=False):
+        for key, drawn in trial.distributions.items():
+            if isinstance(drawn, CategoricalDistribution):
+                scales[key] = "choice"
+            else:
+                scales[key] = "log" if drawn.log else "linear"
+    return scales
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _scale(values: list[Any]) -> str:
+    return "linear" if all(_is_number(v) for v in values) else "choice"
+
+
+def _axis(values: list[Any], scale: str) -> tuple[Callable[[Any], float], dict[str, float] | None]:
     """A panel's x: (value -> position, tick labels or None).
 
-    Numbers are their own position. Where any value is text (``auto``), every
-    value is a choice, placed in order: numbers by value, then text, so the
-    panel reads left to right whatever order the trials drew them in.
+    A number is its own position, unless the parameter is a choice: choices are
+    placed in order, numbers by value and then text (``auto``), so the panel reads
+    left to right whatever order the trials drew them in.
     """
-    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+    if scale != "choice":
         return float, None
 
     def rank(value: Any) -> tuple:
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        return (0, float(value), "") if number else (1, 0.0, str(value))
+        return (0, float(value), "") if _is_number(value) else (1, 0.0, str(value))
 
     ticks = {str(v): float(i) for i, v in enumerate(sorted(set(values), key=rank))}
     return (lambda value: ticks[str(value)]), ticks
@@ -179,7 +210,7 @@ def _axis(values: list[Any]) -> tuple[Callable[[Any], float], dict[str, float] |
 def write_report(name: str, study, out_dir: Path) -> tuple[Path, str]:
     """``OUT/report.md`` and ``OUT/trials.png``; returns (report path, its markdown)."""
     rows = trial_rows(study)
-    write_plot(rows, out_dir / "trials.png")
+    write_plot(rows, out_dir / "trials.png", axis_scales(study))
     text = markdown(name, rows, importances(study), "trials.png")
     atomic_write_text(out_dir / "report.md", text)
     return out_dir / "report.md", text
