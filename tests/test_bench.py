@@ -57,3 +57,13 @@ def test_quick_suite_writes_every_section_and_keeps_the_rest_of_the_file(tmp_pat
         and "### Training throughput" not in text
     )
     assert "hand-written history" in text
+
+
+def test_headroom_table_states_each_gain_over_the_mean_of_the_defaults_and_their_spread():
+    from bench.headroom import table
+
+    text = table({"": [(1.63, 824), (1.65, 719)], "train.lr=0.012": [(1.62, 800), (1.60, 810)]}, 2)
+    defaults, candidate, spread = text.splitlines()[1:]
+    assert defaults.startswith("defaults") and "mean 1.6400" in defaults
+    assert "mean 1.6100" in candidate and candidate.endswith("gain +0.0300")
+    assert spread.endswith("0.0200 nats/char")
