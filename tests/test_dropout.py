@@ -125,7 +125,9 @@ def test_a_timed_run_records_its_decision_in_the_log_and_every_checkpoint_and_ke
         small_corpus,
         tmp_path / "run",
         max_steps=0,
-        time_budget_s=3.0,
+        # long enough to pass step 50 (the decision) with the CPU shared: `make test` runs
+        # two tests at once, and a 3 s budget once gave 39 steps there
+        time_budget_s=8.0,
         checkpoint_interval=25,
         eval_interval=0,
         keep_last=1000,
@@ -156,7 +158,7 @@ def test_a_timed_run_records_its_decision_in_the_log_and_every_checkpoint_and_ke
     )
 
     # a longer budget would plan more epochs: the decision stands
-    cfg.train.resume, cfg.train.time_budget_s = True, 6.0
+    cfg.train.resume, cfg.train.time_budget_s = True, 11.0
     second = train(cfg, tokens)
     assert second.resumed_from == first.step and second.step > first.step
     assert load_checkpoint(Path(second.checkpoint))["dropout"] == record
