@@ -14,13 +14,12 @@ scores is the noise a gain has to clear.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 from pathlib import Path
 
-from bench.common import REPO, Report, charrnn_cmd, quiet_env, run_measured
-from bench.sweep import score, steps, train_defaults
+from bench.common import Report
+from bench.sweep import prepared_tokens, score, steps, train_for
 from charrnn.data.tokens import load_split, open_token_set
 
 DEFAULTS = "defaults"
@@ -33,33 +32,16 @@ CANDIDATES = (
 )
 
 
-def train(tokens_dir: str, budget_s: float, overrides: str, out_dir: Path) -> Path:
-    """One setting for ``budget_s`` seconds (``overrides`` empty: the defaults)."""
-    if not overrides:
-        return train_defaults(tokens_dir, budget_s, out_dir)
-    cmd = charrnn_cmd(
-        *("launch", "--nproc-per-node", "auto", "--"),
-        *("--out-dir", str(out_dir), "--tokens", tokens_dir),
-        f"time_budget_s={budget_s:g}",
-        "track.mode=disabled",
-        *overrides.split(),
-    )
-    run_measured(cmd, env=quiet_env(), cwd=REPO)
-    return out_dir
-
-
 def run(corpus: str, budget_s: float, rounds: int, candidates: tuple[str, ...]) -> Report:
-    prepared, _, _ = run_measured(
-        charrnn_cmd("prepare", f"data.corpus={corpus}"), env=quiet_env(), cwd=REPO
-    )
-    tokens_dir = json.loads(prepared.stdout)["tokens"]["dir"]
+    tokens_dir = prepared_tokens(corpus)
     val = load_split(open_token_set(tokens_dir), "val")
     settings = ("", *candidates)
     results: dict[str, list[tuple[float, int]]] = {s: [] for s in settings}
     with tempfile.TemporaryDirectory(prefix="charrnn-headroom-") as tmp:
         for r in range(rounds):
             for i, overrides in enumerate(settings):
-                run_dir = train(tokens_dir, budget_s, overrides, Path(tmp) / f"r{r}-s{i}")
+                out_dir = Path(tmp) / f"r{r}-s{i}"
+                run_dir = train_for(tokens_dir, budget_s, out_dir, overrides.split())
                 results[overrides].append((score(run_dir, val), steps(run_dir)))
     return Report(
         f"Headroom over the defaults: {corpus}, {budget_s:g} s",

@@ -23,6 +23,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,19 +50,24 @@ def score(checkpoint: str | Path, val) -> float:
     return evaluate_tokens(model, val, num_streams=EVAL_STREAMS).loss_nats
 
 
-def train_defaults(tokens_dir: str, budget_s: float, out_dir: Path) -> Path:
-    """The default settings for ``budget_s`` s, in the layout a trial gets (``auto``)."""
+def prepared_tokens(corpus: str) -> str:
+    """The corpus tokenised as a trial reads it (``charrnn prepare``); its directory."""
+    prepared, _, _ = run_measured(
+        charrnn_cmd("prepare", f"data.corpus={corpus}"), env=quiet_env(), cwd=REPO
+    )
+    return json.loads(prepared.stdout)["tokens"]["dir"]
+
+
+def train_for(
+    tokens_dir: str, budget_s: float, out_dir: Path, overrides: Sequence[str] = ()
+) -> Path:
+    """The defaults, changed by ``overrides``, for ``budget_s`` s in the layout a trial gets."""
     cmd = charrnn_cmd(
-        "launch",
-        "--nproc-per-node",
-        "auto",
-        "--",
-        "--out-dir",
-        str(out_dir),
-        "--tokens",
-        tokens_dir,
+        *("launch", "--nproc-per-node", "auto", "--"),
+        *("--out-dir", str(out_dir), "--tokens", tokens_dir),
         f"time_budget_s={budget_s:g}",
         "track.mode=disabled",
+        *overrides,
     )
     run_measured(cmd, env=quiet_env(), cwd=REPO)
     return out_dir
@@ -115,10 +121,7 @@ def run(
     keep: Path | None = None,
 ) -> Report:
     """The benchmark; ``keep``: a directory that keeps the runs and the study (else a temp one)."""
-    prepared, _, _ = run_measured(
-        charrnn_cmd("prepare", f"data.corpus={corpus}"), env=quiet_env(), cwd=REPO
-    )
-    tokens_dir = json.loads(prepared.stdout)["tokens"]["dir"]
+    tokens_dir = prepared_tokens(corpus)
     val = load_split(open_token_set(tokens_dir), "val")
     with contextlib.ExitStack() as stack:
         if keep is None:
@@ -127,7 +130,7 @@ def run(
             root = keep.resolve()
             root.mkdir(parents=True, exist_ok=True)
         # -- the defaults for one trial's budget, outside the pipeline (W&B off)
-        alone_dir = train_defaults(tokens_dir, budget_s, root / "defaults")
+        alone_dir = train_for(tokens_dir, budget_s, root / "defaults")
         alone = (score(alone_dir, val), steps(alone_dir))
         # -- the sweep; its first trial is the defaults again, inside the pipeline
         printout, wall = run_sweep(corpus, trials, budget_s, root)
@@ -136,7 +139,7 @@ def run(
         longer = None
         if equal_total:
             seconds = budget_s * len(study.trials)
-            longer_dir = train_defaults(tokens_dir, seconds, root / "longer")
+            longer_dir = train_for(tokens_dir, seconds, root / "longer")
             longer = (score(longer_dir, val), steps(longer_dir))
     figures = Figures(
         study, scores, alone, longer, wall, total, "promoted to production" in printout
