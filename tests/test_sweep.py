@@ -27,7 +27,7 @@ from charrnn.sweep.study import (
     record_outcome,
     recover,
 )
-from charrnn.sweep.summary import TrialRow, _axis, axis_scales, write_plot
+from charrnn.sweep.summary import TrialRow, _axis, axis_scales, write_plot, y_cap
 from charrnn.train.pruning import STORAGE_ENV, TrialPruner
 
 optuna = pytest.importorskip("optuna")
@@ -104,6 +104,13 @@ def test_the_default_space_holds_every_default_so_its_first_trial_is_the_default
         "train.seq_len": 16,
         "train.batch_size": 64,
     }
+
+
+def test_the_picture_stops_its_axis_short_of_a_far_worse_trial():
+    # a model the budget could not train must not squash the others into a line
+    assert y_cap([2.34, 2.36, 2.42, 2.52, 2.83, 4.73]) == pytest.approx(2.47 + 3 * 0.13)
+    assert y_cap([2.34, 2.36, 2.42, 2.52]) is None  # nothing far out: the whole axis
+    assert y_cap([2.34, 4.73]) is None  # too few to say what is far
 
 
 def test_the_picture_takes_text_and_number_choices_on_one_axis(tmp_path):

@@ -7,6 +7,7 @@ sweeps (or machines) filled is the same wherever it is written.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,21 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def y_cap(values: list[float]) -> float | None:
+    """Where the picture's y-axis ends, or None for all of it.
+
+    One trial far worse than the rest (a model the budget could not train,
+    pruned at 3.3 bits/char) would squash every other point into a line: the
+    axis stops at the median plus three times its distance to the best; worse
+    trials are drawn on that edge as triangles.
+    """
+    if len(values) < 3:
+        return None
+    best, middle = min(values), statistics.median(values)
+    cap = middle + 3 * (middle - best)
+    return cap if max(values) > cap > best else None
+
+
 def write_plot(rows: list[TrialRow], path: Path, scales: dict[str, str] | None = None) -> Path:
     """val bits/char against each parameter, one panel per parameter; pruned trials hollow.
 
@@ -128,6 +144,7 @@ def write_plot(rows: list[TrialRow], path: Path, scales: dict[str, str] | None =
     from matplotlib.ticker import NullFormatter
 
     keys = sorted({key for row in rows for key in row.params})
+    cap = y_cap([r.val_bpc for r in rows if r.val_bpc is not None])
     fig, axes = plt.subplots(
         1, max(len(keys), 1), figsize=(3 * max(len(keys), 1), 3), squeeze=False
     )
@@ -144,13 +161,14 @@ def write_plot(rows: list[TrialRow], path: Path, scales: dict[str, str] | None =
                 for r in rows
                 if r.state == state and key in r.params and r.val_bpc is not None
             ]
-            if points:
-                ax.scatter(
-                    [x(p[0]) for p in points],
-                    [p[1] for p in points],
-                    label=state.lower(),
-                    **style,
-                )
+            for label, marker, shown in (
+                (state.lower(), "o", [p for p in points if cap is None or p[1] <= cap]),
+                (f"{state.lower()}, above", "^", [p for p in points if cap and p[1] > cap]),
+            ):
+                if shown:
+                    ys = [min(p[1], cap) if cap else p[1] for p in shown]
+                    xs = [x(p[0]) for p in shown]
+                    ax.scatter(xs, ys, label=label, marker=marker, **style)
         if ticks is not None:
             ax.set_xticks(list(ticks.values()), list(ticks))
         elif scale == "log":
@@ -158,6 +176,8 @@ def write_plot(rows: list[TrialRow], path: Path, scales: dict[str, str] | None =
             ax.xaxis.set_minor_formatter(NullFormatter())  # the minor labels overlap
         ax.set_xlabel(key)
         ax.set_ylabel("val bits/char")
+        if cap:
+            ax.set_ylim(top=cap + 0.02 * (cap - min(ax.get_ylim())))
     axes[0][0].legend(fontsize="small")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
