@@ -4,7 +4,7 @@ A space file is YAML, one entry per config key::
 
     model.hidden_size: {low: 128, high: 512, step: 64}   # integers: low, high, step
     train.lr: {low: 0.002, high: 0.02, log: true}        # numbers: low, high, log
-    model.num_layers: {choices: [1, 2, 3]}               # a choice
+    train.seq_len: {choices: [16, 32, 64]}               # a choice
 
 Integer keys sample integers, number keys numbers, ``choices`` any listed value.
 The whole space is checked before any trial starts: an unknown key, a key a
@@ -120,7 +120,8 @@ def _yaml_value(value: Any) -> str:
 # regularisation and the batch shape, around the defaults (bench/RESULTS.md).
 DEFAULT_SPACE: dict[str, dict] = {
     "model.hidden_size": {"low": 128, "high": 512, "step": 64},
-    "model.num_layers": {"choices": [1, 2, 3]},
+    # a range, not choices: the sampler's trust region steps to a neighbouring depth
+    "model.num_layers": {"low": 1, "high": 3},
     "train.lr": {"low": 0.002, "high": 0.02, "log": True},
     # auto among the choices: the base settings' own rule is one of the candidates
     "model.dropout": {"choices": ["auto", 0.0, 0.1, 0.2, 0.3]},
