@@ -11,11 +11,11 @@ closes both:
   the pruner stopped. Here a pruned trial counts, scored by its last validation.
 - With a handful of trials in seven dimensions, its model is unsure everywhere
   far from them, and it draws at the ends of the ranges (512 units at lr 0.02
-  and weight decay 0.3, for a 60 s budget). Here each draw's numeric values stay within a trust region around
-  the best trial so far (TuRBO: Eriksson et al., 2019): half of each range,
-  centred on the best trial's value, and at least one step either way of an
-  integer. The region moves with the best trial, so a sweep still travels;
-  choices stay free.
+  and weight decay 0.3, for a 60 s budget). Here each draw's numeric values
+  stay within a trust region around the best trial so far (TuRBO: Eriksson et
+  al., 2019): half of each range, centred on the best trial's value, and at
+  least one step either way of an integer. The region moves with the best
+  trial, so a sweep still travels; choices stay free.
 
 Imported only where a study is opened: Optuna is the ``sweep`` extra.
 """

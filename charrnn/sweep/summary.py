@@ -120,7 +120,7 @@ def y_cap(values: list[float]) -> float | None:
     """Where the picture's y-axis ends, or None for all of it.
 
     One trial far worse than the rest (a model the budget could not train,
-    pruned at 3.3 bits/char) would squash every other point into a line: the
+    pruned at 4.7 bits/char) would squash every other point into a line: the
     axis stops at the median plus three times its distance to the best; worse
     trials are drawn on that edge as triangles.
     """
