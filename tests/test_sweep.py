@@ -29,7 +29,7 @@ from charrnn.sweep.study import (
     recover,
 )
 from charrnn.sweep.summary import TrialRow, _axis, axis_scales, write_plot, y_cap
-from charrnn.train.pruning import STORAGE_ENV, TrialPruner
+from charrnn.train.pruning import STORAGE_ENV, WARMUP_VALIDATIONS, TrialPruner, warmup_validations
 
 optuna = pytest.importorskip("optuna")
 from optuna.distributions import (  # noqa: E402
@@ -331,20 +331,37 @@ def _prune_after_two_good_trials(url: str, tmp_path: Path, monkeypatch) -> list[
     study = open_study(storage, "p", load_space(_space(tmp_path, "train.lr: {choices: [1]}\n")))
     for _ in range(2):  # the pruner's startup trials: good scores at every validation
         trial = study.ask()
-        for validation in range(1, 9):
+        for validation in range(1, 17):
             trial.report(1.0, validation)
         study.tell(trial, 1.0)
     monkeypatch.setenv(STORAGE_ENV, url)
     number = study.ask().number
-    pruner = TrialPruner("p", number, DistEnv())
-    return [pruner.should_stop(validation, 3.0) for validation in range(1, 6)]
+    pruner = TrialPruner.from_config(
+        load_config(None, []).train.model_copy(update=_trial(number)), DistEnv()
+    )
+    return [pruner.should_stop(validation, 3.0) for validation in range(1, 10)]
 
 
-def test_a_poor_trial_is_pruned_once_past_the_warm_up_validations(tmp_path, monkeypatch):
+def _trial(number: int) -> dict:
+    return {"trial_study": "p", "trial_number": number}
+
+
+def test_a_poor_trial_is_pruned_from_half_its_validations_on(tmp_path, monkeypatch):
+    """The default 16 validations: judged from the 8th, when the lr has decayed half way."""
     decisions = _prune_after_two_good_trials(
         f"sqlite:///{tmp_path / 's.db'}", tmp_path, monkeypatch
     )
-    assert decisions == [False, False, False, True, True]
+    assert decisions == [False] * 7 + [True, True]
+
+
+def test_the_pruners_warm_up_is_half_the_planned_validations():
+    train = load_config(None, []).train
+    assert train.evals_per_run == 16 and warmup_validations(train) == 8
+    assert warmup_validations(train.model_copy(update={"evals_per_run": 5})) == 3
+    assert warmup_validations(train.model_copy(update={"evals_per_run": 1})) == 1
+    # every N steps: how many validations a run makes is not known up front
+    interval = train.model_copy(update={"eval_interval": 50})
+    assert warmup_validations(interval) == WARMUP_VALIDATIONS
 
 
 @pytest.mark.slow
@@ -372,11 +389,11 @@ def test_every_rank_of_a_two_process_trial_stops_at_the_pruners_step(tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
-    # validations every 10 steps; the 4th (step 40) is the first the pruner may judge
-    assert summary["pruned_at"] == summary["step"] == 40
-    assert summary["stopped_early"] == "pruned at step 40"
+    # validations every 10 steps; the 10th of 20 (step 100) is the first the pruner may judge
+    assert summary["pruned_at"] == summary["step"] == 100
+    assert summary["stopped_early"] == "pruned at step 100"
     trial = optuna.load_study(study_name="ddp", storage=url).trials[number]
-    assert sorted(trial.intermediate_values) == [1, 2, 3, 4]
+    assert sorted(trial.intermediate_values) == list(range(1, 11))
 
 
 @pytest.mark.slow
