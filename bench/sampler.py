@@ -30,20 +30,14 @@ import numpy as np
 import optuna
 
 from bench.common import Report
+from charrnn.config import load_config
 from charrnn.sweep.sampler import TrustRegionGPSampler, sampler, startup_trials
 from charrnn.sweep.space import load_space
 
 NOISE = 0.003
 BAR = 0.03
-BASE = {
-    "model.hidden_size": 256,
-    "model.num_layers": 2,
-    "train.lr": 0.007,
-    "model.dropout": "auto",
-    "train.weight_decay": 0.1,
-    "train.seq_len": 16,
-    "train.batch_size": 64,
-}
+# A sweep's first trial: the default settings (the landscapes are fitted around them).
+BASE = load_space(None).base_point(load_config(None, []))
 
 
 def _unit(params: dict) -> tuple[float, float, float]:
