@@ -346,18 +346,18 @@ def _trial(number: int) -> dict:
     return {"trial_study": "p", "trial_number": number}
 
 
-def test_a_poor_trial_is_pruned_from_half_its_validations_on(tmp_path, monkeypatch):
-    """The default 16 validations: judged from the 8th, when the lr has decayed half way."""
+def test_a_poor_trial_is_pruned_from_a_quarter_of_its_validations_on(tmp_path, monkeypatch):
+    """The default 16 validations: judged from the 4th."""
     decisions = _prune_after_two_good_trials(
         f"sqlite:///{tmp_path / 's.db'}", tmp_path, monkeypatch
     )
-    assert decisions == [False] * 7 + [True, True]
+    assert decisions == [False] * 3 + [True] * 6
 
 
-def test_the_pruners_warm_up_is_half_the_planned_validations():
+def test_the_pruners_warm_up_is_a_quarter_of_the_planned_validations():
     train = load_config(None, []).train
-    assert train.evals_per_run == 16 and warmup_validations(train) == 8
-    assert warmup_validations(train.model_copy(update={"evals_per_run": 5})) == 3
+    assert train.evals_per_run == 16 and warmup_validations(train) == 4
+    assert warmup_validations(train.model_copy(update={"evals_per_run": 10})) == 3
     assert warmup_validations(train.model_copy(update={"evals_per_run": 1})) == 1
     # every N steps: how many validations a run makes is not known up front
     interval = train.model_copy(update={"eval_interval": 50})
@@ -389,11 +389,11 @@ def test_every_rank_of_a_two_process_trial_stops_at_the_pruners_step(tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
-    # validations every 10 steps; the 10th of 20 (step 100) is the first the pruner may judge
-    assert summary["pruned_at"] == summary["step"] == 100
-    assert summary["stopped_early"] == "pruned at step 100"
+    # validations every 10 steps; the 5th of 20 (step 50) is the first the pruner may judge
+    assert summary["pruned_at"] == summary["step"] == 50
+    assert summary["stopped_early"] == "pruned at step 50"
     trial = optuna.load_study(study_name="ddp", storage=url).trials[number]
-    assert sorted(trial.intermediate_values) == list(range(1, 11))
+    assert sorted(trial.intermediate_values) == [1, 2, 3, 4, 5]
 
 
 @pytest.mark.slow
