@@ -99,6 +99,7 @@ def test_train_kill_and_resume_from_object_storage(s3, small_corpus, tmp_path):
         small_corpus,
         tmp_path / "unused",
         max_steps=1500,
+        time_budget_s=0,  # steps alone: on a loaded machine the default 120 s clock ended it early
         checkpoint_interval=20,
         eval_interval=0,
         keep_last=2,

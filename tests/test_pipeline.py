@@ -117,6 +117,7 @@ def test_train_task_retries_and_resumes_after_a_killed_worker(prefect_server, se
         tmp_path,
         served.url("corpus.txt"),
         max_steps=3000,
+        time_budget_s=0,  # steps alone, not also the default 120 s clock a loaded machine can hit
         launch=LaunchParams(nproc_per_node=2, retries=1, retry_delay_s=1),
     )
     killer.join(timeout=5)
