@@ -354,6 +354,22 @@ def test_a_poor_trial_is_pruned_from_a_quarter_of_its_validations_on(tmp_path, m
     assert decisions == [False] * 3 + [True] * 6
 
 
+def test_the_last_validation_is_reported_but_never_pruned(tmp_path, monkeypatch):
+    """Pruning at the end saves nothing: the trial ends COMPLETE, its curve whole in the study."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert _prune_after_two_good_trials(url, tmp_path, monkeypatch)[-1] is True
+    study = optuna.load_study(study_name="p", storage=url)
+    number = study.ask().number
+    pruner = TrialPruner.from_config(
+        load_config(None, []).train.model_copy(update=_trial(number)), DistEnv()
+    )
+    decisions = [pruner.should_stop(v, 3.0, final=v == 16) for v in range(1, 17)]
+    assert decisions[4:15] == [True] * 11 and decisions[15] is False
+    assert sorted(
+        optuna.load_study(study_name="p", storage=url).trials[number].intermediate_values
+    ) == list(range(1, 17))
+
+
 def test_the_pruners_warm_up_is_a_quarter_of_the_planned_validations():
     train = load_config(None, []).train
     assert train.evals_per_run == 16 and warmup_validations(train) == 4

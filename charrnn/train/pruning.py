@@ -28,7 +28,7 @@ STORAGE_ENV = "CHARRNN_STUDY_STORAGE"
 # the end of its budget, so mid-run a larger step still scores worse than it will finish
 # (short-horizon bias, Wu et al. 2018), and some trials near good settings are stopped. Judging
 # from half the run instead gained nothing in six 60 s sweeps on four corpora and made them
-# ~8 % longer (bench/RESULTS.md, "When the pruner judges").
+# ~9 % longer (bench/RESULTS.md, "When the pruner judges").
 WARMUP_SHARE = 0.25
 # With validations every `eval_interval` steps their number is not known up front.
 WARMUP_VALIDATIONS = 4
@@ -101,10 +101,15 @@ class TrialPruner:
             ) from None
         return optuna.Trial(study, trial_id)
 
-    def should_stop(self, validation: int, loss_nats: float) -> bool:
-        """Report the ``validation``-th score; True on every rank when the study stops the trial."""
-        prune = False
+    def should_stop(self, validation: int, loss_nats: float, final: bool = False) -> bool:
+        """Report the ``validation``-th score; True on every rank when the study stops the trial.
+
+        Never at the run's last validation (``final``, agreed by every rank): there is
+        nothing left to save, and the trial ends COMPLETE with its full-split score.
+        """
         if self.trial is not None:
             self.trial.report(loss_nats, validation)
-            prune = self.trial.should_prune()
+        if final:
+            return False
+        prune = self.trial is not None and self.trial.should_prune()
         return bool(dist_utils.broadcast_object(prune))

@@ -334,7 +334,7 @@ class Trainer:
                 fraction = self.budget.fraction(s.step, self.clock.at(s.step))
                 if not interrupted and (finished or self.validator.due(s.step, fraction)):
                     with self.meter.off_the_clock():
-                        val = self.validator.validate(s)
+                        val = self.validator.validate(s, final=finished)
                     finished = finished or self.validator.early_stop(s)
                 # -- checkpoint: periodically, at the end, and whenever validation finds a new best
                 is_best = val is not None and s.early_stopping.best_step == s.step

@@ -69,14 +69,17 @@ class Validator:
         """
         return self.schedule.due(step, fraction)
 
-    def validate(self, state: TrainState) -> EvalResult | None:
-        """Score the fixed subsample; rank 0 records it, with a row of samples for W&B."""
+    def validate(self, state: TrainState, final: bool = False) -> EvalResult | None:
+        """Score the fixed subsample; rank 0 records it, with a row of samples for W&B.
+
+        ``final``: the run's last validation, which a sweep's pruner reads but never acts on.
+        """
         if len(self.val_tokens) < 2:
             return None
         started, early = time.perf_counter(), state.early_stopping
         val = self.score(state.model, self.text(state))
         best = early.observe(val.loss_nats, state.step)
-        if self.pruner and self.pruner.should_stop(self.validations + 1, val.loss_nats):
+        if self.pruner and self.pruner.should_stop(self.validations + 1, val.loss_nats, final):
             self.pruned_at = state.step
         standing = (
             "new best"
