@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import TINY_OVERRIDES, make_text, offline_runs, run_env, wandb_records
+from helpers import TINY_OVERRIDES, make_text, offline_runs, run_env, tiny_config, wandb_records
 
 from charrnn.config import load_config
+from charrnn.data.prepare import prepare
 from charrnn.distributed.group import DistEnv
 from charrnn.errors import ConfigError
 from charrnn.sweep.space import SearchSpace, load_space
@@ -30,6 +31,7 @@ from charrnn.sweep.study import (
 )
 from charrnn.sweep.summary import TrialRow, _axis, axis_scales, write_plot, y_cap
 from charrnn.train.pruning import STORAGE_ENV, WARMUP_VALIDATIONS, TrialPruner, warmup_validations
+from charrnn.train.trainer import train
 
 optuna = pytest.importorskip("optuna")
 from optuna.distributions import (  # noqa: E402
@@ -368,6 +370,25 @@ def test_the_last_validation_is_reported_but_never_pruned(tmp_path, monkeypatch)
     assert sorted(
         optuna.load_study(study_name="p", storage=url).trials[number].intermediate_values
     ) == list(range(1, 17))
+
+
+def test_a_resumed_trial_reports_its_validations_where_it_left_off(tmp_path, monkeypatch):
+    """A retried trial resumes from its checkpoint; its scores go on being numbered, not from 1."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(make_text(20_000, seed=3))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_study(
+        open_storage(url), "p", load_space(_space(tmp_path, "train.lr: {choices: [1]}\n"))
+    )
+    monkeypatch.setenv(STORAGE_ENV, url)
+    common = dict(eval_interval=5, patience=0, checkpoint_interval=10, **_trial(study.ask().number))
+    cfg = tiny_config(corpus, tmp_path / "run", max_steps=10, **common)
+    _, tokens = prepare(cfg)
+    train(cfg, tokens)  # validations at steps 5 and 10
+    cfg.train.max_steps, cfg.train.resume = 20, True
+    assert train(cfg, tokens).resumed_from == 10  # then 15 and 20
+    (trial,) = optuna.load_study(study_name="p", storage=url).trials
+    assert sorted(trial.intermediate_values) == [1, 2, 3, 4]
 
 
 def test_the_pruners_warm_up_is_a_quarter_of_the_planned_validations():

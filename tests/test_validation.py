@@ -53,6 +53,16 @@ def test_schedule_resumes_past_the_fractions_already_done_and_intervals_win():
     assert [step for step in range(1, 30) if every.due(step, 0.0)] == [7, 14, 21, 28]
 
 
+def test_validations_are_numbered_across_resumed_sessions():
+    schedule = EvalSchedule(interval=0, count=8)
+    schedule.resume_at(0.4)  # a resumed session: three validations done
+    assert schedule.due(0, 0.5) and schedule.number(0) == 4
+    schedule.due(0, 1.0)  # the end, past the rest at once
+    assert schedule.number(0) == 8
+    every = EvalSchedule(interval=5, count=0)
+    assert [every.number(step) for step in (5, 10, 15, 23)] == [1, 2, 3, 5]  # 23: the end
+
+
 def test_subsample_size_follows_training_between_validations():
     # never too few to rank checkpoints by
     assert val_chars_for(1_000, configured=0) == MIN_VAL_CHARS

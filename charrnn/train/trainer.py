@@ -332,7 +332,9 @@ class Trainer:
                 #    must land within the grace period)
                 val = None
                 fraction = self.budget.fraction(s.step, self.clock.at(s.step))
-                if not interrupted and (finished or self.validator.due(s.step, fraction)):
+                # asked even at the end: it counts the fractions passed, which number the scores
+                val_due = self.validator.due(s.step, fraction)
+                if not interrupted and (finished or val_due):
                     with self.meter.off_the_clock():
                         val = self.validator.validate(s, final=finished)
                     finished = finished or self.validator.early_stop(s)

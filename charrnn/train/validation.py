@@ -71,6 +71,17 @@ class EvalSchedule:
         self.resume_at(fraction)  # a slow step may pass two fractions: validate once
         return True
 
+    def number(self, step: int) -> int:
+        """The number (1, 2, ...) of the validation after ``step`` in the whole run.
+
+        Counted across resumed sessions, so a retried trial reports its scores to its
+        study where it left off. Read after :meth:`due`; the run's last validation
+        counts as the fraction it reached, or as the interval it started.
+        """
+        if self.interval:
+            return -(-step // self.interval)
+        return max(self.done, 1)
+
     def chars_between(self, step: int, chars_per_step: int) -> int:
         """Training characters between two validations, judged at the first one (at ``step``)."""
         return (self.interval or step) * chars_per_step

@@ -79,7 +79,8 @@ class Validator:
         started, early = time.perf_counter(), state.early_stopping
         val = self.score(state.model, self.text(state))
         best = early.observe(val.loss_nats, state.step)
-        if self.pruner and self.pruner.should_stop(self.validations + 1, val.loss_nats, final):
+        number = self.schedule.number(state.step)
+        if self.pruner and self.pruner.should_stop(number, val.loss_nats, final):
             self.pruned_at = state.step
         standing = (
             "new best"
