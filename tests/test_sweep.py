@@ -338,14 +338,19 @@ def _prune_after_two_good_trials(url: str, tmp_path: Path, monkeypatch) -> list[
         study.tell(trial, 1.0)
     monkeypatch.setenv(STORAGE_ENV, url)
     number = study.ask().number
-    pruner = TrialPruner.from_config(
-        load_config(None, []).train.model_copy(update=_trial(number)), DistEnv()
-    )
+    pruner = _pruner(number)
     return [pruner.should_stop(validation, 3.0) for validation in range(1, 10)]
 
 
 def _trial(number: int) -> dict:
     return {"trial_study": "p", "trial_number": number}
+
+
+def _pruner(number: int) -> TrialPruner:
+    """Trial ``number`` of study "p" as a run with the default config sees it."""
+    return TrialPruner.from_config(
+        load_config(None, []).train.model_copy(update=_trial(number)), DistEnv()
+    )
 
 
 def test_a_poor_trial_is_pruned_from_a_quarter_of_its_validations_on(tmp_path, monkeypatch):
@@ -362,9 +367,7 @@ def test_the_last_validation_is_reported_but_never_pruned(tmp_path, monkeypatch)
     assert _prune_after_two_good_trials(url, tmp_path, monkeypatch)[-1] is True
     study = optuna.load_study(study_name="p", storage=url)
     number = study.ask().number
-    pruner = TrialPruner.from_config(
-        load_config(None, []).train.model_copy(update=_trial(number)), DistEnv()
-    )
+    pruner = _pruner(number)
     decisions = [pruner.should_stop(v, 3.0, final=v == 16) for v in range(1, 17)]
     assert decisions[4:15] == [True] * 11 and decisions[15] is False
     assert sorted(
